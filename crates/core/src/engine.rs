@@ -1,0 +1,370 @@
+//! The rollout engine: one pure decision function.
+//!
+//! The driver (in the server) reads a [`Snapshot`] of a rollout — its state, the
+//! counts of its current wave's actions, timers — calls [`decide`] with the
+//! current time, applies the returned [`Decision`] in one transaction together
+//! with its event, and calls again until the answer is [`Decision::Idle`]. The
+//! deterministic simulator in `tests/` drives the very same function with a fake
+//! clock. Because every decision is a function of stored state and `now`, a
+//! restarted driver continues exactly where the last one stopped.
+
+use crate::model::RolloutState;
+use crate::strategy::{Gate, Strategy};
+use crate::Millis;
+use serde::{Deserialize, Serialize};
+
+/// Counts of the install actions of one wave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveCounts {
+    pub total: u64,
+    /// Not yet handed to the device (including those waiting for a retry).
+    pub scheduled: u64,
+    /// Scheduled and allowed to start now (retry backoff elapsed).
+    pub ready: u64,
+    pub in_flight: u64,
+    pub succeeded: u64,
+    /// Failed or rolled back on the device.
+    pub failed: u64,
+    pub skipped: u64,
+}
+
+/// Rollback bookkeeping of a rollout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollbackCounts {
+    /// Whether updated devices must be rolled back (auto on failure/abort, or manual).
+    pub requested: bool,
+    /// Devices whose install succeeded and that have no rollback action yet.
+    pub missing: u64,
+    /// Rollback actions not finished.
+    pub open: u64,
+}
+
+/// What the engine needs to know about a rollout at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot<'a> {
+    pub state: RolloutState,
+    pub strategy: &'a Strategy,
+    /// Index of the current wave.
+    pub wave: usize,
+    /// Number of planned waves (0: nothing to do, an external executor owns the job).
+    pub waves: usize,
+    pub start_at: Option<Millis>,
+    pub gate_passed_at: Option<Millis>,
+    pub last_release_at: Option<Millis>,
+    /// Operator asked to skip the remaining bake time of the current wave.
+    pub promote: bool,
+    pub current: WaveCounts,
+    /// Install actions in flight across all waves (for `max_parallel`).
+    pub in_flight_total: u64,
+    /// Earliest time a scheduled action of the current wave becomes ready (retry backoff).
+    pub next_ready_at: Option<Millis>,
+    pub rollback: RollbackCounts,
+}
+
+/// The numbers behind a gate decision; recorded in the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GateReport {
+    pub wave: usize,
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub in_flight: u64,
+    pub success_rate: f64,
+    pub failure_rate: f64,
+    pub success_threshold: f64,
+    pub failure_threshold: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// Nothing to do; look again at `wake_at` (or when something changes).
+    Idle { wake_at: Option<Millis> },
+    /// `pending → running`, wave 0 begins.
+    Start,
+    /// Hand `count` ready actions of the current wave to their devices.
+    Release { count: u64 },
+    /// The current wave met its success threshold; bake time starts.
+    GatePassed { report: GateReport },
+    /// Bake time is over (or promoted): the next wave begins.
+    NextWave { from: usize },
+    /// The last wave passed and nothing is in flight.
+    Succeed { report: GateReport },
+    /// A gate failed. Remaining scheduled actions are skipped.
+    Fail { reason: String, report: GateReport },
+    /// Create rollback actions for updated devices.
+    CreateRollbacks { count: u64 },
+    /// Every updated device was rolled back (or reported failed): `→ rolled_back`.
+    FinishRollback,
+}
+
+fn rate(n: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        n as f64 / total as f64
+    }
+}
+
+fn report(s: &Snapshot<'_>) -> GateReport {
+    let c = s.current;
+    GateReport {
+        wave: s.wave,
+        total: c.total,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        in_flight: c.in_flight,
+        success_rate: rate(c.succeeded, c.total),
+        failure_rate: rate(c.failed, c.total),
+        success_threshold: s.strategy.gate.success_threshold,
+        failure_threshold: s.strategy.gate.failure_threshold,
+    }
+}
+
+const IDLE: Decision = Decision::Idle { wake_at: None };
+
+/// The next step of a rollout at time `now`.
+pub fn decide(s: &Snapshot<'_>, now: Millis) -> Decision {
+    use RolloutState::*;
+    match s.state {
+        Pending => match s.start_at {
+            _ if s.waves == 0 => IDLE,
+            Some(t) if t > now => Decision::Idle { wake_at: Some(t) },
+            _ => Decision::Start,
+        },
+        Running => running(s, now),
+        Paused => failure_gate(s).unwrap_or(IDLE),
+        Failed | Aborted | Succeeded if s.rollback.requested => {
+            if s.rollback.missing > 0 {
+                Decision::CreateRollbacks { count: s.rollback.missing }
+            } else if s.rollback.open == 0 && s.in_flight_total == 0 {
+                Decision::FinishRollback
+            } else {
+                IDLE
+            }
+        }
+        Failed | Aborted | Succeeded | RolledBack => IDLE,
+    }
+}
+
+fn failure_gate(s: &Snapshot<'_>) -> Option<Decision> {
+    let r = report(s);
+    (s.current.total > 0 && r.failure_rate > r.failure_threshold).then(|| Decision::Fail {
+        reason: format!(
+            "wave {} failure rate {:.3} ({} of {}) exceeded the failure threshold {}",
+            s.wave, r.failure_rate, r.failed, r.total, r.failure_threshold
+        ),
+        report: r,
+    })
+}
+
+fn running(s: &Snapshot<'_>, now: Millis) -> Decision {
+    if let Some(fail) = failure_gate(s) {
+        return fail;
+    }
+    let c = s.current;
+    let st = s.strategy;
+    if c.scheduled > 0 {
+        if !st.window_open(now) {
+            return Decision::Idle { wake_at: st.next_window_open(now) };
+        }
+        if st.batch_size > 0 && st.batch_delay_secs > 0 {
+            if let Some(last) = s.last_release_at {
+                let next = last + st.batch_delay_secs as i64 * 1000;
+                if next > now {
+                    return Decision::Idle { wake_at: Some(next) };
+                }
+            }
+        }
+        let capacity = if st.max_parallel > 0 { st.max_parallel.saturating_sub(s.in_flight_total) } else { u64::MAX };
+        let batch = if st.batch_size > 0 { st.batch_size } else { u64::MAX };
+        let n = c.ready.min(capacity).min(batch);
+        if n > 0 {
+            return Decision::Release { count: n };
+        }
+        if c.ready == 0 {
+            return Decision::Idle { wake_at: s.next_ready_at };
+        }
+        // At capacity: a finishing device wakes the driver.
+        return IDLE;
+    }
+    let r = report(s);
+    match s.gate_passed_at {
+        None if r.success_rate >= r.success_threshold => Decision::GatePassed { report: r },
+        None if c.in_flight == 0 => Decision::Fail {
+            reason: format!(
+                "wave {} success rate {:.3} ({} of {}) is below the success threshold {}",
+                s.wave, r.success_rate, r.succeeded, r.total, r.success_threshold
+            ),
+            report: r,
+        },
+        None => IDLE,
+        Some(passed) => {
+            let bake_end = passed + st.gate.bake_time_secs as i64 * 1000;
+            if !s.promote && now < bake_end {
+                Decision::Idle { wake_at: Some(bake_end) }
+            } else if s.wave + 1 < s.waves {
+                Decision::NextWave { from: s.wave }
+            } else if s.in_flight_total == 0 {
+                Decision::Succeed { report: r }
+            } else {
+                IDLE
+            }
+        }
+    }
+}
+
+/// What happens to an action that failed or timed out after `attempts` attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Schedule it again, not before the given time.
+    Again { not_before: Millis },
+    /// No retries left (or the rollout no longer installs): the action failed.
+    GiveUp,
+}
+
+pub fn after_failure(attempts: u32, gate: &Gate, rollout_active: bool, now: Millis) -> Retry {
+    if rollout_active && attempts <= gate.retries {
+        Retry::Again { not_before: now + gate.backoff_ms(attempts) }
+    } else {
+        Retry::GiveUp
+    }
+}
+
+/// The deadline of an action notified at `now`.
+pub fn deadline(gate: &Gate, now: Millis) -> Millis {
+    now + gate.timeout_secs as i64 * 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::StrategySpec;
+
+    fn strategy(json: &str) -> Strategy {
+        serde_json::from_str::<StrategySpec>(json).unwrap().resolve(1).unwrap()
+    }
+
+    fn snap(st: &Strategy, state: RolloutState, current: WaveCounts) -> Snapshot<'_> {
+        Snapshot {
+            state,
+            strategy: st,
+            wave: 0,
+            waves: st.steps.len(),
+            start_at: None,
+            gate_passed_at: None,
+            last_release_at: None,
+            promote: false,
+            current,
+            in_flight_total: current.in_flight,
+            next_ready_at: None,
+            rollback: RollbackCounts::default(),
+        }
+    }
+
+    fn counts(total: u64, scheduled: u64, in_flight: u64, succeeded: u64, failed: u64) -> WaveCounts {
+        WaveCounts { total, scheduled, ready: scheduled, in_flight, succeeded, failed, skipped: 0 }
+    }
+
+    #[test]
+    fn pending_waits_for_start_time_and_empty_rollouts_wait_for_an_executor() {
+        let st = strategy(r#"{"wave":"canary"}"#);
+        let mut s = snap(&st, RolloutState::Pending, counts(1, 1, 0, 0, 0));
+        assert_eq!(decide(&s, 0), Decision::Start);
+        s.start_at = Some(100);
+        assert_eq!(decide(&s, 0), Decision::Idle { wake_at: Some(100) });
+        s.waves = 0;
+        assert_eq!(decide(&s, 1000), IDLE);
+    }
+
+    #[test]
+    fn release_respects_max_parallel_and_batches() {
+        let st = strategy(r#"{"steps":["100%"],"max_parallel":3,"batch_size":2,"batch_delay_secs":10}"#);
+        let mut s = snap(&st, RolloutState::Running, counts(10, 10, 0, 0, 0));
+        assert_eq!(decide(&s, 0), Decision::Release { count: 2 });
+        s.last_release_at = Some(0);
+        s.current = counts(10, 8, 2, 0, 0);
+        s.in_flight_total = 2;
+        assert_eq!(decide(&s, 5_000), Decision::Idle { wake_at: Some(10_000) });
+        assert_eq!(decide(&s, 10_000), Decision::Release { count: 1 });
+        s.in_flight_total = 3;
+        assert_eq!(decide(&s, 10_000), IDLE);
+    }
+
+    #[test]
+    fn gate_passes_bakes_then_advances() {
+        let st = strategy(r#"{"steps":[1,"100%"],"bake_time_secs":60}"#);
+        let mut s = snap(&st, RolloutState::Running, counts(1, 0, 0, 1, 0));
+        assert!(matches!(decide(&s, 0), Decision::GatePassed { .. }));
+        s.gate_passed_at = Some(0);
+        assert_eq!(decide(&s, 1), Decision::Idle { wake_at: Some(60_000) });
+        s.promote = true;
+        assert_eq!(decide(&s, 1), Decision::NextWave { from: 0 });
+        s.promote = false;
+        assert_eq!(decide(&s, 60_000), Decision::NextWave { from: 0 });
+        s.wave = 1;
+        s.current = counts(9, 0, 1, 8, 0);
+        s.in_flight_total = 1;
+        s.gate_passed_at = None;
+        // 8 of 9 is below 0.95 while one device is still working: wait for it.
+        assert_eq!(decide(&s, 61_000), IDLE);
+        s.current = counts(9, 0, 0, 9, 0);
+        s.in_flight_total = 0;
+        assert!(matches!(decide(&s, 61_000), Decision::GatePassed { .. }));
+    }
+
+    #[test]
+    fn failure_threshold_fails_and_success_threshold_must_be_met() {
+        let st = strategy(r#"{"steps":["100%"],"failure_threshold":0.2,"success_threshold":0.9}"#);
+        let s = snap(&st, RolloutState::Running, counts(10, 5, 2, 0, 3));
+        let Decision::Fail { report, reason } = decide(&s, 0) else { panic!() };
+        assert_eq!(report.failed, 3);
+        assert!(reason.contains("failure threshold"));
+        let s = snap(&st, RolloutState::Running, counts(10, 0, 0, 8, 2));
+        assert!(matches!(decide(&s, 0), Decision::Fail { .. }));
+        let s = snap(&st, RolloutState::Running, counts(10, 0, 1, 8, 1));
+        assert_eq!(decide(&s, 0), IDLE);
+    }
+
+    #[test]
+    fn last_wave_succeeds_only_when_nothing_is_in_flight() {
+        let st = strategy(r#"{"steps":["100%"],"success_threshold":0.5}"#);
+        let mut s = snap(&st, RolloutState::Running, counts(4, 0, 1, 3, 0));
+        s.gate_passed_at = Some(0);
+        assert_eq!(decide(&s, 0), IDLE);
+        s.current = counts(4, 0, 0, 4, 0);
+        s.in_flight_total = 0;
+        assert!(matches!(decide(&s, 0), Decision::Succeed { .. }));
+    }
+
+    #[test]
+    fn windows_hold_new_devices() {
+        let st = strategy(r#"{"steps":["100%"],"windows":["22:00-04:00 UTC"]}"#);
+        let s = snap(&st, RolloutState::Running, counts(4, 4, 0, 0, 0));
+        let noon = 12 * 3_600_000;
+        assert_eq!(decide(&s, noon), Decision::Idle { wake_at: Some(22 * 3_600_000) });
+        assert_eq!(decide(&s, 23 * 3_600_000), Decision::Release { count: 4 });
+    }
+
+    #[test]
+    fn rollback_phase() {
+        let st = strategy(r#"{"wave":"green"}"#);
+        let mut s = snap(&st, RolloutState::Failed, counts(4, 0, 0, 2, 2));
+        assert_eq!(decide(&s, 0), IDLE);
+        s.rollback = RollbackCounts { requested: true, missing: 2, open: 0 };
+        assert_eq!(decide(&s, 0), Decision::CreateRollbacks { count: 2 });
+        s.rollback = RollbackCounts { requested: true, missing: 0, open: 2 };
+        assert_eq!(decide(&s, 0), IDLE);
+        s.rollback.open = 0;
+        assert_eq!(decide(&s, 0), Decision::FinishRollback);
+    }
+
+    #[test]
+    fn retries_back_off_then_give_up() {
+        let g = Gate { retries: 2, backoff_secs: 1, ..Gate::default() };
+        assert_eq!(after_failure(1, &g, true, 0), Retry::Again { not_before: 1000 });
+        assert_eq!(after_failure(2, &g, true, 0), Retry::Again { not_before: 2000 });
+        assert_eq!(after_failure(3, &g, true, 0), Retry::GiveUp);
+        assert_eq!(after_failure(1, &g, false, 0), Retry::GiveUp);
+    }
+}
