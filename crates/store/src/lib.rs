@@ -1,1 +1,226 @@
-//! stub
+//! otafleet-store: persistence on SQLite (the embedded default) and PostgreSQL.
+//!
+//! One concrete [`Store`] over sqlx's `Any` driver, so every query is written once
+//! and behaves the same on both engines. The portable subset we keep to: integers
+//! are `BIGINT`/`INTEGER` read as `i64`, booleans are 0/1, timestamps are Unix
+//! milliseconds, UUIDs and JSON are text, placeholders are `$N`. The two schema
+//! dialects live side by side in `migrations/{sqlite,postgres}` and are embedded
+//! in the binary. Every state transition is written together with its event in
+//! one transaction (see `rollouts.rs`); SQLite write transactions use
+//! `BEGIN IMMEDIATE` so concurrent writers wait instead of failing.
+#![forbid(unsafe_code)]
+
+mod devices;
+mod events;
+mod releases;
+mod rollouts;
+mod sql;
+mod tokens;
+
+pub use devices::{Device, DeviceQuery, NewDevice};
+pub use events::{Event, EventQuery, NewEvent};
+pub use releases::{Artifact, NewArtifact, NewRelease, Release};
+pub use rollouts::{
+    Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, Target, WaveProgress,
+};
+pub use tokens::{hash_token, Role, TokenRecord};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row};
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Which engine a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database url '{0}': use sqlite://PATH or postgres://…")]
+    BadUrl(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Current wall-clock time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn migrator(backend: Backend) -> Migrator {
+    let sql: &'static str = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            Cow::Borrowed(sql),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    }
+}
+
+impl Store {
+    /// Connects, creating a SQLite file if needed (WAL mode), and runs migrations.
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let mut u = format!("sqlite:{rest}");
+            if !rest.contains("mode=") && !rest.contains(":memory:") {
+                u.push_str(if rest.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+            (Backend::Sqlite, u)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        let memory = url.contains(":memory:");
+        let opts = AnyPoolOptions::new()
+            .max_connections(match (backend, memory) {
+                (Backend::Sqlite, true) => 1,
+                (Backend::Sqlite, false) => 8,
+                (Backend::Postgres, _) => 16,
+            })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Durable enough with WAL, much faster than FULL; busy waits up to 10 s.
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = opts.connect(&url).await?;
+        if backend == Backend::Sqlite && !memory {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
+        migrator(backend).run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Liveness of the database connection.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Typed column access with the column name in the error.
+pub(crate) trait RowExt {
+    fn i64(&self, col: &str) -> Result<i64>;
+    fn opt_i64(&self, col: &str) -> Result<Option<i64>>;
+    fn string(&self, col: &str) -> Result<String>;
+    fn opt_string(&self, col: &str) -> Result<Option<String>>;
+    fn parsed<T: std::str::FromStr>(&self, col: &str) -> Result<T>
+    where
+        T::Err: std::fmt::Display;
+    fn json<T: serde::de::DeserializeOwned>(&self, col: &str) -> Result<T>;
+}
+
+impl RowExt for AnyRow {
+    fn i64(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get::<i64, _>(col)?)
+    }
+    fn opt_i64(&self, col: &str) -> Result<Option<i64>> {
+        Ok(self.try_get::<Option<i64>, _>(col)?)
+    }
+    fn string(&self, col: &str) -> Result<String> {
+        Ok(self.try_get::<String, _>(col)?)
+    }
+    fn opt_string(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.try_get::<Option<String>, _>(col)?)
+    }
+    fn parsed<T: std::str::FromStr>(&self, col: &str) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let s = self.string(col)?;
+        s.parse().map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+    }
+    fn json<T: serde::de::DeserializeOwned>(&self, col: &str) -> Result<T> {
+        let s = self.string(col)?;
+        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+    }
+}
+
+/// Maps a unique-constraint violation to [`StoreError::Conflict`].
+pub(crate) fn conflict_or(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
+        _ => StoreError::Db(e),
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Creates an empty PostgreSQL database next to the one in `base_url` and
+/// returns its URL, so every test run gets its own schema.
+pub async fn fresh_postgres_database(base_url: &str) -> Result<String> {
+    sqlx::any::install_default_drivers();
+    let name = format!("otafleet_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(base_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    let (head, tail) = base_url.split_once("://").ok_or_else(|| StoreError::BadUrl(base_url.to_string()))?;
+    let (hostpart, query) = match tail.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (tail, None),
+    };
+    let host = hostpart.split('/').next().unwrap_or(hostpart);
+    let mut url = format!("{head}://{host}/{name}");
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    Ok(url)
+}

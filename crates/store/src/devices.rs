@@ -1,0 +1,258 @@
+//! The device registry. Labels live twice: as JSON on the device row (what is
+//! shown) and as `device_labels` rows (what selectors query), written together.
+
+use crate::events::{self, NewEvent};
+use crate::sql::Sql;
+use crate::tokens::hash_token;
+use crate::{conflict_or, now_ms, Result, RowExt, Store, StoreError};
+use otafleet_core::selector::{Labels, Requirement};
+use otafleet_core::{DeviceHealth, Selector};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Device {
+    pub id: Uuid,
+    pub name: String,
+    pub labels: Labels,
+    pub current_version: Option<String>,
+    pub previous_version: Option<String>,
+    pub desired_version: Option<String>,
+    pub health: DeviceHealth,
+    pub last_seen: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewDevice {
+    pub id: Uuid,
+    pub name: String,
+    pub labels: Labels,
+    pub current_version: Option<String>,
+    /// The device's secret credential; only its hash is stored.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeviceQuery {
+    pub selector: Selector,
+    /// Keyset pagination: devices with an id greater than this.
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+pub(crate) const DEVICE_COLS: &str =
+    "d.id, d.name, d.labels, d.current_version, d.previous_version, d.desired_version, d.health, d.last_seen, d.created_at, d.updated_at";
+
+pub(crate) fn from_row(r: &AnyRow) -> Result<Device> {
+    Ok(Device {
+        id: r.parsed("id")?,
+        name: r.string("name")?,
+        labels: r.json("labels")?,
+        current_version: r.opt_string("current_version")?,
+        previous_version: r.opt_string("previous_version")?,
+        desired_version: r.opt_string("desired_version")?,
+        health: r.parsed("health")?,
+        last_seen: r.opt_i64("last_seen")?,
+        created_at: r.i64("created_at")?,
+        updated_at: r.i64("updated_at")?,
+    })
+}
+
+/// Appends `AND …` clauses for a selector over devices aliased `d`.
+pub(crate) fn push_selector(sql: &mut Sql, selector: &Selector) {
+    const EXISTS: &str = " AND EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ";
+    const NOT_EXISTS: &str = " AND NOT EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ";
+    for r in &selector.requirements {
+        match r {
+            Requirement::Eq { key, value } => {
+                sql.push(EXISTS).bind_str(key).push(" AND l.value = ").bind_str(value).push(")");
+            }
+            Requirement::NotEq { key, value } => {
+                sql.push(NOT_EXISTS).bind_str(key).push(" AND l.value = ").bind_str(value).push(")");
+            }
+            Requirement::In { key, values } => {
+                sql.push(EXISTS).bind_str(key).push(" AND l.value IN ").bind_list(values).push(")");
+            }
+            Requirement::NotIn { key, values } => {
+                sql.push(NOT_EXISTS).bind_str(key).push(" AND l.value IN ").bind_list(values).push(")");
+            }
+            Requirement::Exists { key } => {
+                sql.push(EXISTS).bind_str(key).push(")");
+            }
+            Requirement::NotExists { key } => {
+                sql.push(NOT_EXISTS).bind_str(key).push(")");
+            }
+        }
+    }
+}
+
+async fn write_labels(conn: &mut sqlx::AnyConnection, id: &str, labels: &Labels) -> Result<()> {
+    sqlx::query("DELETE FROM device_labels WHERE device_id = $1").bind(id).execute(&mut *conn).await?;
+    for (k, v) in labels {
+        sqlx::query("INSERT INTO device_labels (device_id, key, value) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(k.as_str())
+            .bind(v.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Registers devices in one transaction: all or none.
+    pub async fn insert_devices(&self, devices: &[NewDevice], actor: &str) -> Result<Vec<Device>> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            let id = d.id.to_string();
+            let labels = serde_json::to_string(&d.labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO devices (id, name, labels, current_version, health, token_hash, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(id.as_str())
+            .bind(d.name.as_str())
+            .bind(labels)
+            .bind(d.current_version.clone())
+            .bind(DeviceHealth::Unknown.as_str())
+            .bind(d.token.as_deref().map(hash_token))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| conflict_or(e, || format!("device {id} already exists")))?;
+            write_labels(&mut tx, &id, &d.labels).await?;
+            out.push(Device {
+                id: d.id,
+                name: d.name.clone(),
+                labels: d.labels.clone(),
+                current_version: d.current_version.clone(),
+                previous_version: None,
+                desired_version: None,
+                health: DeviceHealth::Unknown,
+                last_seen: None,
+                created_at: now,
+                updated_at: now,
+            });
+        }
+        let data = if devices.len() == 1 {
+            serde_json::json!({"name": devices[0].name, "labels": devices[0].labels})
+        } else {
+            serde_json::json!({"count": devices.len()})
+        };
+        let mut ev = NewEvent::new("device.registered", actor).data(data);
+        if devices.len() == 1 {
+            ev = ev.device(devices[0].id);
+        }
+        events::insert(&mut tx, now, &ev).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn get_device(&self, id: Uuid) -> Result<Option<Device>> {
+        let row = sqlx::query(&format!("SELECT {DEVICE_COLS} FROM devices d WHERE d.id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The device owning this secret token.
+    pub async fn find_device_by_token(&self, secret: &str) -> Result<Option<Device>> {
+        let row = sqlx::query(&format!("SELECT {DEVICE_COLS} FROM devices d WHERE d.token_hash = $1"))
+            .bind(hash_token(secret))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Devices matching a selector, ordered by id, one page.
+    pub async fn list_devices(&self, q: &DeviceQuery) -> Result<Vec<Device>> {
+        let mut sql = Sql::new(&format!("SELECT {DEVICE_COLS} FROM devices d WHERE 1=1"));
+        push_selector(&mut sql, &q.selector);
+        if let Some(after) = q.after {
+            sql.push(" AND d.id > ").bind_str(&after.to_string());
+        }
+        sql.push(" ORDER BY d.id LIMIT ").bind_i64(q.limit.clamp(1, 10_000));
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn count_devices(&self, selector: &Selector) -> Result<i64> {
+        let mut sql = Sql::new("SELECT COUNT(*) AS n FROM devices d WHERE 1=1");
+        push_selector(&mut sql, selector);
+        sql.query().fetch_one(&self.pool).await?.i64("n")
+    }
+
+    /// Device counts by health, for metrics.
+    pub async fn device_health_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT health, COUNT(*) AS n FROM devices GROUP BY health").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.string("health")?, r.i64("n")?))).collect()
+    }
+
+    /// Replaces a device's labels. Returns None if the device does not exist.
+    pub async fn set_device_labels(&self, id: Uuid, labels: &Labels, actor: &str) -> Result<Option<Device>> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let json = serde_json::to_string(labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let n = sqlx::query("UPDATE devices SET labels = $1, updated_at = $2 WHERE id = $3")
+            .bind(json)
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Ok(None);
+        }
+        write_labels(&mut tx, &id.to_string(), labels).await?;
+        let ev = NewEvent::new("device.labels_updated", actor).device(id).data(serde_json::json!({ "labels": labels }));
+        events::insert(&mut tx, now, &ev).await?;
+        let row = sqlx::query(&format!("SELECT {DEVICE_COLS} FROM devices d WHERE d.id = $1"))
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let d = from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(d))
+    }
+
+    /// Deletes a device; its unfinished actions are skipped. False if unknown.
+    pub async fn delete_device(&self, id: Uuid, actor: &str) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.write_tx().await?;
+        let sid = id.to_string();
+        sqlx::query(
+            "UPDATE actions SET state = 'skipped', error = 'device deleted', deadline = NULL, updated_at = $1 \
+             WHERE device_id = $2 AND state NOT IN ('succeeded', 'failed', 'rolled_back', 'skipped')",
+        )
+        .bind(now)
+        .bind(sid.as_str())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM device_labels WHERE device_id = $1").bind(sid.as_str()).execute(&mut *tx).await?;
+        let n = sqlx::query("DELETE FROM devices WHERE id = $1").bind(sid.as_str()).execute(&mut *tx).await?.rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        events::insert(&mut tx, now, &NewEvent::new("device.deleted", actor).device(id)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Sets a device's credential (enrollment or rotation).
+    pub async fn set_device_token(&self, id: Uuid, secret: &str) -> Result<bool> {
+        let n = sqlx::query("UPDATE devices SET token_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash_token(secret))
+            .bind(now_ms())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,68 @@
+//! A tiny SQL builder for dynamic filters with `$N` placeholders, which both
+//! SQLite and PostgreSQL understand through sqlx's `Any` driver.
+
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::Any;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    I64(i64),
+    Str(String),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Sql {
+    pub text: String,
+    args: Vec<Arg>,
+}
+
+impl Sql {
+    pub fn new(text: &str) -> Self {
+        Sql { text: text.to_string(), args: Vec::new() }
+    }
+
+    pub fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    /// Appends a placeholder bound to `arg`.
+    pub fn bind(&mut self, arg: Arg) -> &mut Self {
+        self.args.push(arg);
+        let n = self.args.len();
+        self.text.push_str(&format!("${n}"));
+        self
+    }
+
+    pub fn bind_str(&mut self, s: &str) -> &mut Self {
+        self.bind(Arg::Str(s.to_string()))
+    }
+
+    pub fn bind_i64(&mut self, v: i64) -> &mut Self {
+        self.bind(Arg::I64(v))
+    }
+
+    /// `($1, $2, …)` for a list of strings.
+    pub fn bind_list(&mut self, items: &[String]) -> &mut Self {
+        self.push("(");
+        for (i, it) in items.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind_str(it);
+        }
+        self.push(")")
+    }
+
+    pub fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
+        let mut q = sqlx::query(&self.text);
+        for a in &self.args {
+            q = match a {
+                Arg::I64(v) => q.bind(*v),
+                Arg::Str(s) => q.bind(s.clone()),
+            };
+        }
+        q
+    }
+}

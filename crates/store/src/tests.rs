@@ -1,0 +1,266 @@
+//! One suite, run on SQLite and (when `OTAFLEET_TEST_POSTGRES_URL` is set) on
+//! PostgreSQL, so both engines are held to the same behaviour.
+
+use super::*;
+use otafleet_core::engine::Decision;
+use otafleet_core::plan::{plan, Candidate};
+use otafleet_core::protocol::StatusReport;
+use otafleet_core::{ActionState, RolloutState, Selector, StrategySpec, Wave};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+async fn sqlite() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    (Store::connect(&url).await.unwrap(), dir)
+}
+
+async fn postgres() -> Option<Store> {
+    match std::env::var("OTAFLEET_TEST_POSTGRES_URL") {
+        Ok(base) if !base.is_empty() => {
+            let url = fresh_postgres_database(&base).await.unwrap();
+            Some(Store::connect(&url).await.unwrap())
+        }
+        _ => {
+            eprintln!("SKIPPED PostgreSQL store suite: set OTAFLEET_TEST_POSTGRES_URL to run it");
+            None
+        }
+    }
+}
+
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (s, _dir) = super::sqlite().await;
+                super::$name(s).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(s) = super::postgres().await {
+                    super::$name(s).await;
+                }
+            }
+        }
+    };
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn dev(i: u128, pairs: &[(&str, &str)]) -> NewDevice {
+    NewDevice {
+        id: Uuid::from_u128(i),
+        name: format!("dev-{i}"),
+        labels: labels(pairs),
+        current_version: Some("1.0.0".into()),
+        token: Some(format!("tok-{i}")),
+    }
+}
+
+both!(devices_crud_and_selectors);
+async fn devices_crud_and_selectors(s: Store) {
+    s.insert_devices(
+        &[
+            dev(1, &[("device_type", "esp32"), ("site", "a")]),
+            dev(2, &[("device_type", "esp32"), ("site", "b")]),
+            dev(3, &[("device_type", "rpi"), ("site", "a")]),
+        ],
+        "test",
+    )
+    .await
+    .unwrap();
+    // A duplicate in a batch rejects the whole batch and changes nothing.
+    let err = s.insert_devices(&[dev(4, &[]), dev(1, &[])], "test").await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(ref m) if m.contains("00000000-0000-0000-0000-000000000001")), "{err}");
+    assert!(s.get_device(Uuid::from_u128(4)).await.unwrap().is_none());
+
+    let q = |sel: &str| DeviceQuery { selector: Selector::parse(sel).unwrap(), after: None, limit: 100 };
+    let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id.as_u128()).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_devices(&q("device_type=esp32,site in (a,b)")).await.unwrap()), vec![1, 2]);
+    assert_eq!(ids(s.list_devices(&q("site!=a")).await.unwrap()), vec![2]);
+    assert_eq!(ids(s.list_devices(&q("device_type notin (esp32)")).await.unwrap()), vec![3]);
+    assert_eq!(ids(s.list_devices(&q("!site")).await.unwrap()), Vec::<u128>::new());
+    assert_eq!(s.count_devices(&Selector::parse("site=a").unwrap()).await.unwrap(), 2);
+    // Pagination by cursor.
+    let page = s.list_devices(&DeviceQuery { selector: Selector::default(), after: Some(Uuid::from_u128(1)), limit: 1 }).await.unwrap();
+    assert_eq!(ids(page), vec![2]);
+
+    let d = s.set_device_labels(Uuid::from_u128(3), &labels(&[("device_type", "esp32")]), "test").await.unwrap().unwrap();
+    assert_eq!(d.labels.get("device_type").map(String::as_str), Some("esp32"));
+    assert_eq!(ids(s.list_devices(&q("device_type=esp32")).await.unwrap()), vec![1, 2, 3]);
+    assert!(s.set_device_labels(Uuid::from_u128(99), &labels(&[]), "t").await.unwrap().is_none());
+
+    assert_eq!(s.find_device_by_token("tok-2").await.unwrap().unwrap().id, Uuid::from_u128(2));
+    assert!(s.find_device_by_token("nope").await.unwrap().is_none());
+    assert!(s.delete_device(Uuid::from_u128(2), "test").await.unwrap());
+    assert!(!s.delete_device(Uuid::from_u128(2), "test").await.unwrap());
+    let kinds: Vec<String> = s.list_events(&EventQuery { limit: 100, ..Default::default() }).await.unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec!["device.registered", "device.labels_updated", "device.deleted"]);
+}
+
+both!(releases_and_tokens);
+async fn releases_and_tokens(s: Store) {
+    let new = NewRelease {
+        name: "fw".into(),
+        version: "2.0.0".into(),
+        kind: "firmware".into(),
+        compatible: vec!["esp32".into()],
+        signature: None,
+        artifacts: vec![Artifact { name: "fw.bin".into(), uri: "https://x/fw.bin".into(), size: 10, sha256: "ab".repeat(32), signature: None }],
+    };
+    let r = s.insert_release(&new, "t").await.unwrap();
+    assert!(matches!(s.insert_release(&new, "t").await, Err(StoreError::Conflict(_))));
+    let got = s.get_release_by_version("2.0.0").await.unwrap().unwrap();
+    assert_eq!(got.artifacts, new.artifacts);
+    assert_eq!(s.get_release(r.id).await.unwrap().unwrap().version, "2.0.0");
+    let e = s.ensure_release("3.0.0", "t").await.unwrap();
+    assert_eq!(s.ensure_release("3.0.0", "t").await.unwrap().id, e.id);
+    assert_eq!(s.list_releases(None, 10).await.unwrap().len(), 2);
+
+    assert_eq!(s.count_tokens().await.unwrap(), 0);
+    s.create_token("ci", Role::Viewer, "secret-1").await.unwrap();
+    assert_eq!(s.find_token("secret-1").await.unwrap().unwrap().role, Role::Viewer);
+    assert!(s.find_token("secret-2").await.unwrap().is_none());
+}
+
+async fn make_rollout(s: &Store, n: u128, spec: StrategySpec) -> Rollout {
+    let devices: Vec<NewDevice> = (1..=n).map(|i| dev(i, &[("device_type", "esp32")])).collect();
+    s.insert_devices(&devices, "t").await.unwrap();
+    let release = s.ensure_release("2.0.0", "t").await.unwrap();
+    let strategy = spec.resolve(1).unwrap();
+    let cands = devices.iter().map(|d| Candidate { id: d.id, online: true, healthy: true }).collect();
+    let p = plan(cands, &strategy);
+    let from_versions = devices.iter().map(|d| (d.id, d.current_version.clone())).collect();
+    s.create_rollout(NewRollout {
+        release: &release,
+        kind: "deploy",
+        target: Target::Selector("device_type=esp32".into()),
+        strategy,
+        start_at: None,
+        actor: "t",
+        plan: p,
+        from_versions,
+    })
+    .await
+    .unwrap()
+}
+
+async fn drive(s: &Store, id: i64, now: i64) -> Vec<Decision> {
+    let mut out = Vec::new();
+    loop {
+        let (d, _) = s.drive_step(id, now).await.unwrap();
+        if matches!(d, Decision::Idle { .. }) {
+            return out;
+        }
+        out.push(d);
+    }
+}
+
+fn report(action_id: i64, seq: i64, state: ActionState) -> StatusReport {
+    StatusReport { action_id, seq, state, message: None, current_version: None }
+}
+
+both!(rollout_runs_through_waves_with_idempotent_reports);
+async fn rollout_runs_through_waves_with_idempotent_reports(s: Store) {
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":[1,"100%"]}"#).unwrap();
+    let r = make_rollout(&s, 4, spec).await;
+    assert_eq!((r.state, r.waves), (RolloutState::Pending, 2));
+    let ds = drive(&s, r.id, 1000).await;
+    assert_eq!(ds, vec![Decision::Start, Decision::Release { count: 1 }]);
+    let active = s.list_actions(&ActionQuery { rollout_id: Some(r.id), state: Some(ActionState::Notified), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(active.len(), 1);
+    let a = &active[0];
+    // Check-in hands out the action; the device reports progress.
+    let c = s.checkin(a.device_id, Some("1.0.0"), None, 1001).await.unwrap();
+    assert_eq!(c.action.as_ref().map(|x| x.id), Some(a.id));
+    assert_eq!(s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 1002).await.unwrap().0, ReportOutcome::Applied);
+    assert_eq!(s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 1003).await.unwrap().0, ReportOutcome::Duplicate);
+    // A report about someone else's action is refused.
+    let other = Uuid::from_u128(if a.device_id.as_u128() == 1 { 2 } else { 1 });
+    assert!(matches!(s.report_status(other, &report(a.id, 5, ActionState::Succeeded), 1003).await, Err(StoreError::NotFound(_))));
+    assert_eq!(s.report_status(a.device_id, &report(a.id, 3, ActionState::Succeeded), 1004).await.unwrap().0, ReportOutcome::Applied);
+    // Out of order: seq 2 arrives after seq 3: stale, ignored.
+    assert_eq!(s.report_status(a.device_id, &report(a.id, 2, ActionState::Installing), 1005).await.unwrap().0, ReportOutcome::Duplicate);
+    assert_eq!(s.get_device(a.device_id).await.unwrap().unwrap().current_version.as_deref(), Some("2.0.0"));
+
+    let ds = drive(&s, r.id, 2000).await;
+    assert!(matches!(ds[0], Decision::GatePassed { .. }));
+    assert_eq!(ds[1], Decision::NextWave { from: 0 });
+    assert_eq!(ds[2], Decision::Release { count: 3 });
+    for a in s.list_actions(&ActionQuery { rollout_id: Some(r.id), state: Some(ActionState::Notified), limit: 10, ..Default::default() }).await.unwrap() {
+        s.report_status(a.device_id, &report(a.id, 1, ActionState::Succeeded), 2100).await.unwrap();
+    }
+    let ds = drive(&s, r.id, 3000).await;
+    assert!(matches!(ds.last(), Some(Decision::Succeed { .. })), "{ds:?}");
+    let r = s.get_rollout(r.id).await.unwrap().unwrap();
+    assert_eq!(r.state, RolloutState::Succeeded);
+    let p = s.wave_progress(r.id).await.unwrap();
+    assert_eq!((p[0].succeeded, p[1].succeeded), (1, 3));
+    assert_eq!(s.count_updated_devices().await.unwrap(), 4);
+    // Succeeded is final for operator moves.
+    assert!(matches!(s.set_rollout_state(r.id, RolloutState::Running, None, "t").await, Err(StoreError::Conflict(_))));
+}
+
+both!(failed_canary_is_rolled_back_and_timeouts_retry);
+async fn failed_canary_is_rolled_back_and_timeouts_retry(s: Store) {
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":[1,"100%"],"retries":1,"backoff_secs":1,"timeout_secs":10}"#).unwrap();
+    let r = make_rollout(&s, 3, spec).await;
+    drive(&s, r.id, 0).await;
+    let a = s.list_actions(&ActionQuery { rollout_id: Some(r.id), state: Some(ActionState::Notified), limit: 10, ..Default::default() }).await.unwrap()[0].clone();
+    // No report within the timeout: retried after backoff.
+    assert_eq!(s.expire_actions(10_000, 100).await.unwrap(), 1);
+    let a2 = s.get_action(a.id).await.unwrap().unwrap();
+    assert_eq!((a2.state, a2.not_before), (ActionState::Scheduled, 11_000));
+    assert_eq!(drive(&s, r.id, 10_500).await, vec![]);
+    assert_eq!(drive(&s, r.id, 11_000).await, vec![Decision::Release { count: 1 }]);
+    // Second attempt: the device installs, then later checks in with the old version.
+    s.report_status(a.device_id, &report(a.id, 1, ActionState::Succeeded), 11_100).await.unwrap();
+    s.checkin(a.device_id, Some("1.0.0"), None, 11_200).await.unwrap();
+    let a3 = s.get_action(a.id).await.unwrap().unwrap();
+    assert_eq!(a3.state, ActionState::Failed);
+    assert!(a3.error.unwrap().contains("rolled back on its own"));
+    let ds = drive(&s, r.id, 12_000).await;
+    assert!(matches!(ds[0], Decision::Fail { .. }), "{ds:?}");
+    // Nothing was installed successfully, so the rollback phase ends at once.
+    assert_eq!(ds.last(), Some(&Decision::FinishRollback));
+    let r2 = s.get_rollout(r.id).await.unwrap().unwrap();
+    assert_eq!(r2.state, RolloutState::RolledBack);
+    assert!(r2.rollback_requested);
+    assert!(r2.reason.unwrap().contains("failure threshold"));
+    let skipped = s.list_actions(&ActionQuery { rollout_id: Some(r.id), state: Some(ActionState::Skipped), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(skipped.len(), 2);
+    let gate = s.list_events(&EventQuery { rollout_id: Some(r.id), kind: Some("rollout.failed".into()), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(gate[0].data["gate"]["failed"], 1);
+}
+
+both!(abort_rolls_back_updated_devices);
+async fn abort_rolls_back_updated_devices(s: Store) {
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"]}"#).unwrap();
+    let r = make_rollout(&s, 3, spec).await;
+    drive(&s, r.id, 0).await;
+    let acts = s.list_actions(&ActionQuery { rollout_id: Some(r.id), limit: 10, ..Default::default() }).await.unwrap();
+    s.report_status(acts[0].device_id, &report(acts[0].id, 1, ActionState::Succeeded), 10).await.unwrap();
+    s.set_rollout_state(r.id, RolloutState::Aborted, Some("operator"), "t").await.unwrap();
+    let ds = drive(&s, r.id, 20).await;
+    assert_eq!(ds, vec![Decision::CreateRollbacks { count: 1 }]);
+    // The two other devices are still in flight; one finishes after the abort and is rolled back too.
+    s.report_status(acts[1].device_id, &report(acts[1].id, 1, ActionState::Succeeded), 30).await.unwrap();
+    s.report_status(acts[2].device_id, &report(acts[2].id, 1, ActionState::Failed), 30).await.unwrap();
+    assert_eq!(drive(&s, r.id, 40).await, vec![Decision::CreateRollbacks { count: 1 }]);
+    let rbs = s.list_actions(&ActionQuery { rollout_id: Some(r.id), limit: 10, ..Default::default() }).await.unwrap();
+    let rbs: Vec<_> = rbs.into_iter().filter(|a| a.kind == otafleet_core::ActionKind::Rollback).collect();
+    assert_eq!(rbs.len(), 2);
+    for a in &rbs {
+        assert_eq!(a.to_version, "1.0.0");
+        let c = s.checkin(a.device_id, Some("2.0.0"), None, 50).await.unwrap();
+        assert_eq!(c.action.unwrap().id, a.id);
+        s.report_status(a.device_id, &report(a.id, 1, ActionState::Succeeded), 60).await.unwrap();
+    }
+    assert_eq!(drive(&s, r.id, 70).await, vec![Decision::FinishRollback]);
+    assert_eq!(s.get_rollout(r.id).await.unwrap().unwrap().state, RolloutState::RolledBack);
+    assert_eq!(s.get_device(rbs[0].device_id).await.unwrap().unwrap().current_version.as_deref(), Some("1.0.0"));
+    let _ = Wave::Canary;
+}
