@@ -1,1 +1,123 @@
-fn main() {}
+//! `otafleet`: the control plane server and its command-line client.
+//!
+//! Server-side commands (`serve`, `demo`, `sim`, `bench`) run in this process;
+//! every other command talks HTTP to a server (`--server`/`OTAFLEET_URL`,
+//! `--token`/`OTAFLEET_TOKEN`). Tables for people, `--output json` for scripts;
+//! any failure prints one line to stderr and exits non-zero.
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod demo;
+mod output;
+mod serve;
+
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use output::Format;
+
+#[derive(Parser)]
+#[command(name = "otafleet", version, about = "Over-the-air rollouts to fleets of robots and IoT devices")]
+pub struct Cli {
+    /// URL of the otafleet server.
+    #[arg(long, global = true, env = "OTAFLEET_URL", default_value = "http://127.0.0.1:8000")]
+    pub server: String,
+    /// API token (see `otafleet token create`).
+    #[arg(long, global = true, env = "OTAFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the control plane (HTTP APIs, rollout driver, metrics).
+    Serve(serve::ServeArgs),
+    /// Start a server on a temporary database with a simulated fleet and run rollouts.
+    Demo(demo::DemoArgs),
+    /// Create a deployment job (tracker-compatible): a rollout over the fleet with a wave.
+    Deploy(commands::DeployArgs),
+    /// List deployment jobs, newest first (tracker-compatible).
+    List,
+    /// Roll devices back to VERSION (tracker-compatible).
+    Rollback(commands::RollbackArgs),
+    /// The device registry.
+    #[command(subcommand)]
+    Devices(commands::DevicesCmd),
+    /// The release catalogue.
+    #[command(subcommand)]
+    Releases(commands::ReleasesCmd),
+    /// Rollouts: create, inspect, pause, resume, abort, promote, roll back.
+    #[command(subcommand)]
+    Rollouts(commands::RolloutsCmd),
+    /// The audit log.
+    Events(commands::EventsArgs),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(commands::TokenCmd),
+    /// Run N simulated devices against a server.
+    Sim(otafleet_agent::sim::SimArgs),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OTAFLEET_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let json = std::env::var("OTAFLEET_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<()> {
+    match cli.cmd {
+        Cmd::Serve(args) => {
+            let sub = matches.subcommand_matches("serve").cloned().unwrap_or_default();
+            serve::run(args, &sub).await
+        }
+        Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Sim(args) => otafleet_agent::sim::run(&cli.server, cli.token.as_deref(), args).await.map(|_| ()),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "otafleet", &mut std::io::stdout());
+            Ok(())
+        }
+        cmd => {
+            let api = client::Api::new(&cli.server, cli.token.clone())?;
+            commands::run(cmd, &api, cli.output).await
+        }
+    }
+}
+
+fn main() {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    init_tracing(match cli.cmd {
+        Cmd::Serve(_) => "info,sqlx=warn,tower_http=warn",
+        _ => "warn",
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli, matches)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -203,6 +203,10 @@ fn running(s: &Snapshot<'_>, now: Millis) -> Decision {
             let bake_end = passed + st.gate.bake_time_secs as i64 * 1000;
             if !s.promote && now < bake_end {
                 Decision::Idle { wake_at: Some(bake_end) }
+            } else if c.in_flight > 0 {
+                // Let the wave settle first: a straggler that fails is retried within this
+                // wave (only the current wave is ever released) and counts for its gate.
+                IDLE
             } else if s.wave + 1 < s.waves {
                 Decision::NextWave { from: s.wave }
             } else if s.in_flight_total == 0 {
@@ -324,6 +328,22 @@ mod tests {
         assert!(matches!(decide(&s, 0), Decision::Fail { .. }));
         let s = snap(&st, RolloutState::Running, counts(10, 0, 1, 8, 1));
         assert_eq!(decide(&s, 0), IDLE);
+    }
+
+    #[test]
+    fn next_wave_waits_for_stragglers_of_the_current_wave() {
+        // Found by the simulator (seed 2): the gate passed with devices still in flight,
+        // the next wave began, then a straggler of the earlier wave failed and was
+        // scheduled for a retry that was never released (only the current wave is).
+        let st = strategy(r#"{"steps":[1,"100%"],"success_threshold":0.5,"failure_threshold":0.5}"#);
+        let mut s = snap(&st, RolloutState::Running, counts(4, 0, 1, 3, 0));
+        s.gate_passed_at = Some(0);
+        assert_eq!(decide(&s, 0), IDLE);
+        s.promote = true;
+        assert_eq!(decide(&s, 0), IDLE);
+        s.current = counts(4, 0, 0, 3, 1);
+        s.in_flight_total = 0;
+        assert_eq!(decide(&s, 0), Decision::NextWave { from: 0 });
     }
 
     #[test]

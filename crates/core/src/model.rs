@@ -228,7 +228,8 @@ mod tests {
         assert!(Installing.can_transition_to(Verifying));
         assert!(!Verifying.can_transition_to(Downloading));
         assert!(!Scheduled.can_transition_to(Installing));
-        assert!(!Succeeded.can_transition_to(Failed));
+        assert!(Succeeded.can_transition_to(Failed), "drift: the device rolled back on its own");
+        assert!(!Succeeded.can_transition_to(RolledBack));
         assert!(Installing.can_transition_to(Scheduled));
         assert!(Scheduled.can_transition_to(Skipped));
         for s in ActionState::ALL.iter().filter(|s| s.is_terminal()) {

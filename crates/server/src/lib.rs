@@ -1,1 +1,192 @@
-//! stub
+//! otafleet-server: the control plane process.
+//!
+//! `serve` wires the pieces: the [`otafleet_store::Store`], the HTTP router
+//! (management API `/api/v1`, device API `/device/v1`, the original tracker's
+//! `/ota/*`, `/metrics`), and the rollout [`driver`] task. Everything shares one
+//! [`AppState`]. Shutdown (SIGTERM/ctrl-c, or the future passed in) stops
+//! accepting connections, lets in-flight requests and the current driver step
+//! finish, then closes the database.
+#![forbid(unsafe_code)]
+
+pub mod driver;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod time;
+
+use anyhow::Context;
+use otafleet_store::{Role, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// Settings of one `otafleet serve` process, built once by the CLI.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// Secret admin token to install at start (`OTAFLEET_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Serve `/ota/*` without a token (for the original Python CLI on a trusted network).
+    pub open_compat: bool,
+    /// Serve `/metrics` without a token.
+    pub open_metrics: bool,
+    /// Largest accepted request body, bytes.
+    pub body_limit: usize,
+    /// Seconds a device is told to wait between check-ins.
+    pub poll_interval_secs: u64,
+    /// Period of the driver's safety-net tick, milliseconds.
+    pub driver_tick_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: ([127, 0, 0, 1], 8000).into(),
+            database_url: "sqlite://otafleet.db".into(),
+            admin_token: None,
+            open_compat: false,
+            open_metrics: true,
+            body_limit: 1 << 20,
+            poll_interval_secs: 30,
+            driver_tick_ms: 1000,
+        }
+    }
+}
+
+/// Shared state behind every handler and the driver.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Wakes the driver when something it decides on changed.
+    pub driver_wake: Arc<Notify>,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: Config) -> Self {
+        AppState {
+            store,
+            config: Arc::new(config),
+            metrics: Arc::new(metrics::Metrics::new()),
+            driver_wake: Arc::new(Notify::new()),
+        }
+    }
+}
+
+/// Generates a random secret token (256 bits, hex).
+pub fn new_secret(prefix: &str) -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+/// Installs the bootstrap admin token. Returns a newly generated secret when
+/// the token table was empty and none was configured (printed once by the caller).
+pub async fn bootstrap_admin(store: &Store, configured: Option<&str>) -> anyhow::Result<Option<String>> {
+    if let Some(secret) = configured {
+        if store.find_token(secret).await?.is_none() {
+            store.create_token("bootstrap-admin", Role::Admin, secret).await?;
+        }
+        return Ok(None);
+    }
+    if store.count_tokens().await? > 0 {
+        return Ok(None);
+    }
+    let secret = new_secret("ota");
+    store.create_token("bootstrap-admin", Role::Admin, &secret).await?;
+    Ok(Some(secret))
+}
+
+/// A running server: where it listens and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub bootstrap_token: Option<String>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Asks for a graceful stop and waits for it.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Waits until the server stops on its own (signal).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Connects to the database, migrates, binds and starts serving in the background.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let store = Store::connect(&config.database_url)
+        .await
+        .with_context(|| format!("opening database {}", redact(&config.database_url)))?;
+    let bootstrap_token = bootstrap_admin(&store, config.admin_token.as_deref()).await?;
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(store, config);
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let app = http::router(state.clone());
+        let (driver_stop, driver_stopped) = watch::channel(false);
+        let driver = tokio::spawn(driver::run(state.clone(), driver_stopped));
+        let signal = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            tracing::info!("shutting down: finishing in-flight requests");
+        };
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(signal)
+            .await
+            .context("http server")?;
+        // Let the driver finish the step it is in (each step is one transaction).
+        let _ = driver_stop.send(true);
+        state.driver_wake.notify_one();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;
+        state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    Ok(Running { addr, bootstrap_token, stop, task })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// A database URL with any password replaced, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..s], &url[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

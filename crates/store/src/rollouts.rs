@@ -346,10 +346,27 @@ impl Store {
         rows.iter().map(rollout_from_row).collect()
     }
 
+    /// Every rollout as the original tracker's job list: (id, version, wave, kind, state, created_at), newest first.
+    pub async fn list_jobs(&self) -> Result<Vec<(i64, String, String, String, RolloutState, i64)>> {
+        let rows = sqlx::query("SELECT id, version, wave, kind, state, created_at FROM rollouts ORDER BY created_at DESC, id DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((r.i64("id")?, r.string("version")?, r.string("wave")?, r.string("kind")?, r.parsed("state")?, r.i64("created_at")?))
+            })
+            .collect()
+    }
+
     /// Counts of rollouts by state, for metrics.
     pub async fn rollout_state_counts(&self) -> Result<Vec<(String, String, i64)>> {
         let rows = sqlx::query("SELECT kind, state, COUNT(*) AS n FROM rollouts GROUP BY kind, state").fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok((r.string("kind")?, r.string("state")?, r.i64("n")?))).collect()
+    }
+
+    /// Last time any rollout was created or changed, if ever.
+    pub async fn last_rollout_activity(&self) -> Result<Option<i64>> {
+        sqlx::query("SELECT MAX(updated_at) AS t FROM rollouts").fetch_one(&self.pool).await?.opt_i64("t")
     }
 
     /// Succeeded install actions in all rollouts (the tracker's "updated pods").
@@ -466,6 +483,17 @@ impl Store {
         let r = load_rollout(&mut tx, id).await?;
         tx.commit().await?;
         Ok(r)
+    }
+
+    /// Devices that already have unfinished work in an active rollout.
+    pub async fn busy_devices(&self) -> Result<std::collections::HashSet<Uuid>> {
+        let rows = sqlx::query(&format!(
+            "SELECT DISTINCT a.device_id FROM actions a JOIN rollouts r ON r.id = a.rollout_id \
+             WHERE (a.state = 'scheduled' OR a.state IN {IN_FLIGHT}) AND r.state IN ('pending', 'running', 'paused')"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.parsed::<Uuid>("device_id")).collect()
     }
 
     /// Rollouts the driver has to look at.

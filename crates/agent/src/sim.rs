@@ -1,0 +1,302 @@
+//! `otafleet sim`: N simulated devices as async tasks speaking the real device
+//! protocol. Each registers through the management API, then checks in on an
+//! interval; when handed an action it reports downloading → installing →
+//! verifying → succeeded, with a configurable latency per step, or fails:
+//! `--fail-rate` makes installs fail at random, `--fail-version` makes a version
+//! fail its health check after install, so the device rolls back on its own and
+//! reports `rolled_back`. Used by `otafleet demo`, tests and benchmarks.
+
+use crate::client::DeviceClient;
+use anyhow::{anyhow, bail, Context, Result};
+use otafleet_core::protocol::{CheckinRequest, StatusReport};
+use otafleet_core::{ActionKind, ActionState, DeviceHealth};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// Number of simulated devices.
+    #[arg(long, default_value_t = 50)]
+    pub devices: usize,
+    /// Probability in [0, 1] that an install fails.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// A version whose health check always fails (the device rolls back locally).
+    #[arg(long)]
+    pub fail_version: Option<String>,
+    /// Milliseconds each install step takes.
+    #[arg(long, default_value_t = 100)]
+    pub latency: u64,
+    /// Milliseconds between check-ins when idle.
+    #[arg(long, default_value_t = 1000)]
+    pub poll_ms: u64,
+    /// Version the devices run at start.
+    #[arg(long, default_value = "1.0.0")]
+    pub initial_version: String,
+    /// Labels of the simulated devices, key=value[,key=value].
+    #[arg(long, default_value = "device_type=sim")]
+    pub labels: String,
+    /// Stop after this many seconds (default: run until ctrl-c).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Report only the final state of an action (fewer requests, for benchmarks).
+    #[arg(long)]
+    pub final_only: bool,
+    /// Random seed of the fleet's behaviour.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl Default for SimArgs {
+    fn default() -> Self {
+        SimArgs {
+            devices: 50,
+            fail_rate: 0.0,
+            fail_version: None,
+            latency: 100,
+            poll_ms: 1000,
+            initial_version: "1.0.0".into(),
+            labels: "device_type=sim".into(),
+            duration: None,
+            final_only: false,
+            seed: 1,
+        }
+    }
+}
+
+/// Counters of a running fleet.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub checkins: AtomicU64,
+    pub reports: AtomicU64,
+    pub installs_ok: AtomicU64,
+    pub installs_failed: AtomicU64,
+    pub local_rollbacks: AtomicU64,
+    pub rollbacks_done: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl SimStats {
+    pub fn line(&self) -> String {
+        format!(
+            "check-ins {} · reports {} · installed {} · failed {} · rolled back locally {} · rolled back by server {} · errors {}",
+            self.checkins.load(Ordering::Relaxed),
+            self.reports.load(Ordering::Relaxed),
+            self.installs_ok.load(Ordering::Relaxed),
+            self.installs_failed.load(Ordering::Relaxed),
+            self.local_rollbacks.load(Ordering::Relaxed),
+            self.rollbacks_done.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A running simulated fleet.
+pub struct SimFleet {
+    pub stats: Arc<SimStats>,
+    pub device_ids: Vec<String>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SimFleet {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn parse_labels(s: &str) -> Result<serde_json::Map<String, Value>> {
+    let mut m = serde_json::Map::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| anyhow!("--labels: '{part}' is not key=value"))?;
+        m.insert(k.trim().to_string(), json!(v.trim()));
+    }
+    Ok(m)
+}
+
+/// Registers the devices (bulk API, operator token) and starts their tasks.
+pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<SimFleet> {
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        bail!("--fail-rate must be between 0 and 1");
+    }
+    if args.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    let labels = parse_labels(&args.labels)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .context("building the HTTP client")?;
+    let base = server.trim_end_matches('/').to_string();
+    let mut creds = Vec::with_capacity(args.devices);
+    let mut remaining = args.devices;
+    let mut n = 0usize;
+    while remaining > 0 {
+        let batch = remaining.min(10_000);
+        let devices: Vec<Value> = (0..batch)
+            .map(|i| json!({"name": format!("sim-{}", n + i), "labels": labels, "current_version": args.initial_version}))
+            .collect();
+        let mut req = http.post(format!("{base}/api/v1/devices/bulk")).json(&json!({"devices": devices}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.with_context(|| format!("registering simulated devices at {base}"))?;
+        let status = res.status();
+        let body: Value = res.json().await.context("decoding the bulk registration answer")?;
+        if !status.is_success() {
+            bail!("registering simulated devices: {status}: {}", body["error"]["message"]);
+        }
+        for d in body["devices"].as_array().into_iter().flatten() {
+            let id = d["id"].as_str().unwrap_or_default().to_string();
+            let tok = d["token"].as_str().unwrap_or_default().to_string();
+            creds.push((id, tok));
+        }
+        n += batch;
+        remaining -= batch;
+    }
+    let stats = Arc::new(SimStats::default());
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(creds.len());
+    let device_ids = creds.iter().map(|(id, _)| id.clone()).collect();
+    for (i, (_, tok)) in creds.into_iter().enumerate() {
+        let dev = SimDevice {
+            client: DeviceClient::new(&base, &tok, http.clone()),
+            version: args.initial_version.clone(),
+            previous: None,
+            args: args.clone(),
+            stats: stats.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
+            seq: 0,
+        };
+        tasks.push(tokio::spawn(dev.run(stopped.clone())));
+    }
+    Ok(SimFleet { stats, device_ids, stop, tasks })
+}
+
+struct SimDevice {
+    client: DeviceClient,
+    version: String,
+    previous: Option<String>,
+    args: SimArgs,
+    stats: Arc<SimStats>,
+    rng: rand::rngs::StdRng,
+    seq: i64,
+}
+
+impl SimDevice {
+    async fn report(&mut self, action_id: i64, state: ActionState, message: Option<String>) -> Result<()> {
+        self.seq += 1;
+        let r = StatusReport { action_id, seq: self.seq, state, message, current_version: Some(self.version.clone()) };
+        self.client.report(&r).await?;
+        self.stats.reports.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> Result<bool> {
+        let req = CheckinRequest { current_version: Some(self.version.clone()), health: Some(DeviceHealth::Healthy) };
+        let res = self.client.checkin(&req).await?;
+        self.stats.checkins.fetch_add(1, Ordering::Relaxed);
+        let Some(action) = res.action else { return Ok(false) };
+        self.seq = self.seq.max(action.last_seq);
+        let latency = Duration::from_millis(self.args.latency);
+        let pause = |d: Duration, stop: &mut watch::Receiver<bool>| {
+            let mut stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                }
+            }
+        };
+        if !self.args.final_only {
+            for st in [ActionState::Downloading, ActionState::Installing, ActionState::Verifying] {
+                if pause(latency, stop).await {
+                    return Ok(true);
+                }
+                self.report(action.action_id, st, None).await?;
+            }
+        }
+        if pause(latency, stop).await {
+            return Ok(true);
+        }
+        match action.kind {
+            ActionKind::Rollback => {
+                self.previous = Some(std::mem::replace(&mut self.version, action.version.clone()));
+                self.report(action.action_id, ActionState::Succeeded, None).await?;
+                self.stats.rollbacks_done.fetch_add(1, Ordering::Relaxed);
+            }
+            ActionKind::Install if self.args.fail_version.as_deref() == Some(action.version.as_str()) => {
+                let msg = format!("health check failed after installing {}; rolled back locally to {}", action.version, self.version);
+                self.report(action.action_id, ActionState::RolledBack, Some(msg)).await?;
+                self.stats.local_rollbacks.fetch_add(1, Ordering::Relaxed);
+            }
+            ActionKind::Install if self.rng.gen_bool(self.args.fail_rate) => {
+                self.report(action.action_id, ActionState::Failed, Some("simulated install failure".into())).await?;
+                self.stats.installs_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            ActionKind::Install => {
+                self.previous = Some(std::mem::replace(&mut self.version, action.version.clone()));
+                self.report(action.action_id, ActionState::Succeeded, None).await?;
+                self.stats.installs_ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        // Spread the first check-ins over one poll interval.
+        let first = self.rng.gen_range(0..self.args.poll_ms.max(1));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(first)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let busy = match self.step(&mut stop).await {
+                Ok(b) => b,
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "simulated device request failed");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            let jitter = self.rng.gen_range(0..=self.args.poll_ms / 10 + 1);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(self.args.poll_ms + jitter)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// `otafleet sim`: runs until the duration passes or ctrl-c, printing counters.
+pub async fn run(server: &str, token: Option<&str>, args: SimArgs) -> Result<Arc<SimStats>> {
+    let fleet = spawn(server, token, &args).await?;
+    eprintln!("simulating {} devices against {server}", fleet.device_ids.len());
+    let stats = fleet.stats.clone();
+    let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    loop {
+        let tick = tokio::time::sleep(Duration::from_secs(5));
+        tokio::select! {
+            _ = tick => eprintln!("{}", stats.line()),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+        }
+    }
+    fleet.stop().await;
+    eprintln!("{}", stats.line());
+    Ok(stats)
+}

@@ -1,0 +1,102 @@
+//! `otafleet serve`: configuration from flags, `OTAFLEET_*` environment
+//! variables and an optional TOML file (in that order of precedence), built
+//! once into [`otafleet_server::Config`].
+
+use anyhow::{Context, Result};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "OTAFLEET_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// sqlite://PATH (embedded default, WAL mode) or postgres://USER@HOST/DB.
+    #[arg(long, env = "OTAFLEET_DATABASE_URL", default_value = "sqlite://otafleet.db")]
+    pub database_url: String,
+    /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs.
+    #[arg(long, env = "OTAFLEET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
+    #[arg(long, env = "OTAFLEET_OPEN_COMPAT", default_value_t = false)]
+    pub open_compat: bool,
+    /// Require a viewer token for /metrics.
+    #[arg(long, env = "OTAFLEET_METRICS_AUTH", default_value_t = false)]
+    pub metrics_auth: bool,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "OTAFLEET_BODY_LIMIT", default_value_t = 1 << 20)]
+    pub body_limit: usize,
+    /// Seconds devices wait between check-ins.
+    #[arg(long, env = "OTAFLEET_POLL_INTERVAL", default_value_t = 30)]
+    pub poll_interval_secs: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    open_compat: Option<bool>,
+    metrics_auth: Option<bool>,
+    body_limit: Option<usize>,
+    poll_interval_secs: Option<u64>,
+}
+
+impl ServeArgs {
+    /// Merges the TOML file under flags and environment.
+    pub fn into_config(mut self, m: &ArgMatches) -> Result<otafleet_server::Config> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+            let file: FileConfig = toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+            let from_default = |id: &str| matches!(m.value_source(id), None | Some(ValueSource::DefaultValue));
+            macro_rules! take {
+                ($f:ident) => {
+                    if let Some(v) = file.$f {
+                        if from_default(stringify!($f)) {
+                            self.$f = v;
+                        }
+                    }
+                };
+            }
+            take!(listen);
+            take!(database_url);
+            take!(open_compat);
+            take!(metrics_auth);
+            take!(body_limit);
+            take!(poll_interval_secs);
+        }
+        if self.body_limit < 1024 {
+            anyhow::bail!("--body-limit must be at least 1024 bytes");
+        }
+        Ok(otafleet_server::Config {
+            listen: self.listen,
+            database_url: self.database_url,
+            admin_token: std::env::var("OTAFLEET_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+            open_compat: self.open_compat,
+            open_metrics: !self.metrics_auth,
+            body_limit: self.body_limit,
+            poll_interval_secs: self.poll_interval_secs.max(1),
+            ..Default::default()
+        })
+    }
+}
+
+/// Prints the bootstrap admin token once, to stderr, so it is not mixed with output.
+pub fn announce(running: &otafleet_server::Running) {
+    if let Some(t) = &running.bootstrap_token {
+        eprintln!("\n  Bootstrap admin token (shown once, store it now):\n\n    {t}\n\n  export OTAFLEET_TOKEN={t}\n");
+    }
+}
+
+pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<()> {
+    let config = args.into_config(m)?;
+    tracing::info!(listen = %config.listen, database = %otafleet_server::redact(&config.database_url), "starting otafleet serve");
+    let running = otafleet_server::start(config).await?;
+    announce(&running);
+    tracing::info!(addr = %running.addr, "listening");
+    println!("otafleet listening on http://{}", running.addr);
+    running.wait().await
+}

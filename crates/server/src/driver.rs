@@ -1,0 +1,89 @@
+//! The rollout driver: a task inside `otafleet serve` that moves rollouts along.
+//!
+//! Each pass: expire timed-out actions, then for every rollout that can move,
+//! apply engine decisions one transaction at a time until the engine says
+//! "idle". It sleeps until the earliest wake-up the engine asked for, a nudge
+//! (a status report, an operator command, a new rollout), or a safety tick.
+//! All state lives in the database, so a killed process resumes where the last
+//! committed step left it; a step is never half-applied.
+
+use crate::AppState;
+use otafleet_core::engine::Decision;
+use otafleet_store::now_ms;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Steps applied to one rollout in one pass before others get a turn.
+const MAX_STEPS_PER_PASS: usize = 64;
+
+fn decision_name(d: &Decision) -> &'static str {
+    match d {
+        Decision::Idle { .. } => "idle",
+        Decision::Start => "start",
+        Decision::Release { .. } => "release",
+        Decision::GatePassed { .. } => "gate_passed",
+        Decision::NextWave { .. } => "next_wave",
+        Decision::Succeed { .. } => "succeed",
+        Decision::Fail { .. } => "fail",
+        Decision::CreateRollbacks { .. } => "create_rollbacks",
+        Decision::FinishRollback => "finish_rollback",
+    }
+}
+
+/// One pass over every drivable rollout. Returns the earliest requested wake-up.
+pub async fn pass(state: &AppState) -> Result<Option<i64>, otafleet_store::StoreError> {
+    let now = now_ms();
+    let expired = state.store.expire_actions(now, 5_000).await?;
+    if expired > 0 {
+        tracing::info!(expired, "actions timed out");
+    }
+    let mut wake: Option<i64> = None;
+    for id in state.store.drivable_rollouts().await? {
+        for _ in 0..MAX_STEPS_PER_PASS {
+            let now = now_ms();
+            let (decision, notified) = state.store.drive_step(id, now).await?;
+            if let Decision::Idle { wake_at } = decision {
+                if let Some(t) = wake_at {
+                    wake = Some(wake.map_or(t, |w| w.min(t)));
+                }
+                break;
+            }
+            let name = decision_name(&decision);
+            state.metrics.driver_decisions.get_or_create(&vec![("decision".into(), name.into())]).inc();
+            state.metrics.record_run(now);
+            match &decision {
+                Decision::Fail { reason, .. } => tracing::warn!(rollout = id, %reason, "rollout failed its gate"),
+                Decision::Release { .. } | Decision::CreateRollbacks { .. } => {
+                    tracing::debug!(rollout = id, decision = name, devices = notified.len())
+                }
+                _ => tracing::info!(rollout = id, decision = name, "rollout step"),
+            }
+        }
+    }
+    Ok(wake)
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let tick = Duration::from_millis(state.config.driver_tick_ms.max(10));
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let sleep_for = match pass(&state).await {
+            Ok(wake) => {
+                let until = wake.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64)).unwrap_or(tick);
+                until.min(tick)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "driver pass failed; retrying");
+                tick
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = state.driver_wake.notified() => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

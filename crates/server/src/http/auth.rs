@@ -1,0 +1,59 @@
+//! Bearer-token authentication. A [`Caller`] is extracted per request; handlers
+//! state the role they need with [`Caller::require`]. Tokens are looked up by
+//! their SHA-256; no token is 401, a too-weak role is 403.
+
+use super::error::ApiError;
+use crate::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use otafleet_store::{Role, TokenRecord};
+
+/// Who is calling, if anyone.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token: Option<TokenRecord>,
+}
+
+impl Caller {
+    /// The caller's name for the event log.
+    pub fn actor(&self) -> String {
+        match &self.token {
+            Some(t) => format!("token:{}", t.name),
+            None => "anonymous".into(),
+        }
+    }
+
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        match &self.token {
+            None => Err(ApiError::unauthorized("a bearer token is required (Authorization: Bearer <token>)")),
+            Some(t) if t.role < role => Err(ApiError::forbidden(format!(
+                "this needs the {role} role; the token '{}' has {}",
+                t.name, t.role
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The bearer secret of a request, if it carries one.
+pub fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(v) = parts.headers.get(AUTHORIZATION) else { return Ok(None) };
+    let v = v.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    match v.split_once(' ') {
+        Some((scheme, secret)) if scheme.eq_ignore_ascii_case("bearer") && !secret.trim().is_empty() => Ok(Some(secret.trim())),
+        _ => Err(ApiError::unauthorized("expected 'Authorization: Bearer <token>'")),
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(secret) = bearer(parts)? else { return Ok(Caller { token: None }) };
+        match state.store.find_token(secret).await? {
+            Some(t) => Ok(Caller { token: Some(t) }),
+            None => Err(ApiError::unauthorized("unknown or revoked token")),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The original OTA Deploy Tracker's API, kept path for path and field for
+//! field so its Python CLI and job runner keep working. A tracker "job" is a
+//! rollout; this module is the one place where the two vocabularies meet.
+//!
+//! | tracker status      | rollout                         |
+//! |---------------------|---------------------------------|
+//! | `pending`           | deploy, `pending`               |
+//! | `rollback_pending`  | rollback, `pending`             |
+//! | `complete`          | deploy, `succeeded`             |
+//! | `rollback_complete` | rollback, `succeeded`           |
+//! | other               | the rollout state (`running`, `failed`, …) |
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiQuery;
+use crate::service::{self, CreateRollout, ReleaseRef};
+use crate::time::rfc3339;
+use crate::AppState;
+use axum::extract::State;
+use axum::Json;
+use otafleet_core::{RolloutState, StrategySpec, Wave};
+use otafleet_store::{Role, Target};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// The tracker's status word for a rollout.
+pub fn job_status(kind: &str, state: RolloutState) -> &'static str {
+    match (kind, state) {
+        ("rollback", RolloutState::Pending) => "rollback_pending",
+        ("rollback", RolloutState::Succeeded) => "rollback_complete",
+        (_, RolloutState::Pending) => "pending",
+        (_, RolloutState::Succeeded) => "complete",
+        (_, s) => s.as_str(),
+    }
+}
+
+/// The rollout state a tracker status word asks for.
+pub fn state_for_status(status: &str) -> Option<RolloutState> {
+    Some(match status.to_ascii_lowercase().as_str() {
+        "complete" | "completed" | "success" | "successful" | "succeeded" | "done" | "rollback_complete" => RolloutState::Succeeded,
+        "failed" | "failure" | "error" => RolloutState::Failed,
+        "aborted" | "cancelled" | "canceled" => RolloutState::Aborted,
+        "running" | "in_progress" | "resumed" => RolloutState::Running,
+        "paused" => RolloutState::Paused,
+        "pending" | "rollback_pending" => RolloutState::Pending,
+        _ => return None,
+    })
+}
+
+fn check(state: &AppState, caller: &Caller, role: Role) -> ApiResult<()> {
+    if state.config.open_compat {
+        Ok(())
+    } else {
+        caller.require(role)
+    }
+}
+
+fn parse_wave(w: Option<&str>, default: Wave) -> ApiResult<Wave> {
+    match w {
+        None => Ok(default),
+        Some(w) => match w.parse::<Wave>() {
+            Ok(Wave::Custom) | Err(_) => Err(ApiError::invalid("wave", format!("unknown wave '{w}', expected canary, blue or green"))),
+            Ok(w) => Ok(w),
+        },
+    }
+}
+
+fn non_empty_version(v: &str) -> ApiResult<()> {
+    super::devices::validate_version("version", v)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub msg: &'static str,
+    pub service: &'static str,
+    pub version: &'static str,
+}
+
+/// Health check (always open).
+#[utoipa::path(get, path = "/", responses((status = 200, body = Health), (status = 503, body = super::error::ErrorBody)), tag = "tracker")]
+pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    state.store.ping().await.map_err(|e| {
+        tracing::error!(error = %e, "database ping failed");
+        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "database unavailable")
+    })?;
+    Ok(Json(Health { msg: "OTA Deploy Tracker Running", service: "otafleet", version: env!("CARGO_PKG_VERSION") }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct DeployQuery {
+    pub version: String,
+    /// `canary` (default), `blue` or `green`.
+    pub wave: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeployResponse {
+    pub job_id: i64,
+    pub version: String,
+    pub status: &'static str,
+    pub wave: String,
+}
+
+/// Create a job: a rollout of that version over the whole fleet with that wave.
+#[utoipa::path(post, path = "/ota/deploy", params(DeployQuery),
+    responses((status = 200, body = DeployResponse), (status = 422, body = super::error::ErrorBody)), tag = "tracker")]
+pub async fn deploy(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<DeployQuery>) -> ApiResult<Json<DeployResponse>> {
+    check(&state, &caller, Role::Operator)?;
+    non_empty_version(&q.version)?;
+    let wave = parse_wave(q.wave.as_deref(), Wave::Canary)?;
+    let r = service::create_rollout(
+        &state,
+        CreateRollout {
+            release: ReleaseRef::EnsureVersion(q.version.clone()),
+            kind: "deploy",
+            target: Target::Selector(String::new()),
+            strategy: StrategySpec::preset(wave),
+            start_at: None,
+            actor: caller.actor(),
+        },
+    )
+    .await?;
+    Ok(Json(DeployResponse { job_id: r.id, version: r.version, status: job_status(&r.kind, r.state), wave: r.wave }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Job {
+    pub id: i64,
+    pub version: String,
+    pub wave: String,
+    pub status: &'static str,
+    pub created_at: String,
+}
+
+/// All jobs, newest first.
+#[utoipa::path(get, path = "/ota/jobs", responses((status = 200, body = Vec<Job>)), tag = "tracker")]
+pub async fn jobs(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Job>>> {
+    check(&state, &caller, Role::Viewer)?;
+    let jobs = state.store.list_jobs().await?;
+    Ok(Json(
+        jobs.into_iter()
+            .map(|(id, version, wave, kind, st, created)| Job { id, version, wave, status: job_status(&kind, st), created_at: rfc3339(created) })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct UpdateStatusQuery {
+    pub job_id: i64,
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UpdateStatusResponse {
+    pub status: &'static str,
+    pub job_id: i64,
+    pub new_status: &'static str,
+}
+
+/// Set a job's status (used by the tracker's external job runner).
+#[utoipa::path(post, path = "/ota/update_status", params(UpdateStatusQuery),
+    responses((status = 200, body = UpdateStatusResponse), (status = 404, body = super::error::ErrorBody),
+    (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)), tag = "tracker")]
+pub async fn update_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<UpdateStatusQuery>,
+) -> ApiResult<Json<UpdateStatusResponse>> {
+    check(&state, &caller, Role::Operator)?;
+    let to = state_for_status(&q.status).ok_or_else(|| {
+        ApiError::invalid("status", format!("unknown status '{}', expected e.g. complete, failed, aborted, running, paused", q.status))
+    })?;
+    let r = state.store.get_rollout(q.job_id).await?.ok_or_else(|| ApiError::not_found(format!("Job not found: {}", q.job_id)))?;
+    let r = if r.state == to {
+        r
+    } else {
+        state.store.set_rollout_state(r.id, to, Some(&format!("status '{}' reported", q.status)), &caller.actor()).await?
+    };
+    state.driver_wake.notify_one();
+    Ok(Json(UpdateStatusResponse { status: "success", job_id: r.id, new_status: job_status(&r.kind, r.state) }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct RollbackQuery {
+    /// The version to go back to.
+    pub version: String,
+    /// Scope: `canary`, `blue` or `green` (default).
+    pub wave: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RollbackResponse {
+    pub job_id: i64,
+    pub version: String,
+    pub status: &'static str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+/// Roll devices back to `version`: a rollback job over the wave's scope.
+#[utoipa::path(post, path = "/ota/rollback", params(RollbackQuery),
+    responses((status = 200, body = RollbackResponse), (status = 422, body = super::error::ErrorBody)), tag = "tracker")]
+pub async fn rollback(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<RollbackQuery>) -> ApiResult<Json<RollbackResponse>> {
+    check(&state, &caller, Role::Operator)?;
+    non_empty_version(&q.version)?;
+    let wave = parse_wave(q.wave.as_deref(), Wave::Green)?;
+    let r = service::create_rollout(
+        &state,
+        CreateRollout {
+            release: ReleaseRef::EnsureVersion(q.version.clone()),
+            kind: "rollback",
+            target: Target::Selector(String::new()),
+            strategy: StrategySpec { auto_rollback: Some(false), ..StrategySpec::preset(wave) },
+            start_at: None,
+            actor: caller.actor(),
+        },
+    )
+    .await?;
+    Ok(Json(RollbackResponse { job_id: r.id, version: r.version, status: job_status(&r.kind, r.state), kind: "rollback" }))
+}

@@ -1,0 +1,104 @@
+//! `/device/v1`: the device protocol. A device authenticates with its own
+//! token and can only see and report on its own actions.
+
+use super::auth::bearer;
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiJson;
+use crate::AppState;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::Json;
+use otafleet_core::protocol::{ActionOrder, ArtifactRef, CheckinRequest, CheckinResponse, StatusAck, StatusReport};
+use otafleet_store::{Action, Device, ReportOutcome};
+
+
+/// The device a request comes from.
+pub struct DeviceCaller(pub Device);
+
+impl FromRequestParts<AppState> for DeviceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let secret = bearer(parts)?.ok_or_else(|| ApiError::unauthorized("a device token is required"))?;
+        match state.store.find_device_by_token(secret).await? {
+            Some(d) => Ok(DeviceCaller(d)),
+            None => Err(ApiError::unauthorized("unknown device token")),
+        }
+    }
+}
+
+async fn order(state: &AppState, a: Action) -> ApiResult<ActionOrder> {
+    let release = state.store.get_release_by_version(&a.to_version).await?;
+    let (artifacts, signature) = match release {
+        Some(r) => (
+            r.artifacts
+                .into_iter()
+                .map(|x| ArtifactRef { name: x.name, uri: x.uri, size: x.size.max(0) as u64, sha256: x.sha256 })
+                .collect(),
+            r.signature,
+        ),
+        None => (Vec::new(), None),
+    };
+    Ok(ActionOrder {
+        action_id: a.id,
+        rollout_id: a.rollout_id,
+        kind: a.kind,
+        version: a.to_version,
+        state: a.state,
+        last_seq: a.last_seq,
+        artifacts,
+        signature,
+    })
+}
+
+/// Check in: report the running version and health; get the action to perform, if any.
+#[utoipa::path(post, path = "/device/v1/checkin", request_body(content = Object, description = "CheckinRequest"),
+    responses((status = 200, description = "CheckinResponse"), (status = 401, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "device")]
+pub async fn checkin(
+    State(state): State<AppState>,
+    DeviceCaller(device): DeviceCaller,
+    ApiJson(req): ApiJson<CheckinRequest>,
+) -> ApiResult<Json<CheckinResponse>> {
+    if let Some(v) = &req.current_version {
+        super::devices::validate_version("current_version", v)?;
+    }
+    state.metrics.checkins.inc();
+    let c = state.store.checkin(device.id, req.current_version.as_deref(), req.health, otafleet_store::now_ms()).await?;
+    let action = match c.action {
+        Some(a) => Some(order(&state, a).await?),
+        None => None,
+    };
+    Ok(Json(CheckinResponse { device_id: device.id, action, poll_after_secs: state.config.poll_interval_secs }))
+}
+
+/// Report progress on an action. Idempotent by `(action_id, seq)`.
+#[utoipa::path(post, path = "/device/v1/status", request_body(content = Object, description = "StatusReport"),
+    responses((status = 200, description = "StatusAck"), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "device")]
+pub async fn status(
+    State(state): State<AppState>,
+    DeviceCaller(device): DeviceCaller,
+    ApiJson(report): ApiJson<StatusReport>,
+) -> ApiResult<Json<StatusAck>> {
+    if report.seq < 1 {
+        return Err(ApiError::invalid("seq", "sequence numbers start at 1"));
+    }
+    if let Some(m) = &report.message {
+        if m.len() > 4096 {
+            return Err(ApiError::invalid("message", "at most 4096 bytes"));
+        }
+    }
+    let (outcome, action) = state.store.report_status(device.id, &report, otafleet_store::now_ms()).await?;
+    let name = match outcome {
+        ReportOutcome::Applied => "applied",
+        ReportOutcome::Duplicate => "duplicate",
+        ReportOutcome::Ignored => "ignored",
+    };
+    state.metrics.status_reports.get_or_create(&vec![("outcome".into(), name.into())]).inc();
+    if outcome == ReportOutcome::Applied {
+        state.driver_wake.notify_one();
+    }
+    Ok(Json(StatusAck { action_id: action.id, outcome: name.to_string(), state: action.state }))
+}
+

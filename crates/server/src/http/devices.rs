@@ -1,0 +1,259 @@
+//! `/api/v1/devices`: the device registry.
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery};
+use super::Page;
+use crate::time::{rfc3339, rfc3339_opt};
+use crate::{new_secret, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use otafleet_core::selector::{validate_label_key, validate_label_value, Labels};
+use otafleet_core::Selector;
+use otafleet_store::{Device, DeviceQuery, NewDevice, Role};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceView {
+    pub id: Uuid,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub current_version: Option<String>,
+    pub previous_version: Option<String>,
+    pub desired_version: Option<String>,
+    /// `unknown`, `healthy`, `degraded` or `unhealthy`.
+    pub health: String,
+    pub last_seen: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<Device> for DeviceView {
+    fn from(d: Device) -> Self {
+        DeviceView {
+            id: d.id,
+            name: d.name,
+            labels: d.labels,
+            current_version: d.current_version,
+            previous_version: d.previous_version,
+            desired_version: d.desired_version,
+            health: d.health.as_str().to_string(),
+            last_seen: rfc3339_opt(d.last_seen),
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDevice {
+    /// Defaults to a new random UUID.
+    pub id: Option<Uuid>,
+    /// Defaults to the id.
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub current_version: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RegisteredDevice {
+    #[serde(flatten)]
+    pub device: DeviceView,
+    /// The device's secret credential for `/device/v1`. Shown only once.
+    pub token: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRegister {
+    pub devices: Vec<RegisterDevice>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BulkRegistered {
+    pub devices: Vec<RegisteredDevice>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDevice {
+    /// Labels to set; a `null` value removes the label.
+    #[serde(default)]
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Label selector, e.g. `device_type=esp32,site in (a,b)`.
+    pub selector: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+    /// Cursor: the `next` value of the previous page.
+    pub after: Option<Uuid>,
+}
+
+pub const MAX_BULK: usize = 10_000;
+
+pub fn validate_version(field: &str, v: &str) -> ApiResult<()> {
+    if v.trim().is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ApiError::invalid(field, format!("'{v}' is not a valid version: 1 to 128 characters, no spaces")));
+    }
+    Ok(())
+}
+
+fn validate_labels(prefix: &str, labels: &Labels) -> ApiResult<()> {
+    if labels.len() > 64 {
+        return Err(ApiError::invalid(prefix, "at most 64 labels"));
+    }
+    for (k, v) in labels {
+        validate_label_key(k).map_err(|m| ApiError::invalid(&format!("{prefix}.{k}"), m))?;
+        validate_label_value(v).map_err(|m| ApiError::invalid(&format!("{prefix}.{k}"), m))?;
+    }
+    Ok(())
+}
+
+fn to_new(r: RegisterDevice, field: &str) -> ApiResult<NewDevice> {
+    let id = r.id.unwrap_or_else(Uuid::new_v4);
+    let name = r.name.unwrap_or_else(|| id.to_string());
+    if name.trim().is_empty() || name.len() > 128 {
+        return Err(ApiError::invalid(&format!("{field}name"), "name must be 1 to 128 characters"));
+    }
+    validate_labels(&format!("{field}labels"), &r.labels)?;
+    if let Some(v) = &r.current_version {
+        validate_version(&format!("{field}current_version"), v)?;
+    }
+    Ok(NewDevice { id, name, labels: r.labels, current_version: r.current_version, token: Some(new_secret("dev")) })
+}
+
+fn registered(d: Device, token: String) -> RegisteredDevice {
+    RegisteredDevice { device: d.into(), token }
+}
+
+/// Register one device.
+#[utoipa::path(post, path = "/api/v1/devices", request_body = RegisterDevice,
+    responses((status = 201, body = RegisteredDevice), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<RegisterDevice>,
+) -> ApiResult<(StatusCode, Json<RegisteredDevice>)> {
+    caller.require(Role::Operator)?;
+    let new = to_new(body, "")?;
+    let token = new.token.clone().unwrap_or_default();
+    let mut stored = state.store.insert_devices(std::slice::from_ref(&new), &caller.actor()).await?;
+    let d = stored.pop().ok_or_else(|| ApiError::internal("insert returned nothing"))?;
+    Ok((StatusCode::CREATED, Json(registered(d, token))))
+}
+
+/// Register many devices at once (all or none, at most 10,000).
+#[utoipa::path(post, path = "/api/v1/devices/bulk", request_body = BulkRegister,
+    responses((status = 201, body = BulkRegistered), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn bulk_register(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<BulkRegister>,
+) -> ApiResult<(StatusCode, Json<BulkRegistered>)> {
+    caller.require(Role::Operator)?;
+    if body.devices.is_empty() || body.devices.len() > MAX_BULK {
+        return Err(ApiError::invalid("devices", format!("give 1 to {MAX_BULK} devices")));
+    }
+    let mut news = Vec::with_capacity(body.devices.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, d) in body.devices.into_iter().enumerate() {
+        let n = to_new(d, &format!("devices[{i}]."))?;
+        if !seen.insert(n.id) {
+            return Err(ApiError::invalid(&format!("devices[{i}].id"), format!("device {} appears twice", n.id)));
+        }
+        news.push(n);
+    }
+    let stored = state.store.insert_devices(&news, &caller.actor()).await?;
+    let devices = stored.into_iter().zip(news).map(|(d, n)| registered(d, n.token.unwrap_or_default())).collect();
+    Ok((StatusCode::CREATED, Json(BulkRegistered { devices })))
+}
+
+/// List devices, filtered by a label selector, paginated by id.
+#[utoipa::path(get, path = "/api/v1/devices", params(ListQuery),
+    responses((status = 200, body = Page<DeviceView>), (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<DeviceView>>> {
+    caller.require(Role::Viewer)?;
+    let selector = match q.selector.as_deref() {
+        Some(s) => Selector::parse(s).map_err(|e| ApiError::invalid("selector", e.to_string()))?,
+        None => Selector::default(),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
+    }
+    let devices = state.store.list_devices(&DeviceQuery { selector, after: q.after, limit }).await?;
+    let next = (devices.len() as i64 == limit).then(|| devices.last().map(|d| d.id.to_string())).flatten();
+    Ok(Json(Page { items: devices.into_iter().map(Into::into).collect(), next }))
+}
+
+fn parse_uuid(raw: &str) -> ApiResult<Uuid> {
+    raw.parse().map_err(|_| ApiError::not_found(format!("device '{raw}' not found (ids are UUIDs)")))
+}
+
+/// Get one device.
+#[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = DeviceView), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn get_one(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+    caller.require(Role::Viewer)?;
+    let id = parse_uuid(&id)?;
+    let d = state.store.get_device(id).await?.ok_or_else(|| ApiError::not_found(format!("device {id} not found")))?;
+    Ok(Json(d.into()))
+}
+
+/// Update a device's labels (merge; `null` removes a label).
+#[utoipa::path(patch, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)), request_body = UpdateDevice,
+    responses((status = 200, body = DeviceView), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateDevice>,
+) -> ApiResult<Json<DeviceView>> {
+    caller.require(Role::Operator)?;
+    let id = parse_uuid(&id)?;
+    let d = state.store.get_device(id).await?.ok_or_else(|| ApiError::not_found(format!("device {id} not found")))?;
+    let mut labels = d.labels;
+    for (k, v) in body.labels {
+        match v {
+            Some(v) => labels.insert(k, v),
+            None => labels.remove(&k),
+        };
+    }
+    validate_labels("labels", &labels)?;
+    let d = state
+        .store
+        .set_device_labels(id, &labels, &caller.actor())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("device {id} not found")))?;
+    Ok(Json(d.into()))
+}
+
+/// Delete a device; its unfinished actions are skipped.
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    let id = parse_uuid(&id)?;
+    if state.store.delete_device(id, &caller.actor()).await? {
+        state.driver_wake.notify_one();
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("device {id} not found")))
+    }
+}

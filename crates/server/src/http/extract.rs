@@ -1,0 +1,83 @@
+//! Request extractors that turn malformed input into [`ApiError`]s naming the
+//! field at fault (axum's own rejections are plain text).
+
+use super::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+/// JSON body, deserialized with the path of the first bad field reported.
+pub struct ApiJson<T>(pub T);
+
+fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
+    let p = path.to_string();
+    (p != "." && !p.is_empty()).then_some(p)
+}
+
+/// serde's messages mention "at line 1 column 12": keep that, it helps.
+fn data_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>, what: &str) -> ApiError {
+    let field = field_of(e.path());
+    let inner = e.inner().to_string();
+    match field {
+        Some(f) => ApiError::invalid(&f, format!("{what} field '{f}': {inner}")),
+        None => {
+            // Missing fields are reported by serde without a path.
+            let missing = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(str::to_string);
+            match missing {
+                Some(m) => ApiError::invalid(&m, format!("{what}: {inner}")),
+                None => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("{what}: {inner}")),
+            }
+        }
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json") || ct.contains("+json"));
+        if !json_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body is larger than the limit")
+            } else {
+                ApiError::bad_request(format!("could not read the body: {e}"))
+            }
+        })?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            if e.inner().is_syntax() || e.inner().is_eof() {
+                ApiError::bad_request(format!("malformed JSON: {}", e.inner()))
+            } else {
+                data_error(e, "body")
+            }
+        })?;
+        de.end().map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// Query string, with the offending parameter named on error.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| data_error(e, "query parameter"))
+    }
+}

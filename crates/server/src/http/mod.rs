@@ -1,0 +1,137 @@
+//! The HTTP edge: one module per resource (routes, handlers and their request
+//! and response types side by side), one error type, and the router.
+
+pub mod auth;
+pub mod compat;
+pub mod device_api;
+pub mod devices;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod releases;
+pub mod rollouts;
+pub mod tokens;
+
+use crate::AppState;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use error::{ApiError, ApiResult};
+use serde::Serialize;
+use std::time::Instant;
+use utoipa::OpenApi;
+
+/// A page of results with the cursor of the next page (`null` on the last).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Page<T: utoipa::ToSchema> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "otafleet", description = "OTA rollouts to fleets of robots and IoT devices"),
+    paths(
+        devices::register, devices::bulk_register, devices::list, devices::get_one, devices::update, devices::delete,
+        releases::create, releases::list, releases::get_one,
+        rollouts::create, rollouts::list, rollouts::get_one, rollouts::actions,
+        rollouts::pause, rollouts::resume, rollouts::abort, rollouts::promote, rollouts::rollback,
+        events::list, tokens::create,
+        compat::health, compat::deploy, compat::jobs, compat::update_status, compat::rollback,
+        device_api::checkin, device_api::status,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+async fn metrics(State(state): State<AppState>, caller: auth::Caller) -> ApiResult<Response> {
+    if !state.config.open_metrics {
+        caller.require(otafleet_store::Role::Viewer)?;
+    }
+    let body = state.metrics.render(&state.store).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+}
+
+/// Records the request duration histogram by method, route template and status.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let res = next.run(req).await;
+    let labels = vec![("method".into(), method), ("route".into(), route), ("status".into(), res.status().as_u16().to_string())];
+    state.metrics.http_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    res
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+        return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint").into_response();
+    }
+    res
+}
+
+/// The whole HTTP surface. Handlers can be tested with `oneshot`, no socket.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/devices", post(devices::register).get(devices::list))
+        .route("/devices/bulk", post(devices::bulk_register))
+        .route("/devices/{id}", get(devices::get_one).patch(devices::update).delete(devices::delete))
+        .route("/releases", post(releases::create).get(releases::list))
+        .route("/releases/{id}", get(releases::get_one))
+        .route("/rollouts", post(rollouts::create).get(rollouts::list))
+        .route("/rollouts/{id}", get(rollouts::get_one))
+        .route("/rollouts/{id}/actions", get(rollouts::actions))
+        .route("/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/rollouts/{id}/abort", post(rollouts::abort))
+        .route("/rollouts/{id}/promote", post(rollouts::promote))
+        .route("/rollouts/{id}/rollback", post(rollouts::rollback))
+        .route("/events", get(events::list))
+        .route("/tokens", post(tokens::create))
+        .route("/openapi.json", get(openapi_json));
+    let device = Router::new()
+        .route("/checkin", post(device_api::checkin))
+        .route("/status", post(device_api::status));
+    Router::new()
+        .route("/", get(compat::health))
+        .route("/ota/deploy", post(compat::deploy))
+        .route("/ota/jobs", get(compat::jobs))
+        .route("/ota/update_status", post(compat::update_status))
+        .route("/ota/rollback", post(compat::rollback))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .nest("/device/v1", device)
+        .fallback(fallback)
+        .layer(middleware::from_fn(method_not_allowed))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .with_state(state)
+}
+
+/// Parses a path id, naming it in the error.
+pub fn parse_id(raw: &str, what: &str) -> ApiResult<i64> {
+    raw.parse::<i64>().map_err(|_| ApiError::not_found(format!("{what} '{raw}' not found (ids are integers)")))
+}

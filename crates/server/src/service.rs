@@ -1,0 +1,129 @@
+//! Operations shared by several edges (management API, tracker-compatible API,
+//! CLI-driven demo): creating a rollout from a release, a target and a strategy.
+
+use crate::http::error::{ApiError, ApiResult};
+use crate::AppState;
+use otafleet_core::plan::{plan, Candidate};
+use otafleet_core::{DeviceHealth, Selector, StrategySpec};
+use otafleet_store::{Device, DeviceQuery, NewRollout, Release, Rollout, StoreError, Target};
+use std::collections::HashMap;
+
+/// Which release a rollout installs.
+pub enum ReleaseRef {
+    Id(i64),
+    Version(String),
+    /// By version, created without artifacts if missing (tracker `POST /ota/deploy`).
+    EnsureVersion(String),
+}
+
+pub struct CreateRollout {
+    pub release: ReleaseRef,
+    /// `deploy` or `rollback`.
+    pub kind: &'static str,
+    pub target: Target,
+    pub strategy: StrategySpec,
+    pub start_at: Option<i64>,
+    pub actor: String,
+}
+
+/// Every device matching a selector (all pages).
+pub async fn devices_matching(state: &AppState, selector: &Selector) -> ApiResult<Vec<Device>> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = state.store.list_devices(&DeviceQuery { selector: selector.clone(), after, limit: 10_000 }).await?;
+        let done = page.len() < 10_000;
+        after = page.last().map(|d| d.id);
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+async fn resolve_release(state: &AppState, r: &ReleaseRef, actor: &str) -> ApiResult<Release> {
+    match r {
+        ReleaseRef::Id(id) => state
+            .store
+            .get_release(*id)
+            .await?
+            .ok_or_else(|| ApiError::invalid("release_id", format!("release {id} does not exist"))),
+        ReleaseRef::Version(v) => state
+            .store
+            .get_release_by_version(v)
+            .await?
+            .ok_or_else(|| ApiError::invalid("version", format!("no release with version '{v}'; create it first"))),
+        ReleaseRef::EnsureVersion(v) => Ok(state.store.ensure_release(v, actor).await?),
+    }
+}
+
+/// Resolves the target, filters eligible devices, plans the waves and stores the
+/// rollout with its actions in one transaction.
+pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<Rollout> {
+    let strategy = req
+        .strategy
+        .resolve(rand::random::<u64>() >> 1)
+        .map_err(|e| ApiError::invalid(&format!("strategy.{}", e.field), e.message))?;
+    let release = resolve_release(state, &req.release, &req.actor).await?;
+    let devices = match &req.target {
+        Target::Selector(s) => {
+            let sel = Selector::parse(s).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
+            devices_matching(state, &sel).await?
+        }
+        Target::Devices(ids) => {
+            let mut found = Vec::with_capacity(ids.len());
+            let mut missing = Vec::new();
+            for id in ids {
+                match state.store.get_device(*id).await? {
+                    Some(d) => found.push(d),
+                    None => missing.push(id.to_string()),
+                }
+            }
+            if !missing.is_empty() {
+                return Err(ApiError::invalid("devices", format!("unknown devices: {}", missing.join(", "))));
+            }
+            found
+        }
+    };
+    let busy = state.store.busy_devices().await?;
+    let online_after = otafleet_store::now_ms() - 3 * state.config.poll_interval_secs as i64 * 1000;
+    let eligible: Vec<&Device> = devices
+        .iter()
+        .filter(|d| d.current_version.as_deref() != Some(release.version.as_str()))
+        .filter(|d| !busy.contains(&d.id))
+        .filter(|d| {
+            release.compatible.is_empty()
+                || d.labels.get("device_type").is_some_and(|t| release.compatible.iter().any(|c| c == t))
+        })
+        .collect();
+    let candidates = eligible
+        .iter()
+        .map(|d| Candidate {
+            id: d.id,
+            online: d.last_seen.is_some_and(|t| t >= online_after),
+            healthy: matches!(d.health, DeviceHealth::Healthy | DeviceHealth::Unknown),
+        })
+        .collect();
+    let p = plan(candidates, &strategy);
+    let from_versions: HashMap<_, _> = eligible.iter().map(|d| (d.id, d.current_version.clone())).collect();
+    let rollout = state
+        .store
+        .create_rollout(NewRollout {
+            release: &release,
+            kind: req.kind,
+            target: req.target,
+            strategy,
+            start_at: req.start_at,
+            actor: &req.actor,
+            plan: p,
+            from_versions,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(m) => ApiError::conflict(m),
+            other => other.into(),
+        })?;
+    state.metrics.record_run(otafleet_store::now_ms());
+    state.driver_wake.notify_one();
+    Ok(rollout)
+}
