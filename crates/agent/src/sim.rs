@@ -234,7 +234,10 @@ impl SimDevice {
                 self.stats.rollbacks_done.fetch_add(1, Ordering::Relaxed);
             }
             ActionKind::Install if self.args.fail_version.as_deref() == Some(action.version.as_str()) => {
-                let msg = format!("health check failed after installing {}; rolled back locally to {}", action.version, self.version);
+                let msg = format!(
+                    "health check failed after installing {}; rolled back locally to {}",
+                    action.version, self.version
+                );
                 self.report(action.action_id, ActionState::RolledBack, Some(msg)).await?;
                 self.stats.local_rollbacks.fetch_add(1, Ordering::Relaxed);
             }

@@ -35,7 +35,13 @@ impl Api {
         Ok(Api { base, token, http })
     }
 
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&Value>) -> Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<T> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method.clone(), &url);
         if !query.is_empty() {
@@ -47,12 +53,20 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let res = req.send().await.with_context(|| format!("cannot reach the otafleet server at {} (is `otafleet serve` running? set --server/OTAFLEET_URL)", self.base))?;
+        let res = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the otafleet server at {} (is `otafleet serve` running? set --server/OTAFLEET_URL)",
+                self.base
+            )
+        })?;
         let status = res.status();
         let bytes = res.bytes().await.context("reading the server's answer")?;
         if !status.is_success() {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let msg = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
             let field = v["error"]["field"].as_str().map(|f| format!(" (field: {f})")).unwrap_or_default();
             let hint = match status {
                 StatusCode::UNAUTHORIZED => " — pass a token with --token or OTAFLEET_TOKEN",
@@ -70,7 +84,12 @@ impl Api {
         self.call(Method::GET, path, query, None).await
     }
 
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)], body: Option<&Value>) -> Result<T> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<T> {
         self.call(Method::POST, path, query, body).await
     }
 }

@@ -122,7 +122,9 @@ pub enum RolloutsCmd {
         limit: i64,
     },
     /// Show a rollout with per-wave progress.
-    Get { id: i64 },
+    Get {
+        id: i64,
+    },
     /// Per-device actions of a rollout.
     Actions {
         id: i64,
@@ -152,13 +154,23 @@ pub enum RolloutsCmd {
         #[arg(long)]
         start_at: Option<String>,
     },
-    Pause { id: i64 },
-    Resume { id: i64 },
-    Abort { id: i64 },
+    Pause {
+        id: i64,
+    },
+    Resume {
+        id: i64,
+    },
+    Abort {
+        id: i64,
+    },
     /// Skip the remaining bake time of the current wave.
-    Promote { id: i64 },
+    Promote {
+        id: i64,
+    },
     /// Roll back every device this rollout updated.
-    Rollback { id: i64 },
+    Rollback {
+        id: i64,
+    },
 }
 
 #[derive(Args)]
@@ -204,7 +216,8 @@ fn parse_artifact(s: &str) -> Result<Value> {
     Ok(Value::Object(obj))
 }
 
-const JOB_COLS: &[(&str, &str)] = &[("ID", "id"), ("VERSION", "version"), ("WAVE", "wave"), ("STATUS", "status"), ("CREATED", "created_at")];
+const JOB_COLS: &[(&str, &str)] =
+    &[("ID", "id"), ("VERSION", "version"), ("WAVE", "wave"), ("STATUS", "status"), ("CREATED", "created_at")];
 const DEVICE_COLS: &[(&str, &str)] = &[
     ("ID", "id"),
     ("NAME", "name"),
@@ -213,7 +226,8 @@ const DEVICE_COLS: &[(&str, &str)] = &[
     ("LAST SEEN", "last_seen"),
     ("LABELS", "labels"),
 ];
-const RELEASE_COLS: &[(&str, &str)] = &[("ID", "id"), ("VERSION", "version"), ("NAME", "name"), ("KIND", "kind"), ("CREATED", "created_at")];
+const RELEASE_COLS: &[(&str, &str)] =
+    &[("ID", "id"), ("VERSION", "version"), ("NAME", "name"), ("KIND", "kind"), ("CREATED", "created_at")];
 const ROLLOUT_COLS: &[(&str, &str)] = &[
     ("ID", "id"),
     ("VERSION", "version"),
@@ -233,7 +247,22 @@ fn show(fmt: Format, v: &Value, print: impl FnOnce(&Value)) {
 }
 
 fn show_rollout(v: &Value) {
-    output::record(v, &["id", "version", "kind", "wave", "state", "current_wave", "waves", "reason", "created_by", "created_at", "finished_at"]);
+    output::record(
+        v,
+        &[
+            "id",
+            "version",
+            "kind",
+            "wave",
+            "state",
+            "current_wave",
+            "waves",
+            "reason",
+            "created_by",
+            "created_at",
+            "finished_at",
+        ],
+    );
     if let Some(p) = v["progress"].as_array() {
         println!();
         output::table(
@@ -270,17 +299,36 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
                 let r: Value = api.post("/api/v1/rollouts", &[], Some(&body)).await?;
                 json!({"job_id": r["id"], "version": r["version"], "status": r["state"], "wave": r["wave"]})
             } else {
-                api.post("/ota/deploy", &[("version", a.version.clone()), ("wave", a.wave.as_str().into())], None).await?
+                api.post("/ota/deploy", &[("version", a.version.clone()), ("wave", a.wave.as_str().into())], None)
+                    .await?
             };
-            show(fmt, &v, |v| println!("job {} created: deploy {} ({} wave), status {}", v["job_id"], output::cell(&v["version"]), output::cell(&v["wave"]), output::cell(&v["status"])));
+            show(fmt, &v, |v| {
+                println!(
+                    "job {} created: deploy {} ({} wave), status {}",
+                    v["job_id"],
+                    output::cell(&v["version"]),
+                    output::cell(&v["wave"]),
+                    output::cell(&v["status"])
+                )
+            });
         }
         Cmd::List => {
             let v: Value = api.get("/ota/jobs", &[]).await?;
             show(fmt, &v, |v| output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), JOB_COLS));
         }
         Cmd::Rollback(a) => {
-            let v: Value = api.post("/ota/rollback", &[("version", a.version.clone()), ("wave", a.wave.as_str().into())], None).await?;
-            show(fmt, &v, |v| println!("job {} created: roll back to {} ({}), status {}", v["job_id"], output::cell(&v["version"]), a.wave.as_str(), output::cell(&v["status"])));
+            let v: Value = api
+                .post("/ota/rollback", &[("version", a.version.clone()), ("wave", a.wave.as_str().into())], None)
+                .await?;
+            show(fmt, &v, |v| {
+                println!(
+                    "job {} created: roll back to {} ({}), status {}",
+                    v["job_id"],
+                    output::cell(&v["version"]),
+                    a.wave.as_str(),
+                    output::cell(&v["status"])
+                )
+            });
         }
         Cmd::Devices(c) => devices(c, api, fmt).await?,
         Cmd::Releases(c) => releases(c, api, fmt).await?,
@@ -303,7 +351,15 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
             show(fmt, &v, |v| {
                 output::table(
                     v["items"].as_array().map(Vec::as_slice).unwrap_or_default(),
-                    &[("ID", "id"), ("AT", "at"), ("KIND", "kind"), ("ROLLOUT", "rollout_id"), ("DEVICE", "device_id"), ("ACTOR", "actor"), ("DATA", "data")],
+                    &[
+                        ("ID", "id"),
+                        ("AT", "at"),
+                        ("KIND", "kind"),
+                        ("ROLLOUT", "rollout_id"),
+                        ("DEVICE", "device_id"),
+                        ("ACTOR", "actor"),
+                        ("DATA", "data"),
+                    ],
                 )
             });
         }
@@ -311,7 +367,12 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
             let name = name.unwrap_or_else(|| format!("{role}-token"));
             let v: Value = api.post("/api/v1/tokens", &[], Some(&json!({"name": name, "role": role}))).await?;
             show(fmt, &v, |v| {
-                println!("created {} token '{}' (id {}). The secret is shown only once:", output::cell(&v["role"]), output::cell(&v["name"]), v["id"]);
+                println!(
+                    "created {} token '{}' (id {}). The secret is shown only once:",
+                    output::cell(&v["role"]),
+                    output::cell(&v["name"]),
+                    v["id"]
+                );
                 println!("{}", output::cell(&v["token"]));
             });
         }
@@ -340,11 +401,27 @@ async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
                     break;
                 }
             }
-            show(fmt, &json!(items), |v| output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), DEVICE_COLS));
+            show(fmt, &json!(items), |v| {
+                output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), DEVICE_COLS)
+            });
         }
         DevicesCmd::Get { id } => {
             let v: Value = api.get(&format!("/api/v1/devices/{id}"), &[]).await?;
-            show(fmt, &v, |v| output::record(v, &["id", "name", "labels", "current_version", "previous_version", "health", "last_seen", "created_at"]));
+            show(fmt, &v, |v| {
+                output::record(
+                    v,
+                    &[
+                        "id",
+                        "name",
+                        "labels",
+                        "current_version",
+                        "previous_version",
+                        "health",
+                        "last_seen",
+                        "created_at",
+                    ],
+                )
+            });
         }
         DevicesCmd::Register { id, name, labels, current_version } => {
             let labels: serde_json::Map<String, Value> = labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
@@ -365,7 +442,9 @@ async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
                     labels.insert(k, json!(v));
                 }
             }
-            let v: Value = api.call(reqwest::Method::PATCH, &format!("/api/v1/devices/{id}"), &[], Some(&json!({"labels": labels}))).await?;
+            let v: Value = api
+                .call(reqwest::Method::PATCH, &format!("/api/v1/devices/{id}"), &[], Some(&json!({"labels": labels})))
+                .await?;
             show(fmt, &v, |v| output::record(v, &["id", "name", "labels"]));
         }
         DevicesCmd::Delete { id } => {
@@ -382,7 +461,9 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
     match c {
         ReleasesCmd::List { limit } => {
             let v: Value = api.get("/api/v1/releases", &[("limit", limit.to_string())]).await?;
-            show(fmt, &v["items"], |v| output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), RELEASE_COLS));
+            show(fmt, &v["items"], |v| {
+                output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), RELEASE_COLS)
+            });
         }
         ReleasesCmd::Get { id } => {
             let v: Value = api.get(&format!("/api/v1/releases/{id}"), &[]).await?;
@@ -416,7 +497,9 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
                 q.push(("state", s));
             }
             let v: Value = api.get("/api/v1/rollouts", &q).await?;
-            show(fmt, &v["items"], |v| output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), ROLLOUT_COLS));
+            show(fmt, &v["items"], |v| {
+                output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), ROLLOUT_COLS)
+            });
             return Ok(());
         }
         RolloutsCmd::Actions { id, state, limit } => {
@@ -428,7 +511,17 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
             show(fmt, &v["items"], |v| {
                 output::table(
                     v.as_array().map(Vec::as_slice).unwrap_or_default(),
-                    &[("ID", "id"), ("DEVICE", "device_id"), ("WAVE", "wave"), ("KIND", "kind"), ("STATE", "state"), ("FROM", "from_version"), ("TO", "to_version"), ("TRIES", "attempts"), ("ERROR", "error")],
+                    &[
+                        ("ID", "id"),
+                        ("DEVICE", "device_id"),
+                        ("WAVE", "wave"),
+                        ("KIND", "kind"),
+                        ("STATE", "state"),
+                        ("FROM", "from_version"),
+                        ("TO", "to_version"),
+                        ("TRIES", "attempts"),
+                        ("ERROR", "error"),
+                    ],
                 )
             });
             return Ok(());

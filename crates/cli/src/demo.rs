@@ -39,7 +39,9 @@ async fn wait_rollout(api: &Api, id: i64, bar: &ProgressBar) -> Result<Value> {
         let (mut total, mut done, mut rb) = (0, 0, 0);
         for w in r["progress"].as_array().into_iter().flatten() {
             total += w["total"].as_u64().unwrap_or(0);
-            done += w["succeeded"].as_u64().unwrap_or(0) + w["failed"].as_u64().unwrap_or(0) + w["skipped"].as_u64().unwrap_or(0);
+            done += w["succeeded"].as_u64().unwrap_or(0)
+                + w["failed"].as_u64().unwrap_or(0)
+                + w["skipped"].as_u64().unwrap_or(0);
             rb += w["rolled_back"].as_u64().unwrap_or(0);
         }
         bar.set_length(total.max(1));
@@ -47,7 +49,9 @@ async fn wait_rollout(api: &Api, id: i64, bar: &ProgressBar) -> Result<Value> {
         let state = r["state"].as_str().unwrap_or("?").to_string();
         let extra = if rb > 0 { format!(", {rb} rolled back") } else { String::new() };
         bar.set_message(format!("{state}{extra}"));
-        if matches!(state.as_str(), "succeeded" | "rolled_back") || (matches!(state.as_str(), "failed" | "aborted") && !r["rollback_requested"].as_bool().unwrap_or(false)) {
+        if matches!(state.as_str(), "succeeded" | "rolled_back")
+            || (matches!(state.as_str(), "failed" | "aborted") && !r["rollback_requested"].as_bool().unwrap_or(false))
+        {
             bar.finish();
             if bar.is_hidden() {
                 println!("{:>22}  {done}/{total} devices, {state}{extra}", bar.prefix());
@@ -103,7 +107,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     for v in [GOOD, BAD] {
         let _: Value = api
-            .post("/api/v1/releases", &[], Some(&json!({"version": v, "name": format!("robot-firmware {v}"), "compatible": ["robot"]})))
+            .post(
+                "/api/v1/releases",
+                &[],
+                Some(&json!({"version": v, "name": format!("robot-firmware {v}"), "compatible": ["robot"]})),
+            )
             .await?;
     }
     println!("releases {GOOD} and {BAD} created\n");
@@ -127,7 +135,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("\njob {id}: {} — {}", r["state"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or(""));
     let acts: Value = api.get(&format!("/api/v1/rollouts/{id}/actions"), &[]).await?;
     for a in acts["items"].as_array().into_iter().flatten() {
-        println!("  device {}: {} ({})", a["device_id"].as_str().unwrap_or("?"), a["state"].as_str().unwrap_or("?"), a["error"].as_str().unwrap_or("-"));
+        println!(
+            "  device {}: {} ({})",
+            a["device_id"].as_str().unwrap_or("?"),
+            a["state"].as_str().unwrap_or("?"),
+            a["error"].as_str().unwrap_or("-")
+        );
     }
     let jobs: Value = api.get("/ota/jobs", &[]).await?;
     println!("\nJobs (GET /ota/jobs):");

@@ -49,8 +49,10 @@ impl ServeArgs {
     /// Merges the TOML file under flags and environment.
     pub fn into_config(mut self, m: &ArgMatches) -> Result<otafleet_server::Config> {
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-            let file: FileConfig = toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+            let file: FileConfig =
+                toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?;
             let from_default = |id: &str| matches!(m.value_source(id), None | Some(ValueSource::DefaultValue));
             macro_rules! take {
                 ($f:ident) => {

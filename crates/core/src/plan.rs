@@ -72,7 +72,11 @@ mod tests {
 
     fn fleet(n: u128, offline_every: u128) -> Vec<Candidate> {
         (0..n)
-            .map(|i| Candidate { id: Uuid::from_u128(i + 1), online: offline_every == 0 || i % offline_every != 0, healthy: true })
+            .map(|i| Candidate {
+                id: Uuid::from_u128(i + 1),
+                online: offline_every == 0 || i % offline_every != 0,
+                healthy: true,
+            })
             .collect()
     }
 

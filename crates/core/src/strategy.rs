@@ -91,18 +91,16 @@ impl FromStr for Step {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let step = if let Some(p) = s.strip_suffix('%') {
-            let p: f64 = p
-                .trim()
-                .parse()
-                .map_err(|_| StrategyError::new("steps", format!("'{s}' is not a percentage")))?;
+            let p: f64 =
+                p.trim().parse().map_err(|_| StrategyError::new("steps", format!("'{s}' is not a percentage")))?;
             if !(p > 0.0 && p <= 100.0) {
                 return Err(StrategyError::new("steps", format!("percentage '{s}' must be in (0, 100]")));
             }
             Step::Percent(p)
         } else {
-            let n: u64 = s
-                .parse()
-                .map_err(|_| StrategyError::new("steps", format!("'{s}' is neither a device count nor a percentage")))?;
+            let n: u64 = s.parse().map_err(|_| {
+                StrategyError::new("steps", format!("'{s}' is neither a device count nor a percentage"))
+            })?;
             if n == 0 {
                 return Err(StrategyError::new("steps", "a step must cover at least one device"));
             }
@@ -296,10 +294,9 @@ impl StrategySpec {
             },
             Wave::Green => vec![Step::Percent(100.0)],
             Wave::Custom => {
-                let steps = self
-                    .steps
-                    .clone()
-                    .ok_or_else(|| StrategyError::new("steps", "a custom strategy needs steps, e.g. [1, \"10%\", \"100%\"]"))?;
+                let steps = self.steps.clone().ok_or_else(|| {
+                    StrategyError::new("steps", "a custom strategy needs steps, e.g. [1, \"10%\", \"100%\"]")
+                })?;
                 if steps.is_empty() {
                     return Err(StrategyError::new("steps", "must not be empty"));
                 }

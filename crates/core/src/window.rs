@@ -215,7 +215,9 @@ mod tests {
         let w: Window = "daily 10:00-11:00 UTC+02:00".parse().unwrap();
         assert!(w.contains(at(mon, 8, 30)));
         assert!(!w.contains(at(mon, 10, 30)));
-        for bad in ["", "Funday 10:00-11:00", "10:00", "25:00-26:00", "Mon 10:00-10:00", "Mon 10:00-11:00 PST", "a b c d"] {
+        for bad in
+            ["", "Funday 10:00-11:00", "10:00", "25:00-26:00", "Mon 10:00-10:00", "Mon 10:00-11:00 PST", "a b c d"]
+        {
             assert!(bad.parse::<Window>().is_err(), "{bad}");
         }
     }

@@ -12,9 +12,7 @@
 
 use otafleet_core::engine::{self, Decision, Retry, RollbackCounts, Snapshot, WaveCounts};
 use otafleet_core::plan::{self, Candidate};
-use otafleet_core::{
-    ActionKind, ActionState, Millis, RolloutState, Step, Strategy, StrategySpec, Wave,
-};
+use otafleet_core::{ActionKind, ActionState, Millis, RolloutState, Step, Strategy, StrategySpec, Wave};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -129,28 +127,16 @@ struct Sim {
 type SimResult<T = ()> = Result<T, String>;
 
 impl Sim {
-    fn new(
-        seed: u64,
-        strategy: Strategy,
-        candidates: Vec<Candidate>,
-        fleet: Fleet,
-        start: Millis,
-    ) -> Sim {
+    fn new(seed: u64, strategy: Strategy, candidates: Vec<Candidate>, fleet: Fleet, start: Millis) -> Sim {
         let p = plan::plan(candidates.clone(), &strategy);
-        let index: std::collections::HashMap<Uuid, usize> = candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.id, i))
-            .collect();
+        let index: std::collections::HashMap<Uuid, usize> =
+            candidates.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
         let mut actions = Vec::new();
         let mut install_of = vec![None; candidates.len()];
         for (w, devices) in p.waves.iter().enumerate() {
             for (pos, id) in devices.iter().enumerate() {
                 let device = index[id];
-                assert!(
-                    install_of[device].is_none(),
-                    "seed {seed}: planner put device {device} in two waves"
-                );
+                assert!(install_of[device].is_none(), "seed {seed}: planner put device {device} in two waves");
                 install_of[device] = Some(actions.len());
                 actions.push(Action {
                     device,
@@ -219,9 +205,7 @@ impl Sim {
     fn set_action(&mut self, i: usize, to: ActionState) -> SimResult {
         let a = &mut self.actions[i];
         let from = a.state;
-        a.state = from
-            .transition(to)
-            .map_err(|e| format!("action {i} (device {}): {e}", a.device))?;
+        a.state = from.transition(to).map_err(|e| format!("action {i} (device {}): {e}", a.device))?;
         Ok(())
     }
 
@@ -230,11 +214,7 @@ impl Sim {
         let mut current = WaveCounts::default();
         let mut in_flight_total = 0;
         let mut next_ready_at: Option<Millis> = None;
-        let mut rollback = RollbackCounts {
-            requested: self.rollback_requested,
-            missing: 0,
-            open: 0,
-        };
+        let mut rollback = RollbackCounts { requested: self.rollback_requested, missing: 0, open: 0 };
         for a in &self.actions {
             match a.kind {
                 ActionKind::Install => {
@@ -249,9 +229,7 @@ impl Sim {
                                 if a.not_before <= now {
                                     current.ready += 1;
                                 } else {
-                                    next_ready_at = Some(
-                                        next_ready_at.map_or(a.not_before, |t| t.min(a.not_before)),
-                                    );
+                                    next_ready_at = Some(next_ready_at.map_or(a.not_before, |t| t.min(a.not_before)));
                                 }
                             }
                             ActionState::Succeeded => current.succeeded += 1,
@@ -289,9 +267,7 @@ impl Sim {
 
     fn skip_scheduled_installs(&mut self) -> SimResult {
         for i in 0..self.actions.len() {
-            if self.actions[i].kind == ActionKind::Install
-                && self.actions[i].state == ActionState::Scheduled
-            {
+            if self.actions[i].kind == ActionKind::Install && self.actions[i].state == ActionState::Scheduled {
                 self.set_action(i, ActionState::Skipped)?;
             }
         }
@@ -316,14 +292,7 @@ impl Sim {
     }
 
     /// A simulated device got an order: it plans its reports.
-    fn device_receives(
-        &mut self,
-        action: usize,
-        device: usize,
-        kind: ActionKind,
-        attempt: u32,
-        now: Millis,
-    ) {
+    fn device_receives(&mut self, action: usize, device: usize, kind: ActionKind, attempt: u32, now: Millis) {
         use ActionState::*;
         let f = &self.fleet;
         let fate = match (&f.fixed, kind) {
@@ -354,11 +323,7 @@ impl Sim {
             Fate::Succeed => vec![Downloading, Installing, Verifying, Succeeded],
             Fate::Fail => {
                 let k = self.rng.gen_range(0..=3);
-                [Downloading, Installing, Verifying][..k]
-                    .iter()
-                    .copied()
-                    .chain([Failed])
-                    .collect()
+                [Downloading, Installing, Verifying][..k].iter().copied().chain([Failed]).collect()
             }
             Fate::SelfRollback => vec![Downloading, Installing, RolledBack],
         };
@@ -379,14 +344,7 @@ impl Sim {
                 None => self.rng.gen_range(1..=self.fleet.max_stage_ms) * if slow { 3 } else { 1 },
             };
             t += lat;
-            self.push(
-                t,
-                Ev::Report {
-                    action,
-                    attempt,
-                    state: st,
-                },
-            );
+            self.push(t, Ev::Report { action, attempt, state: st });
         }
     }
 
@@ -394,18 +352,11 @@ impl Sim {
     fn action_failed(&mut self, i: usize, now: Millis, why: &str) -> SimResult {
         let active = self.state.is_active();
         let r = engine::after_failure(self.actions[i].attempts, &self.strategy.gate, active, now);
-        self.log(|| {
-            format!(
-                "action {i} {why} after {} attempt(s): {r:?}",
-                self.actions[i].attempts
-            )
-        });
+        self.log(|| format!("action {i} {why} after {} attempt(s): {r:?}", self.actions[i].attempts));
         match r {
             Retry::Again { not_before } => {
                 if not_before < now {
-                    return Err(format!(
-                        "after_failure scheduled a retry in the past ({not_before} < {now})"
-                    ));
+                    return Err(format!("after_failure scheduled a retry in the past ({not_before} < {now})"));
                 }
                 self.set_action(i, ActionState::Scheduled)?;
                 self.actions[i].not_before = not_before;
@@ -417,19 +368,14 @@ impl Sim {
 
     fn handle(&mut self, ev: Ev, now: Millis) -> SimResult {
         match ev {
-            Ev::Report {
-                action,
-                attempt,
-                state,
-            } => {
+            Ev::Report { action, attempt, state } => {
                 let a = &self.actions[action];
                 // The server ignores reports for actions no longer in flight, stale
                 // reports (lower seq: an earlier attempt) and moves that are not legal.
-                if !a.state.is_in_flight()
-                    || a.attempts != attempt
-                    || !a.state.can_transition_to(state)
-                {
-                    self.log(|| format!("ignored report {state} for action {action} (attempt {attempt}, now {})", a.state));
+                if !a.state.is_in_flight() || a.attempts != attempt || !a.state.can_transition_to(state) {
+                    self.log(|| {
+                        format!("ignored report {state} for action {action} (attempt {attempt}, now {})", a.state)
+                    });
                     return Ok(());
                 }
                 self.log(|| format!("device {} reports {state} for action {action}", a.device));
@@ -441,20 +387,14 @@ impl Sim {
             Ev::Operator(op) => {
                 self.log(|| format!("operator: {op:?} (state {})", self.state));
                 match op {
-                    Op::Pause if self.state == RolloutState::Running => {
-                        self.set_state(RolloutState::Paused)?
-                    }
-                    Op::Resume if self.state == RolloutState::Paused => {
-                        self.set_state(RolloutState::Running)?
-                    }
+                    Op::Pause if self.state == RolloutState::Running => self.set_state(RolloutState::Paused)?,
+                    Op::Resume if self.state == RolloutState::Paused => self.set_state(RolloutState::Running)?,
                     Op::Abort if self.state.can_transition_to(RolloutState::Aborted) => {
                         self.set_state(RolloutState::Aborted)?;
                         self.skip_scheduled_installs()?;
                         self.rollback_requested = self.strategy.auto_rollback;
                     }
-                    Op::Promote
-                        if matches!(self.state, RolloutState::Running | RolloutState::Paused) =>
-                    {
+                    Op::Promote if matches!(self.state, RolloutState::Running | RolloutState::Paused) => {
                         self.promote = true
                     }
                     _ => self.log(|| "  (rejected: not applicable in this state)".into()),
@@ -487,10 +427,7 @@ impl Sim {
                 }
                 for w in 0..self.wave {
                     if self.gates[w].is_none() {
-                        return Err(format!(
-                            "release in wave {} before wave {w} passed its gate",
-                            self.wave
-                        ));
+                        return Err(format!("release in wave {} before wave {w} passed its gate", self.wave));
                     }
                 }
                 let picked: Vec<usize> = (0..self.actions.len())
@@ -504,14 +441,9 @@ impl Sim {
                     .take(*count as usize)
                     .collect();
                 if (picked.len() as u64) < *count {
-                    return Err(format!(
-                        "Release{{{count}}} but only {} actions are ready",
-                        picked.len()
-                    ));
+                    return Err(format!("Release{{{count}}} but only {} actions are ready", picked.len()));
                 }
-                debug_assert!(picked
-                    .windows(2)
-                    .all(|p| self.actions[p[0]].pos < self.actions[p[1]].pos));
+                debug_assert!(picked.windows(2).all(|p| self.actions[p[0]].pos < self.actions[p[1]].pos));
                 for i in picked {
                     self.notify(i, now)?;
                     self.releases.push((now, i));
@@ -524,10 +456,7 @@ impl Sim {
             }
             Decision::NextWave { from } => {
                 if *from != self.wave {
-                    return Err(format!(
-                        "NextWave{{from: {from}}} but the current wave is {}",
-                        self.wave
-                    ));
+                    return Err(format!("NextWave{{from: {from}}} but the current wave is {}", self.wave));
                 }
                 self.wave += 1;
                 self.gate_passed_at = None;
@@ -567,9 +496,7 @@ impl Sim {
                     }
                 }
                 if created != *count {
-                    return Err(format!(
-                        "CreateRollbacks{{{count}}} but {created} devices needed one"
-                    ));
+                    return Err(format!("CreateRollbacks{{{count}}} but {created} devices needed one"));
                 }
             }
             Decision::FinishRollback => self.set_state(RolloutState::RolledBack)?,
@@ -584,12 +511,9 @@ impl Sim {
             let d = engine::decide(&snap, now);
             let again = engine::decide(&snap.clone(), now);
             if d != again {
-                return Err(format!(
-                    "decide is not deterministic: {d:?} then {again:?} for {snap:?}"
-                ));
+                return Err(format!("decide is not deterministic: {d:?} then {again:?} for {snap:?}"));
             }
-            check_legal(&snap, now, &d)
-                .map_err(|e| format!("illegal decision {d:?}: {e}\nsnapshot: {snap:?}"))?;
+            check_legal(&snap, now, &d).map_err(|e| format!("illegal decision {d:?}: {e}\nsnapshot: {snap:?}"))?;
             if self.trace && !matches!(d, Decision::Idle { wake_at: None }) {
                 let c = snap.current;
                 self.log(|| {
@@ -620,16 +544,10 @@ impl Sim {
 
     fn check_invariants(&self) -> SimResult {
         let st = &self.strategy;
-        let in_flight = self
-            .actions
-            .iter()
-            .filter(|a| a.kind == ActionKind::Install && a.state.is_in_flight())
-            .count() as u64;
+        let in_flight =
+            self.actions.iter().filter(|a| a.kind == ActionKind::Install && a.state.is_in_flight()).count() as u64;
         if st.max_parallel > 0 && in_flight > st.max_parallel {
-            return Err(format!(
-                "{in_flight} installs in flight, max_parallel is {}",
-                st.max_parallel
-            ));
+            return Err(format!("{in_flight} installs in flight, max_parallel is {}", st.max_parallel));
         }
         let mut installs = vec![0u8; self.install_of.len()];
         for (i, a) in self.actions.iter().enumerate() {
@@ -640,15 +558,11 @@ impl Sim {
                 }
                 // Nothing of a later wave was ever handed out before its predecessors passed.
                 if a.attempts > 0 && (0..a.wave).any(|w| self.gates[w].is_none()) {
-                    return Err(format!(
-                        "action {i} of wave {} was notified before earlier gates passed",
-                        a.wave
-                    ));
+                    return Err(format!("action {i} of wave {} was notified before earlier gates passed", a.wave));
                 }
                 // A retry of an earlier wave would never be released again: the engine only
                 // releases the current wave.
-                if a.state == ActionState::Scheduled && a.wave < self.wave && self.state.is_active()
-                {
+                if a.state == ActionState::Scheduled && a.wave < self.wave && self.state.is_active() {
                     return Err(format!(
                         "action {i} (device {}) of wave {} is scheduled for a retry, but the rollout moved on to wave {}: it will never be released",
                         a.device, a.wave, self.wave
@@ -663,10 +577,7 @@ impl Sim {
             }
         }
         if self.wave >= self.waves.max(1) {
-            return Err(format!(
-                "wave index {} out of range ({} waves)",
-                self.wave, self.waves
-            ));
+            return Err(format!("wave index {} out of range ({} waves)", self.wave, self.waves));
         }
         Ok(())
     }
@@ -677,10 +588,7 @@ impl Sim {
             self.now = now;
             self.ticks += 1;
             if self.ticks > MAX_TICKS {
-                return Err(format!(
-                    "no final state after {MAX_TICKS} ticks (state {})",
-                    self.state
-                ));
+                return Err(format!("no final state after {MAX_TICKS} ticks (state {})", self.state));
             }
             if now - self.start > MAX_SIM_TIME {
                 return Err(format!(
@@ -704,12 +612,7 @@ impl Sim {
                     return Err(format!("engine asked to wake at {w}, not after now {now}"));
                 }
             }
-            let deadline = self
-                .actions
-                .iter()
-                .filter(|a| a.state.is_in_flight())
-                .map(|a| a.deadline)
-                .min();
+            let deadline = self.actions.iter().filter(|a| a.state.is_in_flight()).map(|a| a.deadline).min();
             let event = self.queue.peek().map(|Reverse((t, _, _))| *t);
             match [wake, deadline, event].into_iter().flatten().min() {
                 Some(t) => now = t,
@@ -733,23 +636,13 @@ impl Sim {
             }
         }
         if let Some(a) = self.actions.iter().find(|a| a.state.is_in_flight()) {
-            return Err(format!(
-                "action of device {} still in flight at the end",
-                a.device
-            ));
+            return Err(format!("action of device {} still in flight at the end", a.device));
         }
-        let ever_failed = self
-            .state_log
-            .iter()
-            .any(|(_, s)| matches!(s, Failed | Aborted));
+        let ever_failed = self.state_log.iter().any(|(_, s)| matches!(s, Failed | Aborted));
         if self.state == Succeeded || (self.state == RolledBack && !ever_failed) {
             for w in 0..self.waves {
                 let (mut total, mut ok) = (0u64, 0u64);
-                for a in self
-                    .actions
-                    .iter()
-                    .filter(|a| a.kind == ActionKind::Install && a.wave == w)
-                {
+                for a in self.actions.iter().filter(|a| a.kind == ActionKind::Install && a.wave == w) {
                     total += 1;
                     ok += (a.state == ActionState::Succeeded) as u64;
                 }
@@ -765,12 +658,7 @@ impl Sim {
                 }
             }
             // Every planned device was handed out and finished: nothing may be left waiting for a retry.
-            if let Some((i, a)) = self
-                .actions
-                .iter()
-                .enumerate()
-                .find(|(_, a)| a.state == ActionState::Scheduled)
-            {
+            if let Some((i, a)) = self.actions.iter().enumerate().find(|(_, a)| a.state == ActionState::Scheduled) {
                 return Err(format!(
                     "succeeded, but action {i} (device {}, wave {}) is still scheduled (a retry that will never be released)",
                     a.device, a.wave
@@ -778,16 +666,10 @@ impl Sim {
             }
         }
         if ever_failed && st.auto_rollback && self.state != RolledBack {
-            return Err(format!(
-                "failed/aborted with auto_rollback but ended {}",
-                self.state
-            ));
+            return Err(format!("failed/aborted with auto_rollback but ended {}", self.state));
         }
         if self.state == RolledBack {
-            for a in self
-                .actions
-                .iter()
-                .filter(|a| a.kind == ActionKind::Install && a.state == ActionState::Succeeded)
+            for a in self.actions.iter().filter(|a| a.kind == ActionKind::Install && a.state == ActionState::Succeeded)
             {
                 match self.rollback_of[a.device].map(|j| self.actions[j].state) {
                     Some(ActionState::Succeeded | ActionState::Failed) => {}
@@ -801,15 +683,8 @@ impl Sim {
             }
         }
         if matches!(self.state, Failed | Aborted | RolledBack) {
-            if let Some(a) = self
-                .actions
-                .iter()
-                .find(|a| a.state == ActionState::Scheduled)
-            {
-                return Err(format!(
-                    "ended {}, but device {} is still scheduled",
-                    self.state, a.device
-                ));
+            if let Some(a) = self.actions.iter().find(|a| a.state == ActionState::Scheduled) {
+                return Err(format!("ended {}, but device {} is still scheduled", self.state, a.device));
             }
         }
         Ok(())
@@ -818,14 +693,7 @@ impl Sim {
 
 fn fmt_t(ms: Millis) -> String {
     let s = ms / 1000;
-    format!(
-        "{}d{:02}:{:02}:{:02}.{:03}",
-        s / 86_400,
-        s / 3600 % 24,
-        s / 60 % 60,
-        s % 60,
-        ms % 1000
-    )
+    format!("{}d{:02}:{:02}:{:02}.{:03}", s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60, ms % 1000)
 }
 
 // ---------------------------------------------------------------------------
@@ -859,10 +727,7 @@ fn check_legal(s: &Snapshot<'_>, now: Millis, d: &Decision) -> Result<(), String
     };
     let need = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
     match d {
-        Decision::Idle { wake_at } => need(
-            wake_at.is_none_or(|w| w > now),
-            "wake_at is not in the future",
-        ),
+        Decision::Idle { wake_at } => need(wake_at.is_none_or(|w| w > now), "wake_at is not in the future"),
         Decision::Start => {
             transition(Running)?;
             need(s.state == Pending, "start outside pending")?;
@@ -873,22 +738,12 @@ fn check_legal(s: &Snapshot<'_>, now: Millis, d: &Decision) -> Result<(), String
             need(s.state == Running, "release while not running")?;
             need(*count > 0, "release of zero devices")?;
             need(*count <= c.ready, "release of more devices than are ready")?;
-            need(
-                st.max_parallel == 0 || s.in_flight_total + count <= st.max_parallel,
-                "release beyond max_parallel",
-            )?;
-            need(
-                st.batch_size == 0 || *count <= st.batch_size,
-                "release beyond batch_size",
-            )?;
-            need(
-                st.window_open(now),
-                "release outside the maintenance windows",
-            )?;
+            need(st.max_parallel == 0 || s.in_flight_total + count <= st.max_parallel, "release beyond max_parallel")?;
+            need(st.batch_size == 0 || *count <= st.batch_size, "release beyond batch_size")?;
+            need(st.window_open(now), "release outside the maintenance windows")?;
             let delay_ok = st.batch_size == 0
                 || st.batch_delay_secs == 0
-                || s.last_release_at
-                    .is_none_or(|l| l + st.batch_delay_secs as i64 * 1000 <= now);
+                || s.last_release_at.is_none_or(|l| l + st.batch_delay_secs as i64 * 1000 <= now);
             need(delay_ok, "release before batch_delay elapsed")?;
             need(!failing, "release while the failure threshold is exceeded")
         }
@@ -896,60 +751,30 @@ fn check_legal(s: &Snapshot<'_>, now: Millis, d: &Decision) -> Result<(), String
             need(s.state == Running, "gate passed while not running")?;
             need(s.gate_passed_at.is_none(), "gate passed twice")?;
             need(c.scheduled == 0, "gate passed with devices still scheduled")?;
-            need(
-                !failing,
-                "gate passed while the failure threshold is exceeded",
-            )?;
+            need(!failing, "gate passed while the failure threshold is exceeded")?;
             need(report.wave == s.wave, "report of another wave")?;
-            need(
-                rate(c.succeeded, c.total) >= g.success_threshold,
-                "gate passed below the success threshold",
-            )
+            need(rate(c.succeeded, c.total) >= g.success_threshold, "gate passed below the success threshold")
         }
         Decision::NextWave { from } => {
             need(s.state == Running, "next wave while not running")?;
             need(*from == s.wave, "next wave from another wave")?;
             need(s.wave + 1 < s.waves, "next wave after the last wave")?;
-            need(
-                c.scheduled == 0,
-                "next wave with devices of this wave still scheduled",
-            )?;
-            need(
-                c.in_flight == 0,
-                "next wave with devices of this wave still in flight",
-            )?;
-            need(
-                !failing,
-                "next wave while the failure threshold is exceeded",
-            )?;
-            need(
-                s.gate_passed_at.is_some_and(bake_over),
-                "next wave before the gate passed and the bake time elapsed",
-            )
+            need(c.scheduled == 0, "next wave with devices of this wave still scheduled")?;
+            need(c.in_flight == 0, "next wave with devices of this wave still in flight")?;
+            need(!failing, "next wave while the failure threshold is exceeded")?;
+            need(s.gate_passed_at.is_some_and(bake_over), "next wave before the gate passed and the bake time elapsed")
         }
         Decision::Succeed { .. } => {
             transition(Succeeded)?;
             need(s.wave + 1 >= s.waves, "succeed before the last wave")?;
-            need(
-                c.scheduled == 0 && s.in_flight_total == 0,
-                "succeed with devices scheduled or in flight",
-            )?;
+            need(c.scheduled == 0 && s.in_flight_total == 0, "succeed with devices scheduled or in flight")?;
             need(!failing, "succeed while the failure threshold is exceeded")?;
-            need(
-                rate(c.succeeded, c.total) >= g.success_threshold,
-                "succeed below the success threshold",
-            )?;
-            need(
-                s.gate_passed_at.is_some_and(bake_over),
-                "succeed before the gate passed and the bake time elapsed",
-            )
+            need(rate(c.succeeded, c.total) >= g.success_threshold, "succeed below the success threshold")?;
+            need(s.gate_passed_at.is_some_and(bake_over), "succeed before the gate passed and the bake time elapsed")
         }
         Decision::Fail { report, .. } => {
             transition(Failed)?;
-            need(
-                matches!(s.state, Running | Paused),
-                "fail outside running/paused",
-            )?;
+            need(matches!(s.state, Running | Paused), "fail outside running/paused")?;
             need(report.wave == s.wave, "report of another wave")?;
             let below = s.state == Running
                 && s.gate_passed_at.is_none()
@@ -960,17 +785,11 @@ fn check_legal(s: &Snapshot<'_>, now: Millis, d: &Decision) -> Result<(), String
         }
         Decision::CreateRollbacks { count } => {
             need(ended && s.rollback.requested, "rollbacks without a request")?;
-            need(
-                *count > 0 && *count == s.rollback.missing,
-                "rollback count differs from the devices missing one",
-            )
+            need(*count > 0 && *count == s.rollback.missing, "rollback count differs from the devices missing one")
         }
         Decision::FinishRollback => {
             transition(RolledBack)?;
-            need(
-                ended && s.rollback.requested,
-                "finish rollback without a request",
-            )?;
+            need(ended && s.rollback.requested, "finish rollback without a request")?;
             need(
                 s.rollback.missing == 0 && s.rollback.open == 0 && s.in_flight_total == 0,
                 "finish rollback with devices not rolled back or still in flight",
@@ -1031,12 +850,7 @@ fn random_strategy(rng: &mut ChaCha8Rng) -> Strategy {
     if rng.gen_bool(0.2) {
         let w = pick(
             rng,
-            &[
-                "22:00-04:00 UTC",
-                "Mon-Fri 09:00-17:00 UTC+02:00",
-                "daily 01:00-02:30 UTC-05:00",
-                "Sat,Sun 00:00-24:00",
-            ],
+            &["22:00-04:00 UTC", "Mon-Fri 09:00-17:00 UTC+02:00", "daily 01:00-02:30 UTC-05:00", "Sat,Sun 00:00-24:00"],
         );
         spec.windows = Some(vec![w.to_string()]);
     }
@@ -1046,17 +860,9 @@ fn random_strategy(rng: &mut ChaCha8Rng) -> Strategy {
 fn build(seed: u64) -> Sim {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let strategy = random_strategy(&mut rng);
-    let n = if rng.gen_bool(0.6) {
-        rng.gen_range(1..=20)
-    } else {
-        rng.gen_range(1..=200)
-    };
+    let n = if rng.gen_bool(0.6) { rng.gen_range(1..=20) } else { rng.gen_range(1..=200) };
     let candidates: Vec<Candidate> = (0..n)
-        .map(|_| Candidate {
-            id: Uuid::from_u128(rng.gen()),
-            online: rng.gen_bool(0.9),
-            healthy: rng.gen_bool(0.9),
-        })
+        .map(|_| Candidate { id: Uuid::from_u128(rng.gen()), online: rng.gen_bool(0.9), healthy: rng.gen_bool(0.9) })
         .collect();
     let p_bad = pick(&mut rng, &[0.0, 0.0, 0.02, 0.1]);
     let p_slow = pick(&mut rng, &[0.0, 0.05, 0.2]);
@@ -1096,10 +902,7 @@ fn run_seed(seed: u64, trace: bool) -> Result<Sim, String> {
         let mut sim = build(seed);
         sim.trace = trace;
         if trace {
-            println!(
-                "seed {seed}: strategy {}",
-                serde_json::to_string(&sim.strategy).unwrap()
-            );
+            println!("seed {seed}: strategy {}", serde_json::to_string(&sim.strategy).unwrap());
             println!(
                 "seed {seed}: {} devices, {} waves, fleet p_fail {} p_offline {} p_self_rollback {}, start_at {:?}",
                 sim.install_of.len(),
@@ -1112,14 +915,7 @@ fn run_seed(seed: u64, trace: bool) -> Result<Sim, String> {
         }
         let r = sim.run();
         (
-            r.map_err(|e| {
-                format!(
-                    "{e} (at t+{}, state {}, wave {})",
-                    fmt_t(sim.now - sim.start),
-                    sim.state,
-                    sim.wave
-                )
-            }),
+            r.map_err(|e| format!("{e} (at t+{}, state {}, wave {})", fmt_t(sim.now - sim.start), sim.state, sim.wave)),
             sim,
         )
     });
@@ -1148,11 +944,7 @@ fn simulation_many_seeds() {
     if let Ok(seed) = std::env::var("OTAFLEET_SIM_SEED") {
         let seed: u64 = seed.parse().expect("OTAFLEET_SIM_SEED must be a number");
         match run_seed(seed, true) {
-            Ok(sim) => println!(
-                "seed {seed}: ok, ended {} after {}",
-                sim.state,
-                fmt_t(sim.now - sim.start)
-            ),
+            Ok(sim) => println!("seed {seed}: ok, ended {} after {}", sim.state, fmt_t(sim.now - sim.start)),
             Err(e) => panic!("simulation seed {seed} failed: {e}\n{}", replay_hint(seed)),
         }
         return;
@@ -1162,21 +954,14 @@ fn simulation_many_seeds() {
         .map(|v| v.parse().expect("OTAFLEET_SIM_RUNS must be a number"))
         .unwrap_or(1000);
     let t0 = Instant::now();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4) as u64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) as u64;
     let results: Vec<Vec<(u64, RunResult)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 scope.spawn(move || {
                     (0..runs)
                         .filter(|s| s % threads == t)
-                        .map(|seed| {
-                            (
-                                seed,
-                                run_seed(seed, false).map(|sim| (sim.state, sim.ticks)),
-                            )
-                        })
+                        .map(|seed| (seed, run_seed(seed, false).map(|sim| (sim.state, sim.ticks))))
                         .collect::<Vec<_>>()
                 })
             })
@@ -1193,17 +978,9 @@ fn simulation_many_seeds() {
             Err(e) => failures.push((*seed, e.clone())),
         }
     }
-    println!(
-        "{runs} seeded runs in {:.2?} on {threads} threads; outcomes {by_state:?}",
-        t0.elapsed()
-    );
+    println!("{runs} seeded runs in {:.2?} on {threads} threads; outcomes {by_state:?}", t0.elapsed());
     if let Some((seed, e)) = failures.first() {
-        let more = failures
-            .iter()
-            .skip(1)
-            .take(9)
-            .map(|(s, e)| format!("  seed {s}: {e}\n"))
-            .collect::<String>();
+        let more = failures.iter().skip(1).take(9).map(|(s, e)| format!("  seed {s}: {e}\n")).collect::<String>();
         panic!(
             "simulation seed {seed} failed: {e}\n{} failing seeds in total; more:\n{more}{}",
             failures.len(),
@@ -1213,10 +990,7 @@ fn simulation_many_seeds() {
     // The worlds must actually exercise the interesting paths.
     if runs >= 500 {
         for s in ["succeeded", "rolled_back", "failed"] {
-            assert!(
-                by_state.get(s).copied().unwrap_or(0) > 0,
-                "no run ended {s}: the generator lost coverage"
-            );
+            assert!(by_state.get(s).copied().unwrap_or(0) > 0, "no run ended {s}: the generator lost coverage");
         }
     }
 }
@@ -1226,21 +1000,13 @@ fn simulation_many_seeds() {
 // ---------------------------------------------------------------------------
 
 fn strategy(json: &str) -> Strategy {
-    serde_json::from_str::<StrategySpec>(json)
-        .unwrap()
-        .resolve(1)
-        .unwrap()
+    serde_json::from_str::<StrategySpec>(json).unwrap().resolve(1).unwrap()
 }
 
 fn fixed_world(json: &str, fates: Vec<Fate>, latency: Millis, start: Millis) -> Sim {
     let n = fates.len();
-    let candidates = (0..n)
-        .map(|i| Candidate {
-            id: Uuid::from_u128(i as u128 + 1),
-            online: true,
-            healthy: true,
-        })
-        .collect();
+    let candidates =
+        (0..n).map(|i| Candidate { id: Uuid::from_u128(i as u128 + 1), online: true, healthy: true }).collect();
     let fleet = Fleet {
         p_fail: 0.0,
         p_offline: 0.0,
@@ -1257,28 +1023,17 @@ fn fixed_world(json: &str, fates: Vec<Fate>, latency: Millis, start: Millis) -> 
 }
 
 fn install_states(sim: &Sim, wave: usize) -> Vec<ActionState> {
-    sim.actions
-        .iter()
-        .filter(|a| a.kind == ActionKind::Install && a.wave == wave)
-        .map(|a| a.state)
-        .collect()
+    sim.actions.iter().filter(|a| a.kind == ActionKind::Install && a.wave == wave).map(|a| a.state).collect()
 }
 
 #[test]
 fn scenario_failing_canary_rolls_back() {
     // Two canaries, one fails: 50% > 40% failure threshold. The other is rolled back,
     // and the rest of the fleet is never touched.
-    let json =
-        r#"{"steps":[2,"100%"],"failure_threshold":0.4,"retries":0,"auto_rollback":true,"seed":3}"#;
+    let json = r#"{"steps":[2,"100%"],"failure_threshold":0.4,"retries":0,"auto_rollback":true,"seed":3}"#;
     let mut sim = fixed_world(json, vec![Fate::Succeed; 10], 1_000, MONDAY);
     let canaries = plan::plan(
-        (0..10)
-            .map(|i| Candidate {
-                id: Uuid::from_u128(i + 1),
-                online: true,
-                healthy: true,
-            })
-            .collect(),
+        (0..10).map(|i| Candidate { id: Uuid::from_u128(i + 1), online: true, healthy: true }).collect(),
         &sim.strategy,
     )
     .waves[0]
@@ -1287,25 +1042,10 @@ fn scenario_failing_canary_rolls_back() {
     sim.fleet.fixed.as_mut().unwrap()[bad] = Fate::Fail;
     sim.run().unwrap();
     assert_eq!(sim.state, RolloutState::RolledBack);
-    assert!(sim
-        .state_log
-        .iter()
-        .any(|(_, s)| *s == RolloutState::Failed));
-    assert_eq!(
-        install_states(&sim, 0)
-            .iter()
-            .filter(|s| **s == ActionState::Succeeded)
-            .count(),
-        1
-    );
-    assert!(install_states(&sim, 1)
-        .iter()
-        .all(|s| *s == ActionState::Skipped));
-    let rollbacks: Vec<_> = sim
-        .actions
-        .iter()
-        .filter(|a| a.kind == ActionKind::Rollback)
-        .collect();
+    assert!(sim.state_log.iter().any(|(_, s)| *s == RolloutState::Failed));
+    assert_eq!(install_states(&sim, 0).iter().filter(|s| **s == ActionState::Succeeded).count(), 1);
+    assert!(install_states(&sim, 1).iter().all(|s| *s == ActionState::Skipped));
+    let rollbacks: Vec<_> = sim.actions.iter().filter(|a| a.kind == ActionKind::Rollback).collect();
     assert_eq!(rollbacks.len(), 1);
     assert_eq!(rollbacks[0].state, ActionState::Succeeded);
     assert_ne!(rollbacks[0].device, bad);
@@ -1320,23 +1060,12 @@ fn scenario_three_waves_succeed_with_bake_time() {
     assert_eq!(sim.state, RolloutState::Succeeded);
     assert_eq!(sim.waves, 3);
     assert_eq!([0, 1, 2].map(|w| install_states(&sim, w).len()), [1, 4, 45]);
-    assert!(sim
-        .actions
-        .iter()
-        .all(|a| a.state == ActionState::Succeeded && a.attempts == 1));
+    assert!(sim.actions.iter().all(|a| a.state == ActionState::Succeeded && a.attempts == 1));
     let gates: Vec<Millis> = sim.gates.iter().map(|g| g.unwrap()).collect();
     // Four reports of 2 s each per wave, then 60 s of bake before the next wave.
-    assert_eq!(
-        gates,
-        vec![MONDAY + 8_000, MONDAY + 76_000, MONDAY + 144_000]
-    );
+    assert_eq!(gates, vec![MONDAY + 8_000, MONDAY + 76_000, MONDAY + 144_000]);
     for w in 1..3 {
-        let first = sim
-            .releases
-            .iter()
-            .find(|(_, i)| sim.actions[*i].wave == w)
-            .unwrap()
-            .0;
+        let first = sim.releases.iter().find(|(_, i)| sim.actions[*i].wave == w).unwrap().0;
         assert_eq!(first, gates[w - 1] + 60_000);
     }
     // The last wave bakes too before the rollout is declared a success.
@@ -1353,19 +1082,7 @@ fn scenario_pause_holds_releases_until_resume() {
     assert_eq!(sim.state, RolloutState::Succeeded);
     let times: Vec<Millis> = sim.releases.iter().map(|(t, _)| *t - MONDAY).collect();
     // Batches at 0 s and 10 s, paused at 15 s, the rest when resumed.
-    assert_eq!(
-        times,
-        vec![
-            0,
-            0,
-            10_000,
-            10_000,
-            HOUR,
-            HOUR,
-            HOUR + 10_000,
-            HOUR + 10_000
-        ]
-    );
+    assert_eq!(times, vec![0, 0, 10_000, 10_000, HOUR, HOUR, HOUR + 10_000, HOUR + 10_000]);
     let states: Vec<RolloutState> = sim.state_log.iter().map(|(_, s)| *s).collect();
     use RolloutState::*;
     assert_eq!(states, vec![Pending, Running, Paused, Running, Succeeded]);
@@ -1381,18 +1098,12 @@ fn scenario_window_holds_releases() {
     sim.run().unwrap();
     assert_eq!(sim.state, RolloutState::Succeeded);
     for (t, _) in &sim.releases {
-        assert!(
-            sim.strategy.window_open(*t),
-            "released outside the window at {}",
-            fmt_t(*t - MONDAY)
-        );
+        assert!(sim.strategy.window_open(*t), "released outside the window at {}", fmt_t(*t - MONDAY));
     }
     // Nothing before 22:00; the canary at 22:00 takes 6 h, so wave 1 waits for the next night.
     assert_eq!(sim.releases[0].0, MONDAY + 22 * HOUR);
     assert_eq!(sim.gates[0], Some(MONDAY + 28 * HOUR));
-    assert!(sim.releases[1..]
-        .iter()
-        .all(|(t, _)| *t >= MONDAY + DAY + 22 * HOUR));
+    assert!(sim.releases[1..].iter().all(|(t, _)| *t >= MONDAY + DAY + 22 * HOUR));
 }
 
 #[test]
@@ -1403,20 +1114,8 @@ fn scenario_abort_without_auto_rollback_stays_aborted() {
     sim.run().unwrap();
     assert_eq!(sim.state, RolloutState::Aborted);
     let states = install_states(&sim, 0);
-    assert_eq!(
-        states
-            .iter()
-            .filter(|s| **s == ActionState::Succeeded)
-            .count(),
-        2
-    );
-    assert_eq!(
-        states
-            .iter()
-            .filter(|s| **s == ActionState::Skipped)
-            .count(),
-        3
-    );
+    assert_eq!(states.iter().filter(|s| **s == ActionState::Succeeded).count(), 2);
+    assert_eq!(states.iter().filter(|s| **s == ActionState::Skipped).count(), 3);
     assert!(sim.actions.iter().all(|a| a.kind == ActionKind::Install));
 }
 
@@ -1444,74 +1143,60 @@ fn every_decision_is_legal_for_every_small_snapshot() {
         for &state in RolloutState::ALL {
             for (wave, waves) in [(0, 0), (0, 1), (0, 2), (1, 2), (2, 3)] {
                 for total in 0..=3u64 {
-                    for_each_partition(
-                        total,
-                        |[scheduled, in_flight, succeeded, failed, skipped]| {
-                            for ready in 0..=scheduled {
-                                for gate_passed_at in [None, Some(MONDAY), Some(nows[1] - 1)] {
-                                    for promote in [false, true] {
-                                        for extra_in_flight in [0, 1] {
-                                            for last_release_at in [None, Some(nows[0] - 5_000)] {
-                                                for (requested, missing, open) in [
-                                                    (false, 0, 0),
-                                                    (true, 0, 0),
-                                                    (true, 1, 0),
-                                                    (true, 0, 1),
-                                                    (true, 2, 1),
-                                                ] {
-                                                    for start_at in [None, Some(nows[0] + 1)] {
-                                                        if !reachable(
-                                                            state,
-                                                            wave,
-                                                            waves,
+                    for_each_partition(total, |[scheduled, in_flight, succeeded, failed, skipped]| {
+                        for ready in 0..=scheduled {
+                            for gate_passed_at in [None, Some(MONDAY), Some(nows[1] - 1)] {
+                                for promote in [false, true] {
+                                    for extra_in_flight in [0, 1] {
+                                        for last_release_at in [None, Some(nows[0] - 5_000)] {
+                                            for (requested, missing, open) in
+                                                [(false, 0, 0), (true, 0, 0), (true, 1, 0), (true, 0, 1), (true, 2, 1)]
+                                            {
+                                                for start_at in [None, Some(nows[0] + 1)] {
+                                                    if !reachable(
+                                                        state,
+                                                        wave,
+                                                        waves,
+                                                        total,
+                                                        succeeded,
+                                                        gate_passed_at,
+                                                        st,
+                                                    ) {
+                                                        continue;
+                                                    }
+                                                    let s = Snapshot {
+                                                        state,
+                                                        strategy: st,
+                                                        wave,
+                                                        waves,
+                                                        start_at,
+                                                        gate_passed_at,
+                                                        last_release_at,
+                                                        promote,
+                                                        current: WaveCounts {
                                                             total,
+                                                            scheduled,
+                                                            ready,
+                                                            in_flight,
                                                             succeeded,
-                                                            gate_passed_at,
-                                                            st,
-                                                        ) {
-                                                            continue;
+                                                            failed,
+                                                            skipped,
+                                                        },
+                                                        in_flight_total: in_flight + extra_in_flight,
+                                                        next_ready_at: (ready < scheduled).then_some(nows[1] + 1),
+                                                        rollback: RollbackCounts { requested, missing, open },
+                                                    };
+                                                    for now in nows {
+                                                        let d = engine::decide(&s, now);
+                                                        assert_eq!(
+                                                            d,
+                                                            engine::decide(&s, now),
+                                                            "not deterministic: {s:?}"
+                                                        );
+                                                        if let Err(e) = check_legal(&s, now, &d) {
+                                                            panic!("illegal decision {d:?} at {now}: {e}\n{s:?}");
                                                         }
-                                                        let s = Snapshot {
-                                                            state,
-                                                            strategy: st,
-                                                            wave,
-                                                            waves,
-                                                            start_at,
-                                                            gate_passed_at,
-                                                            last_release_at,
-                                                            promote,
-                                                            current: WaveCounts {
-                                                                total,
-                                                                scheduled,
-                                                                ready,
-                                                                in_flight,
-                                                                succeeded,
-                                                                failed,
-                                                                skipped,
-                                                            },
-                                                            in_flight_total: in_flight
-                                                                + extra_in_flight,
-                                                            next_ready_at: (ready < scheduled)
-                                                                .then_some(nows[1] + 1),
-                                                            rollback: RollbackCounts {
-                                                                requested,
-                                                                missing,
-                                                                open,
-                                                            },
-                                                        };
-                                                        for now in nows {
-                                                            let d = engine::decide(&s, now);
-                                                            assert_eq!(
-                                                                d,
-                                                                engine::decide(&s, now),
-                                                                "not deterministic: {s:?}"
-                                                            );
-                                                            if let Err(e) = check_legal(&s, now, &d)
-                                                            {
-                                                                panic!("illegal decision {d:?} at {now}: {e}\n{s:?}");
-                                                            }
-                                                            checked += 1;
-                                                        }
+                                                        checked += 1;
                                                     }
                                                 }
                                             }
@@ -1519,8 +1204,8 @@ fn every_decision_is_legal_for_every_small_snapshot() {
                                     }
                                 }
                             }
-                        },
-                    );
+                        }
+                    });
                 }
             }
         }
@@ -1542,9 +1227,7 @@ fn reachable(
     if waves == 0 {
         return state == RolloutState::Pending && total == 0 && gate_passed_at.is_none();
     }
-    wave < waves
-        && total > 0
-        && gate_passed_at.is_none_or(|_| rate(succeeded, total) >= st.gate.success_threshold)
+    wave < waves && total > 0 && gate_passed_at.is_none_or(|_| rate(succeeded, total) >= st.gate.success_threshold)
 }
 
 fn for_each_partition(total: u64, mut f: impl FnMut([u64; 5])) {
@@ -1563,15 +1246,10 @@ fn for_each_partition(total: u64, mut f: impl FnMut([u64; 5])) {
 fn simulation_is_reproducible() {
     // The same seed gives the very same history: decisions, times and final state.
     for seed in 0..25 {
-        let a = run_seed(seed, false)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", replay_hint(seed)));
+        let a = run_seed(seed, false).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", replay_hint(seed)));
         let b = run_seed(seed, false).unwrap();
         assert_eq!(a.decisions, b.decisions, "seed {seed}");
         assert_eq!(a.releases, b.releases, "seed {seed}");
-        assert_eq!(
-            (a.state, a.now, a.ticks),
-            (b.state, b.now, b.ticks),
-            "seed {seed}"
-        );
+        assert_eq!((a.state, a.now, a.ticks), (b.state, b.now, b.ticks), "seed {seed}");
     }
 }

@@ -65,8 +65,16 @@ impl Metrics {
         // prometheus-client appends `_total` to counters.
         registry.register("ota_updated_pods", "Total number of devices (pods) updated", m.updated_pods.clone());
         registry.register("ota_last_run_timestamp_seconds", "Timestamp of the last OTA run", m.last_run.clone());
-        registry.register("ota_jobs_pending", "Number of pending (not finished) deployment jobs", m.jobs_pending.clone());
-        registry.register("ota_jobs_successful", "Number of successfully completed deployment jobs", m.jobs_successful.clone());
+        registry.register(
+            "ota_jobs_pending",
+            "Number of pending (not finished) deployment jobs",
+            m.jobs_pending.clone(),
+        );
+        registry.register(
+            "ota_jobs_successful",
+            "Number of successfully completed deployment jobs",
+            m.jobs_successful.clone(),
+        );
         registry.register("ota_jobs_total", "Total number of deployment jobs triggered", m.jobs_total.clone());
         registry.register("otafleet_rollouts", "Rollouts by kind and state", m.rollouts.clone());
         registry.register("otafleet_devices", "Registered devices by health", m.devices.clone());
@@ -77,7 +85,11 @@ impl Metrics {
         );
         registry.register("otafleet_device_checkins", "Device check-ins served", m.checkins.clone());
         registry.register("otafleet_status_reports", "Device status reports by outcome", m.status_reports.clone());
-        registry.register("otafleet_driver_decisions", "Rollout driver decisions applied, by decision", m.driver_decisions.clone());
+        registry.register(
+            "otafleet_driver_decisions",
+            "Rollout driver decisions applied, by decision",
+            m.driver_decisions.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -99,7 +111,9 @@ impl Metrics {
         let (mut pending, mut ok, mut total) = (0, 0, 0);
         for kind in ["deploy", "rollback"] {
             for s in RolloutState::ALL {
-                self.rollouts.get_or_create(&vec![("kind".into(), kind.into()), ("state".into(), s.as_str().into())]).set(0);
+                self.rollouts
+                    .get_or_create(&vec![("kind".into(), kind.into()), ("state".into(), s.as_str().into())])
+                    .set(0);
             }
         }
         for (kind, state, n) in &states {

@@ -190,7 +190,8 @@ impl Store {
 
     /// Device counts by health, for metrics.
     pub async fn device_health_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT health, COUNT(*) AS n FROM devices GROUP BY health").fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query("SELECT health, COUNT(*) AS n FROM devices GROUP BY health").fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok((r.string("health")?, r.i64("n")?))).collect()
     }
 
@@ -235,7 +236,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM device_labels WHERE device_id = $1").bind(sid.as_str()).execute(&mut *tx).await?;
-        let n = sqlx::query("DELETE FROM devices WHERE id = $1").bind(sid.as_str()).execute(&mut *tx).await?.rows_affected();
+        let n = sqlx::query("DELETE FROM devices WHERE id = $1")
+            .bind(sid.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if n == 0 {
             return Ok(false);
         }

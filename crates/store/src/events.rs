@@ -20,7 +20,12 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn new(kind: &str, actor: &str) -> Self {
-        NewEvent { kind: kind.to_string(), actor: actor.to_string(), data: serde_json::Value::Null, ..Default::default() }
+        NewEvent {
+            kind: kind.to_string(),
+            actor: actor.to_string(),
+            data: serde_json::Value::Null,
+            ..Default::default()
+        }
     }
     pub fn rollout(mut self, id: i64) -> Self {
         self.rollout_id = Some(id);
@@ -94,7 +99,8 @@ fn from_row(r: &AnyRow) -> Result<Event> {
 impl Store {
     /// Events oldest first, filtered, at most `limit`.
     pub async fn list_events(&self, q: &EventQuery) -> Result<Vec<Event>> {
-        let mut sql = Sql::new("SELECT id, at, kind, rollout_id, device_id, action_id, actor, data FROM events WHERE 1=1");
+        let mut sql =
+            Sql::new("SELECT id, at, kind, rollout_id, device_id, action_id, actor, data FROM events WHERE 1=1");
         if let Some(r) = q.rollout_id {
             sql.push(" AND rollout_id = ").bind_i64(r);
         }

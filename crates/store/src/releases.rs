@@ -56,10 +56,11 @@ fn from_row(r: &AnyRow) -> Result<Release> {
 
 impl Store {
     async fn with_artifacts(&self, mut rel: Release) -> Result<Release> {
-        let rows = sqlx::query("SELECT name, uri, size, sha256, signature FROM artifacts WHERE release_id = $1 ORDER BY id")
-            .bind(rel.id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name, uri, size, sha256, signature FROM artifacts WHERE release_id = $1 ORDER BY id")
+                .bind(rel.id)
+                .fetch_all(&self.pool)
+                .await?;
         rel.artifacts = rows
             .iter()
             .map(|r| {
@@ -105,7 +106,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let ev = NewEvent::new("release.created", actor).data(serde_json::json!({"release_id": id, "version": new.version}));
+        let ev =
+            NewEvent::new("release.created", actor).data(serde_json::json!({"release_id": id, "version": new.version}));
         events::insert(&mut tx, now, &ev).await?;
         tx.commit().await?;
         Ok(Release {
@@ -121,7 +123,10 @@ impl Store {
     }
 
     pub async fn get_release(&self, id: i64) -> Result<Option<Release>> {
-        let row = sqlx::query(&format!("SELECT {COLS} FROM releases WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("SELECT {COLS} FROM releases WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             Some(r) => Ok(Some(self.with_artifacts(from_row(&r)?).await?)),
             None => Ok(None),
@@ -129,8 +134,10 @@ impl Store {
     }
 
     pub async fn get_release_by_version(&self, version: &str) -> Result<Option<Release>> {
-        let row =
-            sqlx::query(&format!("SELECT {COLS} FROM releases WHERE version = $1")).bind(version).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("SELECT {COLS} FROM releases WHERE version = $1"))
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             Some(r) => Ok(Some(self.with_artifacts(from_row(&r)?).await?)),
             None => Ok(None),
@@ -143,7 +150,12 @@ impl Store {
         if let Some(r) = self.get_release_by_version(version).await? {
             return Ok(r);
         }
-        let new = NewRelease { name: version.to_string(), version: version.to_string(), kind: "firmware".into(), ..Default::default() };
+        let new = NewRelease {
+            name: version.to_string(),
+            version: version.to_string(),
+            kind: "firmware".into(),
+            ..Default::default()
+        };
         match self.insert_release(&new, actor).await {
             Err(StoreError::Conflict(_)) => self
                 .get_release_by_version(version)

@@ -133,7 +133,8 @@ pub enum ReportOutcome {
 
 const ROLLOUT_COLS: &str = "id, release_id, version, kind, wave, target, strategy, state, current_wave, waves, start_at, \
      gate_passed_at, last_release_at, promote, rollback_requested, reason, created_by, created_at, updated_at, finished_at";
-const ACTION_COLS: &str = "id, rollout_id, device_id, wave, position, kind, state, from_version, to_version, attempts, \
+const ACTION_COLS: &str =
+    "id, rollout_id, device_id, wave, position, kind, state, from_version, to_version, attempts, \
      last_seq, not_before, deadline, error, created_at, updated_at";
 const IN_FLIGHT: &str = "('notified', 'downloading', 'installing', 'verifying')";
 const TERMINAL: &str = "('succeeded', 'failed', 'rolled_back', 'skipped')";
@@ -199,7 +200,10 @@ async fn load_rollout(tx: &mut Tx, id: i64) -> Result<Rollout> {
 }
 
 async fn load_action(tx: &mut Tx, id: i64) -> Result<Option<Action>> {
-    let row = sqlx::query(&format!("SELECT {ACTION_COLS} FROM actions WHERE id = $1")).bind(id).fetch_optional(&mut **tx).await?;
+    let row = sqlx::query(&format!("SELECT {ACTION_COLS} FROM actions WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
     row.as_ref().map(action_from_row).transpose()
 }
 
@@ -251,7 +255,8 @@ async fn transition_rollout(
     if !data.is_null() {
         payload["gate"] = data;
     }
-    events::insert(tx, now, &NewEvent::new(&format!("rollout.{}", to.as_str()), actor).rollout(r.id).data(payload)).await
+    events::insert(tx, now, &NewEvent::new(&format!("rollout.{}", to.as_str()), actor).rollout(r.id).data(payload))
+        .await
 }
 
 impl Store {
@@ -330,7 +335,10 @@ impl Store {
     }
 
     pub async fn get_rollout(&self, id: i64) -> Result<Option<Rollout>> {
-        let row = sqlx::query(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(rollout_from_row).transpose()
     }
 
@@ -348,19 +356,30 @@ impl Store {
 
     /// Every rollout as the original tracker's job list: (id, version, wave, kind, state, created_at), newest first.
     pub async fn list_jobs(&self) -> Result<Vec<(i64, String, String, String, RolloutState, i64)>> {
-        let rows = sqlx::query("SELECT id, version, wave, kind, state, created_at FROM rollouts ORDER BY created_at DESC, id DESC")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, version, wave, kind, state, created_at FROM rollouts ORDER BY created_at DESC, id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
-                Ok((r.i64("id")?, r.string("version")?, r.string("wave")?, r.string("kind")?, r.parsed("state")?, r.i64("created_at")?))
+                Ok((
+                    r.i64("id")?,
+                    r.string("version")?,
+                    r.string("wave")?,
+                    r.string("kind")?,
+                    r.parsed("state")?,
+                    r.i64("created_at")?,
+                ))
             })
             .collect()
     }
 
     /// Counts of rollouts by state, for metrics.
     pub async fn rollout_state_counts(&self) -> Result<Vec<(String, String, i64)>> {
-        let rows = sqlx::query("SELECT kind, state, COUNT(*) AS n FROM rollouts GROUP BY kind, state").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT kind, state, COUNT(*) AS n FROM rollouts GROUP BY kind, state")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|r| Ok((r.string("kind")?, r.string("state")?, r.i64("n")?))).collect()
     }
 
@@ -429,13 +448,22 @@ impl Store {
     }
 
     pub async fn get_action(&self, id: i64) -> Result<Option<Action>> {
-        let row = sqlx::query(&format!("SELECT {ACTION_COLS} FROM actions WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&format!("SELECT {ACTION_COLS} FROM actions WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(action_from_row).transpose()
     }
 
     /// Operator or external executor moves a rollout (pause, resume, abort, or a
     /// tracker status). Illegal moves are a [`StoreError::Conflict`].
-    pub async fn set_rollout_state(&self, id: i64, to: RolloutState, reason: Option<&str>, actor: &str) -> Result<Rollout> {
+    pub async fn set_rollout_state(
+        &self,
+        id: i64,
+        to: RolloutState,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> Result<Rollout> {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let r = load_rollout(&mut tx, id).await?;
@@ -451,9 +479,16 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let r = load_rollout(&mut tx, id).await?;
         if !matches!(r.state, RolloutState::Running | RolloutState::Paused) {
-            return Err(StoreError::Conflict(format!("rollout {id} is {}; only a running or paused rollout can be promoted", r.state)));
+            return Err(StoreError::Conflict(format!(
+                "rollout {id} is {}; only a running or paused rollout can be promoted",
+                r.state
+            )));
         }
-        sqlx::query("UPDATE rollouts SET promote = 1, updated_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE rollouts SET promote = 1, updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let ev = NewEvent::new("rollout.promoted", actor).rollout(id).data(serde_json::json!({"wave": r.current_wave}));
         events::insert(&mut tx, now, &ev).await?;
         let r = load_rollout(&mut tx, id).await?;
@@ -471,8 +506,16 @@ impl Store {
             return Err(StoreError::Conflict(format!("rollout {id} is already rolled back or rolling back")));
         }
         if r.state.is_active() {
-            transition_rollout(&mut tx, &r, RolloutState::Aborted, Some("manual rollback"), actor, serde_json::Value::Null, now)
-                .await?;
+            transition_rollout(
+                &mut tx,
+                &r,
+                RolloutState::Aborted,
+                Some("manual rollback"),
+                actor,
+                serde_json::Value::Null,
+                now,
+            )
+            .await?;
         }
         sqlx::query("UPDATE rollouts SET rollback_requested = 1, updated_at = $1 WHERE id = $2")
             .bind(now)
@@ -538,7 +581,8 @@ impl Store {
         match &decision {
             Decision::Idle { .. } => {}
             Decision::Start => {
-                transition_rollout(&mut tx, &r, RolloutState::Running, None, actor, serde_json::Value::Null, now).await?;
+                transition_rollout(&mut tx, &r, RolloutState::Running, None, actor, serde_json::Value::Null, now)
+                    .await?;
             }
             Decision::Release { count } => {
                 let deadline = engine::deadline(&r.strategy.gate, now);
@@ -574,7 +618,9 @@ impl Store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                let ev = NewEvent::new("rollout.gate_passed", actor).rollout(id).data(serde_json::to_value(report).unwrap_or_default());
+                let ev = NewEvent::new("rollout.gate_passed", actor)
+                    .rollout(id)
+                    .data(serde_json::to_value(report).unwrap_or_default());
                 events::insert(&mut tx, now, &ev).await?;
             }
             Decision::NextWave { from } => {
@@ -586,7 +632,9 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                let ev = NewEvent::new("rollout.wave_started", actor).rollout(id).data(serde_json::json!({"wave": from + 1}));
+                let ev = NewEvent::new("rollout.wave_started", actor)
+                    .rollout(id)
+                    .data(serde_json::json!({"wave": from + 1}));
                 events::insert(&mut tx, now, &ev).await?;
             }
             Decision::Succeed { report } => {
@@ -625,8 +673,14 @@ impl Store {
                 for row in &rows {
                     notified.push(row.parsed::<Uuid>("device_id")?);
                 }
-                sqlx::query("UPDATE rollouts SET updated_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *tx).await?;
-                let ev = NewEvent::new("rollout.rollbacks_created", actor).rollout(id).data(serde_json::json!({"count": notified.len()}));
+                sqlx::query("UPDATE rollouts SET updated_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                let ev = NewEvent::new("rollout.rollbacks_created", actor)
+                    .rollout(id)
+                    .data(serde_json::json!({"count": notified.len()}));
                 events::insert(&mut tx, now, &ev).await?;
             }
             Decision::FinishRollback => {
@@ -745,7 +799,12 @@ impl Store {
 
     /// A device reports progress on one of its actions. Idempotent by sequence
     /// number; a report about another device's action is NotFound.
-    pub async fn report_status(&self, device_id: Uuid, report: &StatusReport, now: i64) -> Result<(ReportOutcome, Action)> {
+    pub async fn report_status(
+        &self,
+        device_id: Uuid,
+        report: &StatusReport,
+        now: i64,
+    ) -> Result<(ReportOutcome, Action)> {
         let mut tx = self.write_tx().await?;
         let a = load_action(&mut tx, report.action_id)
             .await?
@@ -771,7 +830,11 @@ impl Store {
             }
             s => set_action_state(&mut tx, &a, s, report.message.as_deref(), None, now).await?,
         }
-        sqlx::query("UPDATE actions SET last_seq = $1 WHERE id = $2").bind(report.seq).bind(a.id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE actions SET last_seq = $1 WHERE id = $2")
+            .bind(report.seq)
+            .bind(a.id)
+            .execute(&mut *tx)
+            .await?;
         if report.state == ActionState::Succeeded {
             sqlx::query(
                 "UPDATE devices SET previous_version = CASE WHEN current_version = $1 THEN previous_version ELSE current_version END, \
@@ -823,7 +886,11 @@ async fn set_action_state(
     if let Some(m) = message {
         data["message"] = m.into();
     }
-    let ev = NewEvent::new(&format!("action.{}", to.as_str()), "device").rollout(a.rollout_id).device(a.device_id).action(a.id).data(data);
+    let ev = NewEvent::new(&format!("action.{}", to.as_str()), "device")
+        .rollout(a.rollout_id)
+        .device(a.device_id)
+        .action(a.id)
+        .data(data);
     events::insert(tx, now, &ev).await
 }
 
@@ -833,7 +900,8 @@ async fn fail_action(tx: &mut Tx, r: &Rollout, a: &Action, msg: &str, cause: &st
     let active = a.kind == ActionKind::Rollback || r.state.is_active();
     match engine::after_failure(a.attempts.max(0) as u32, &r.strategy.gate, active, now) {
         engine::Retry::Again { not_before } if a.kind == ActionKind::Install => {
-            set_action_state(tx, a, ActionState::Scheduled, Some(&format!("{cause}: {msg}")), Some(not_before), now).await
+            set_action_state(tx, a, ActionState::Scheduled, Some(&format!("{cause}: {msg}")), Some(not_before), now)
+                .await
         }
         engine::Retry::Again { .. } => {
             // Rollback actions are retried in place: the device is told again.
@@ -845,11 +913,16 @@ async fn fail_action(tx: &mut Tx, r: &Rollout, a: &Action, msg: &str, cause: &st
                 .bind(a.id)
                 .execute(&mut **tx)
                 .await?;
-            let ev = NewEvent::new("action.retried", cause).rollout(a.rollout_id).device(a.device_id).action(a.id)
+            let ev = NewEvent::new("action.retried", cause)
+                .rollout(a.rollout_id)
+                .device(a.device_id)
+                .action(a.id)
                 .data(serde_json::json!({"kind": a.kind.as_str(), "attempt": a.attempts + 1, "message": msg}));
             events::insert(tx, now, &ev).await
         }
-        engine::Retry::GiveUp => set_action_state(tx, a, ActionState::Failed, Some(&format!("{cause}: {msg}")), None, now).await,
+        engine::Retry::GiveUp => {
+            set_action_state(tx, a, ActionState::Failed, Some(&format!("{cause}: {msg}")), None, now).await
+        }
     }
 }
 

@@ -85,10 +85,14 @@ async fn devices_crud_and_selectors(s: Store) {
     assert_eq!(ids(s.list_devices(&q("!site")).await.unwrap()), Vec::<u128>::new());
     assert_eq!(s.count_devices(&Selector::parse("site=a").unwrap()).await.unwrap(), 2);
     // Pagination by cursor.
-    let page = s.list_devices(&DeviceQuery { selector: Selector::default(), after: Some(Uuid::from_u128(1)), limit: 1 }).await.unwrap();
+    let page = s
+        .list_devices(&DeviceQuery { selector: Selector::default(), after: Some(Uuid::from_u128(1)), limit: 1 })
+        .await
+        .unwrap();
     assert_eq!(ids(page), vec![2]);
 
-    let d = s.set_device_labels(Uuid::from_u128(3), &labels(&[("device_type", "esp32")]), "test").await.unwrap().unwrap();
+    let d =
+        s.set_device_labels(Uuid::from_u128(3), &labels(&[("device_type", "esp32")]), "test").await.unwrap().unwrap();
     assert_eq!(d.labels.get("device_type").map(String::as_str), Some("esp32"));
     assert_eq!(ids(s.list_devices(&q("device_type=esp32")).await.unwrap()), vec![1, 2, 3]);
     assert!(s.set_device_labels(Uuid::from_u128(99), &labels(&[]), "t").await.unwrap().is_none());
@@ -97,7 +101,13 @@ async fn devices_crud_and_selectors(s: Store) {
     assert!(s.find_device_by_token("nope").await.unwrap().is_none());
     assert!(s.delete_device(Uuid::from_u128(2), "test").await.unwrap());
     assert!(!s.delete_device(Uuid::from_u128(2), "test").await.unwrap());
-    let kinds: Vec<String> = s.list_events(&EventQuery { limit: 100, ..Default::default() }).await.unwrap().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<String> = s
+        .list_events(&EventQuery { limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, vec!["device.registered", "device.labels_updated", "device.deleted"]);
 }
 
@@ -109,7 +119,13 @@ async fn releases_and_tokens(s: Store) {
         kind: "firmware".into(),
         compatible: vec!["esp32".into()],
         signature: None,
-        artifacts: vec![Artifact { name: "fw.bin".into(), uri: "https://x/fw.bin".into(), size: 10, sha256: "ab".repeat(32), signature: None }],
+        artifacts: vec![Artifact {
+            name: "fw.bin".into(),
+            uri: "https://x/fw.bin".into(),
+            size: 10,
+            sha256: "ab".repeat(32),
+            signature: None,
+        }],
     };
     let r = s.insert_release(&new, "t").await.unwrap();
     assert!(matches!(s.insert_release(&new, "t").await, Err(StoreError::Conflict(_))));
@@ -170,27 +186,59 @@ async fn rollout_runs_through_waves_with_idempotent_reports(s: Store) {
     assert_eq!((r.state, r.waves), (RolloutState::Pending, 2));
     let ds = drive(&s, r.id, 1000).await;
     assert_eq!(ds, vec![Decision::Start, Decision::Release { count: 1 }]);
-    let active = s.list_actions(&ActionQuery { rollout_id: Some(r.id), state: Some(ActionState::Notified), limit: 10, ..Default::default() }).await.unwrap();
+    let active = s
+        .list_actions(&ActionQuery {
+            rollout_id: Some(r.id),
+            state: Some(ActionState::Notified),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(active.len(), 1);
     let a = &active[0];
     // Check-in hands out the action; the device reports progress.
     let c = s.checkin(a.device_id, Some("1.0.0"), None, 1001).await.unwrap();
     assert_eq!(c.action.as_ref().map(|x| x.id), Some(a.id));
-    assert_eq!(s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 1002).await.unwrap().0, ReportOutcome::Applied);
-    assert_eq!(s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 1003).await.unwrap().0, ReportOutcome::Duplicate);
+    assert_eq!(
+        s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 1002).await.unwrap().0,
+        ReportOutcome::Applied
+    );
+    assert_eq!(
+        s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 1003).await.unwrap().0,
+        ReportOutcome::Duplicate
+    );
     // A report about someone else's action is refused.
     let other = Uuid::from_u128(if a.device_id.as_u128() == 1 { 2 } else { 1 });
-    assert!(matches!(s.report_status(other, &report(a.id, 5, ActionState::Succeeded), 1003).await, Err(StoreError::NotFound(_))));
-    assert_eq!(s.report_status(a.device_id, &report(a.id, 3, ActionState::Succeeded), 1004).await.unwrap().0, ReportOutcome::Applied);
+    assert!(matches!(
+        s.report_status(other, &report(a.id, 5, ActionState::Succeeded), 1003).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.report_status(a.device_id, &report(a.id, 3, ActionState::Succeeded), 1004).await.unwrap().0,
+        ReportOutcome::Applied
+    );
     // Out of order: seq 2 arrives after seq 3: stale, ignored.
-    assert_eq!(s.report_status(a.device_id, &report(a.id, 2, ActionState::Installing), 1005).await.unwrap().0, ReportOutcome::Duplicate);
+    assert_eq!(
+        s.report_status(a.device_id, &report(a.id, 2, ActionState::Installing), 1005).await.unwrap().0,
+        ReportOutcome::Duplicate
+    );
     assert_eq!(s.get_device(a.device_id).await.unwrap().unwrap().current_version.as_deref(), Some("2.0.0"));
 
     let ds = drive(&s, r.id, 2000).await;
     assert!(matches!(ds[0], Decision::GatePassed { .. }));
     assert_eq!(ds[1], Decision::NextWave { from: 0 });
     assert_eq!(ds[2], Decision::Release { count: 3 });
-    for a in s.list_actions(&ActionQuery { rollout_id: Some(r.id), state: Some(ActionState::Notified), limit: 10, ..Default::default() }).await.unwrap() {
+    for a in s
+        .list_actions(&ActionQuery {
+            rollout_id: Some(r.id),
+            state: Some(ActionState::Notified),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    {
         s.report_status(a.device_id, &report(a.id, 1, ActionState::Succeeded), 2100).await.unwrap();
     }
     let ds = drive(&s, r.id, 3000).await;
@@ -206,10 +254,20 @@ async fn rollout_runs_through_waves_with_idempotent_reports(s: Store) {
 
 both!(failed_canary_is_rolled_back_and_timeouts_retry);
 async fn failed_canary_is_rolled_back_and_timeouts_retry(s: Store) {
-    let spec: StrategySpec = serde_json::from_str(r#"{"steps":[1,"100%"],"retries":1,"backoff_secs":1,"timeout_secs":10}"#).unwrap();
+    let spec: StrategySpec =
+        serde_json::from_str(r#"{"steps":[1,"100%"],"retries":1,"backoff_secs":1,"timeout_secs":10}"#).unwrap();
     let r = make_rollout(&s, 3, spec).await;
     drive(&s, r.id, 0).await;
-    let a = s.list_actions(&ActionQuery { rollout_id: Some(r.id), state: Some(ActionState::Notified), limit: 10, ..Default::default() }).await.unwrap()[0].clone();
+    let a = s
+        .list_actions(&ActionQuery {
+            rollout_id: Some(r.id),
+            state: Some(ActionState::Notified),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+        .clone();
     // No report within the timeout: retried after backoff.
     assert_eq!(s.expire_actions(10_000, 100).await.unwrap(), 1);
     let a2 = s.get_action(a.id).await.unwrap().unwrap();
@@ -230,9 +288,25 @@ async fn failed_canary_is_rolled_back_and_timeouts_retry(s: Store) {
     assert_eq!(r2.state, RolloutState::RolledBack);
     assert!(r2.rollback_requested);
     assert!(r2.reason.unwrap().contains("failure threshold"));
-    let skipped = s.list_actions(&ActionQuery { rollout_id: Some(r.id), state: Some(ActionState::Skipped), limit: 10, ..Default::default() }).await.unwrap();
+    let skipped = s
+        .list_actions(&ActionQuery {
+            rollout_id: Some(r.id),
+            state: Some(ActionState::Skipped),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(skipped.len(), 2);
-    let gate = s.list_events(&EventQuery { rollout_id: Some(r.id), kind: Some("rollout.failed".into()), limit: 10, ..Default::default() }).await.unwrap();
+    let gate = s
+        .list_events(&EventQuery {
+            rollout_id: Some(r.id),
+            kind: Some("rollout.failed".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(gate[0].data["gate"]["failed"], 1);
 }
 

@@ -62,27 +62,25 @@ impl Store {
     /// Stores a token (by hash). The caller generated and shows the secret.
     pub async fn create_token(&self, name: &str, role: Role, secret: &str) -> Result<TokenRecord> {
         let now = now_ms();
-        let row = sqlx::query(
-            "INSERT INTO tokens (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(name)
-        .bind(role.as_str())
-        .bind(hash_token(secret))
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| conflict_or(e, || "token already exists".into()))?;
+        let row =
+            sqlx::query("INSERT INTO tokens (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id")
+                .bind(name)
+                .bind(role.as_str())
+                .bind(hash_token(secret))
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| conflict_or(e, || "token already exists".into()))?;
         Ok(TokenRecord { id: row.i64("id")?, name: name.to_string(), role, created_at: now })
     }
 
     /// The unrevoked token with this secret, if any.
     pub async fn find_token(&self, secret: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(
-            "SELECT id, name, role, created_at FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(hash_token(secret))
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT id, name, role, created_at FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL")
+                .bind(hash_token(secret))
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             Ok(TokenRecord {
                 id: r.i64("id")?,

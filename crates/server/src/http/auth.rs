@@ -27,10 +27,9 @@ impl Caller {
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         match &self.token {
             None => Err(ApiError::unauthorized("a bearer token is required (Authorization: Bearer <token>)")),
-            Some(t) if t.role < role => Err(ApiError::forbidden(format!(
-                "this needs the {role} role; the token '{}' has {}",
-                t.name, t.role
-            ))),
+            Some(t) if t.role < role => {
+                Err(ApiError::forbidden(format!("this needs the {role} role; the token '{}' has {}", t.name, t.role)))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -41,7 +40,9 @@ pub fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     let Some(v) = parts.headers.get(AUTHORIZATION) else { return Ok(None) };
     let v = v.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
     match v.split_once(' ') {
-        Some((scheme, secret)) if scheme.eq_ignore_ascii_case("bearer") && !secret.trim().is_empty() => Ok(Some(secret.trim())),
+        Some((scheme, secret)) if scheme.eq_ignore_ascii_case("bearer") && !secret.trim().is_empty() => {
+            Ok(Some(secret.trim()))
+        }
         _ => Err(ApiError::unauthorized("expected 'Authorization: Bearer <token>'")),
     }
 }

@@ -37,7 +37,9 @@ pub fn job_status(kind: &str, state: RolloutState) -> &'static str {
 /// The rollout state a tracker status word asks for.
 pub fn state_for_status(status: &str) -> Option<RolloutState> {
     Some(match status.to_ascii_lowercase().as_str() {
-        "complete" | "completed" | "success" | "successful" | "succeeded" | "done" | "rollback_complete" => RolloutState::Succeeded,
+        "complete" | "completed" | "success" | "successful" | "succeeded" | "done" | "rollback_complete" => {
+            RolloutState::Succeeded
+        }
         "failed" | "failure" | "error" => RolloutState::Failed,
         "aborted" | "cancelled" | "canceled" => RolloutState::Aborted,
         "running" | "in_progress" | "resumed" => RolloutState::Running,
@@ -59,7 +61,9 @@ fn parse_wave(w: Option<&str>, default: Wave) -> ApiResult<Wave> {
     match w {
         None => Ok(default),
         Some(w) => match w.parse::<Wave>() {
-            Ok(Wave::Custom) | Err(_) => Err(ApiError::invalid("wave", format!("unknown wave '{w}', expected canary, blue or green"))),
+            Ok(Wave::Custom) | Err(_) => {
+                Err(ApiError::invalid("wave", format!("unknown wave '{w}', expected canary, blue or green")))
+            }
             Ok(w) => Ok(w),
         },
     }
@@ -104,7 +108,11 @@ pub struct DeployResponse {
 /// Create a job: a rollout of that version over the whole fleet with that wave.
 #[utoipa::path(post, path = "/ota/deploy", params(DeployQuery),
     responses((status = 200, body = DeployResponse), (status = 422, body = super::error::ErrorBody)), tag = "tracker")]
-pub async fn deploy(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<DeployQuery>) -> ApiResult<Json<DeployResponse>> {
+pub async fn deploy(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<DeployQuery>,
+) -> ApiResult<Json<DeployResponse>> {
     check(&state, &caller, Role::Operator)?;
     non_empty_version(&q.version)?;
     let wave = parse_wave(q.wave.as_deref(), Wave::Canary)?;
@@ -139,7 +147,13 @@ pub async fn jobs(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
     let jobs = state.store.list_jobs().await?;
     Ok(Json(
         jobs.into_iter()
-            .map(|(id, version, wave, kind, st, created)| Job { id, version, wave, status: job_status(&kind, st), created_at: rfc3339(created) })
+            .map(|(id, version, wave, kind, st, created)| Job {
+                id,
+                version,
+                wave,
+                status: job_status(&kind, st),
+                created_at: rfc3339(created),
+            })
             .collect(),
     ))
 }
@@ -168,13 +182,23 @@ pub async fn update_status(
 ) -> ApiResult<Json<UpdateStatusResponse>> {
     check(&state, &caller, Role::Operator)?;
     let to = state_for_status(&q.status).ok_or_else(|| {
-        ApiError::invalid("status", format!("unknown status '{}', expected e.g. complete, failed, aborted, running, paused", q.status))
+        ApiError::invalid(
+            "status",
+            format!("unknown status '{}', expected e.g. complete, failed, aborted, running, paused", q.status),
+        )
     })?;
-    let r = state.store.get_rollout(q.job_id).await?.ok_or_else(|| ApiError::not_found(format!("Job not found: {}", q.job_id)))?;
+    let r = state
+        .store
+        .get_rollout(q.job_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Job not found: {}", q.job_id)))?;
     let r = if r.state == to {
         r
     } else {
-        state.store.set_rollout_state(r.id, to, Some(&format!("status '{}' reported", q.status)), &caller.actor()).await?
+        state
+            .store
+            .set_rollout_state(r.id, to, Some(&format!("status '{}' reported", q.status)), &caller.actor())
+            .await?
     };
     state.driver_wake.notify_one();
     Ok(Json(UpdateStatusResponse { status: "success", job_id: r.id, new_status: job_status(&r.kind, r.state) }))
@@ -200,7 +224,11 @@ pub struct RollbackResponse {
 /// Roll devices back to `version`: a rollback job over the wave's scope.
 #[utoipa::path(post, path = "/ota/rollback", params(RollbackQuery),
     responses((status = 200, body = RollbackResponse), (status = 422, body = super::error::ErrorBody)), tag = "tracker")]
-pub async fn rollback(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<RollbackQuery>) -> ApiResult<Json<RollbackResponse>> {
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<RollbackQuery>,
+) -> ApiResult<Json<RollbackResponse>> {
     check(&state, &caller, Role::Operator)?;
     non_empty_version(&q.version)?;
     let wave = parse_wave(q.wave.as_deref(), Wave::Green)?;
@@ -216,5 +244,10 @@ pub async fn rollback(State(state): State<AppState>, caller: Caller, ApiQuery(q)
         },
     )
     .await?;
-    Ok(Json(RollbackResponse { job_id: r.id, version: r.version, status: job_status(&r.kind, r.state), kind: "rollback" }))
+    Ok(Json(RollbackResponse {
+        job_id: r.id,
+        version: r.version,
+        status: job_status(&r.kind, r.state),
+        kind: "rollback",
+    }))
 }

@@ -11,7 +11,6 @@ use axum::Json;
 use otafleet_core::protocol::{ActionOrder, ArtifactRef, CheckinRequest, CheckinResponse, StatusAck, StatusReport};
 use otafleet_store::{Action, Device, ReportOutcome};
 
-
 /// The device a request comes from.
 pub struct DeviceCaller(pub Device);
 
@@ -64,7 +63,8 @@ pub async fn checkin(
         super::devices::validate_version("current_version", v)?;
     }
     state.metrics.checkins.inc();
-    let c = state.store.checkin(device.id, req.current_version.as_deref(), req.health, otafleet_store::now_ms()).await?;
+    let c =
+        state.store.checkin(device.id, req.current_version.as_deref(), req.health, otafleet_store::now_ms()).await?;
     let action = match c.action {
         Some(a) => Some(order(&state, a).await?),
         None => None,
@@ -101,4 +101,3 @@ pub async fn status(
     }
     Ok(Json(StatusAck { action_id: action.id, outcome: name.to_string(), state: action.state }))
 }
-

@@ -184,7 +184,11 @@ pub async fn bulk_register(
 #[utoipa::path(get, path = "/api/v1/devices", params(ListQuery),
     responses((status = 200, body = Page<DeviceView>), (status = 422, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "devices")]
-pub async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<DeviceView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<DeviceView>>> {
     caller.require(Role::Viewer)?;
     let selector = match q.selector.as_deref() {
         Some(s) => Selector::parse(s).map_err(|e| ApiError::invalid("selector", e.to_string()))?,
@@ -207,7 +211,11 @@ fn parse_uuid(raw: &str) -> ApiResult<Uuid> {
 #[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
     responses((status = 200, body = DeviceView), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "devices")]
-pub async fn get_one(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceView>> {
     caller.require(Role::Viewer)?;
     let id = parse_uuid(&id)?;
     let d = state.store.get_device(id).await?.ok_or_else(|| ApiError::not_found(format!("device {id} not found")))?;

@@ -79,7 +79,8 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            res.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            res.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         res
     }

@@ -56,7 +56,11 @@ pub struct ListQuery {
 /// Events, oldest first.
 #[utoipa::path(get, path = "/api/v1/events", params(ListQuery),
     responses((status = 200, body = Page<EventView>)), security(("bearer" = [])), tag = "events")]
-pub async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<EventView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<EventView>>> {
     caller.require(Role::Viewer)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=10_000).contains(&limit) {
@@ -64,7 +68,13 @@ pub async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): Ap
     }
     let evs = state
         .store
-        .list_events(&EventQuery { rollout_id: q.rollout_id, device_id: q.device_id, kind: q.kind, after: q.after, limit })
+        .list_events(&EventQuery {
+            rollout_id: q.rollout_id,
+            device_id: q.device_id,
+            kind: q.kind,
+            after: q.after,
+            limit,
+        })
         .await?;
     let next = (evs.len() as i64 == limit).then(|| evs.last().map(|e| e.id.to_string())).flatten();
     Ok(Json(Page { items: evs.into_iter().map(Into::into).collect(), next }))

@@ -54,7 +54,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -74,9 +77,11 @@ async fn metrics(State(state): State<AppState>, caller: auth::Caller) -> ApiResu
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().to_string();
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let res = next.run(req).await;
-    let labels = vec![("method".into(), method), ("route".into(), route), ("status".into(), res.status().as_u16().to_string())];
+    let labels =
+        vec![("method".into(), method), ("route".into(), route), ("status".into(), res.status().as_u16().to_string())];
     state.metrics.http_duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
     res
 }
@@ -88,7 +93,12 @@ async fn fallback() -> ApiError {
 async fn method_not_allowed(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     if res.status() == StatusCode::METHOD_NOT_ALLOWED {
-        return ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint").into_response();
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this endpoint",
+        )
+        .into_response();
     }
     res
 }
@@ -112,9 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(events::list))
         .route("/tokens", post(tokens::create))
         .route("/openapi.json", get(openapi_json));
-    let device = Router::new()
-        .route("/checkin", post(device_api::checkin))
-        .route("/status", post(device_api::status));
+    let device = Router::new().route("/checkin", post(device_api::checkin)).route("/status", post(device_api::status));
     Router::new()
         .route("/", get(compat::health))
         .route("/ota/deploy", post(compat::deploy))

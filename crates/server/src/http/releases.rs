@@ -52,7 +52,13 @@ impl From<Release> for ReleaseView {
             artifacts: r
                 .artifacts
                 .into_iter()
-                .map(|a| ArtifactBody { name: a.name, uri: a.uri, size: a.size, sha256: a.sha256, signature: a.signature })
+                .map(|a| ArtifactBody {
+                    name: a.name,
+                    uri: a.uri,
+                    size: a.size,
+                    sha256: a.sha256,
+                    signature: a.signature,
+                })
                 .collect(),
             created_at: rfc3339(r.created_at),
         }
@@ -125,9 +131,17 @@ pub async fn create(
         artifacts.push(Artifact { name: a.name, uri: a.uri, size: a.size, sha256: sha, signature: a.signature });
     }
     for (i, c) in body.compatible.iter().enumerate() {
-        otafleet_core::selector::validate_label_value(c).map_err(|m| ApiError::invalid(&format!("compatible[{i}]"), m))?;
+        otafleet_core::selector::validate_label_value(c)
+            .map_err(|m| ApiError::invalid(&format!("compatible[{i}]"), m))?;
     }
-    let new = NewRelease { name, version: body.version, kind, compatible: body.compatible, signature: body.signature, artifacts };
+    let new = NewRelease {
+        name,
+        version: body.version,
+        kind,
+        compatible: body.compatible,
+        signature: body.signature,
+        artifacts,
+    };
     let r = state.store.insert_release(&new, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(r.into())))
 }
@@ -135,7 +149,11 @@ pub async fn create(
 /// List releases, newest first.
 #[utoipa::path(get, path = "/api/v1/releases", params(ListQuery),
     responses((status = 200, body = Page<ReleaseView>)), security(("bearer" = [])), tag = "releases")]
-pub async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<ReleaseView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<ReleaseView>>> {
     caller.require(Role::Viewer)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -150,7 +168,11 @@ pub async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): Ap
 #[utoipa::path(get, path = "/api/v1/releases/{id}", params(("id" = String, Path, description = "numeric id or version")),
     responses((status = 200, body = ReleaseView), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "releases")]
-pub async fn get_one(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<ReleaseView>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ReleaseView>> {
     caller.require(Role::Viewer)?;
     let r = match id.parse::<i64>() {
         Ok(n) => match state.store.get_release(n).await? {

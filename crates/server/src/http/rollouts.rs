@@ -204,7 +204,8 @@ pub async fn create(
         (_, Some(d)) => Target::Devices(d),
         (s, None) => Target::Selector(s.unwrap_or_default()),
     };
-    let start_at = body.start_at.as_deref().map(parse_rfc3339).transpose().map_err(|m| ApiError::invalid("start_at", m))?;
+    let start_at =
+        body.start_at.as_deref().map(parse_rfc3339).transpose().map_err(|m| ApiError::invalid("start_at", m))?;
     let r = service::create_rollout(
         &state,
         CreateRollout {
@@ -224,7 +225,11 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/rollouts", params(ListQuery),
     responses((status = 200, body = Page<RolloutView>), (status = 422, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "rollouts")]
-pub async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<RolloutView>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<RolloutView>>> {
     caller.require(Role::Viewer)?;
     let st = q
         .state
@@ -250,7 +255,11 @@ async fn load(state: &AppState, raw: &str) -> ApiResult<Rollout> {
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}", params(("id" = i64, Path)),
     responses((status = 200, body = RolloutView), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "rollouts")]
-pub async fn get_one(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn get_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     caller.require(Role::Viewer)?;
     let r = load(&state, &id).await?;
     Ok(Json(view(&state, r).await?))
@@ -286,10 +295,19 @@ pub async fn actions(
     Ok(Json(Page { items: acts.into_iter().map(Into::into).collect(), next }))
 }
 
-async fn control(state: &AppState, caller: &Caller, raw: &str, to: RolloutState, reason: &str) -> ApiResult<Json<RolloutView>> {
+async fn control(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+    to: RolloutState,
+    reason: &str,
+) -> ApiResult<Json<RolloutView>> {
     caller.require(Role::Operator)?;
     let r = load(state, raw).await?;
-    let r = state.store.set_rollout_state(r.id, to, Some(&format!("{reason} by {}", caller.actor())), &caller.actor()).await?;
+    let r = state
+        .store
+        .set_rollout_state(r.id, to, Some(&format!("{reason} by {}", caller.actor())), &caller.actor())
+        .await?;
     state.driver_wake.notify_one();
     Ok(Json(view(state, r).await?))
 }
@@ -297,28 +315,44 @@ async fn control(state: &AppState, caller: &Caller, raw: &str, to: RolloutState,
 /// Pause: no new device starts; devices in flight finish.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", params(("id" = i64, Path)),
     responses((status = 200, body = RolloutView), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
-pub async fn pause(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     control(&state, &caller, &id, RolloutState::Paused, "paused").await
 }
 
 /// Resume a paused rollout.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", params(("id" = i64, Path)),
     responses((status = 200, body = RolloutView), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
-pub async fn resume(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     control(&state, &caller, &id, RolloutState::Running, "resumed").await
 }
 
 /// Abort: scheduled devices are skipped; updated devices are rolled back unless auto_rollback is off.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", params(("id" = i64, Path)),
     responses((status = 200, body = RolloutView), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
-pub async fn abort(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn abort(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     control(&state, &caller, &id, RolloutState::Aborted, "aborted").await
 }
 
 /// Promote: skip the remaining bake time of the current wave.
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/promote", params(("id" = i64, Path)),
     responses((status = 200, body = RolloutView), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
-pub async fn promote(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn promote(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     caller.require(Role::Operator)?;
     let r = load(&state, &id).await?;
     let r = state.store.promote_rollout(r.id, &caller.actor()).await?;
@@ -329,7 +363,11 @@ pub async fn promote(State(state): State<AppState>, caller: Caller, Path(id): Pa
 /// Roll back every device this rollout updated (aborting it if still active).
 #[utoipa::path(post, path = "/api/v1/rollouts/{id}/rollback", params(("id" = i64, Path)),
     responses((status = 200, body = RolloutView), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
-pub async fn rollback(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<RolloutView>> {
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
     caller.require(Role::Operator)?;
     let r = load(&state, &id).await?;
     let r = state.store.rollback_rollout(r.id, &caller.actor()).await?;

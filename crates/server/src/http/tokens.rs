@@ -31,7 +31,11 @@ pub struct CreatedToken {
 /// Create an API token.
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateToken,
     responses((status = 201, body = CreatedToken), (status = 403, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "tokens")]
-pub async fn create(State(state): State<AppState>, caller: Caller, ApiJson(body): ApiJson<CreateToken>) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     caller.require(Role::Admin)?;
     let role: Role = body.role.parse().map_err(|m: String| ApiError::invalid("role", m))?;
     if body.name.trim().is_empty() || body.name.len() > 128 {

@@ -1,0 +1,169 @@
+//! Shared helpers for the end-to-end tests: start the real `otafleet` binary
+//! on a free port with a temporary database, talk HTTP to it, kill it.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const ADMIN: &str = "ota_test_admin_secret_0123456789";
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_otafleet"))
+}
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub db_url: String,
+}
+
+impl Server {
+    /// Starts `otafleet serve` on 127.0.0.1:0 against `db_url` with extra args.
+    pub fn start(db_url: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db_url])
+            .args(extra)
+            .env("OTAFLEET_ADMIN_TOKEN", ADMIN)
+            .env("OTAFLEET_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn otafleet serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(u) = l.strip_prefix("otafleet listening on ") {
+                        break u.trim().to_string();
+                    }
+                }
+                other => panic!("server exited before listening: {other:?}"),
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url, db_url: db_url.to_string() }
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_free_sigterm(self.child.id());
+        self.child.wait().expect("wait")
+    }
+}
+
+fn unsafe_free_sigterm(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("otafleet.db").display())
+}
+
+/// A PostgreSQL database for this test, or None (with a visible message).
+pub fn postgres_url() -> Option<String> {
+    let base = std::env::var("OTAFLEET_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty());
+    match base {
+        None => {
+            eprintln!("SKIPPED PostgreSQL variant: set OTAFLEET_TEST_POSTGRES_URL to run it");
+            None
+        }
+        Some(b) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            Some(rt.block_on(otafleet_store::fresh_postgres_database(&b)).expect("create test database"))
+        }
+    }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+/// Blocking HTTP helper (tests stay simple and sequential).
+pub struct Http {
+    pub base: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Self {
+        Http {
+            base: base.to_string(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.client.request(m, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.header("content-type", "application/json").body(b.to_string());
+        }
+        let res = r.send().expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, body, text }
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        self.req("GET", path, token, None)
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
+        self.req("POST", path, token, body)
+    }
+}
+
+/// Runs the CLI binary against a server; returns (exit code, stdout, stderr).
+pub fn cli(server: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.args(args).env("OTAFLEET_URL", server).env_remove("OTAFLEET_TOKEN");
+    if let Some(t) = token {
+        c.env("OTAFLEET_TOKEN", t);
+    }
+    let out = c.output().expect("run otafleet");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls until `f` returns Some or the timeout passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < end, "condition not met within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
