@@ -192,12 +192,37 @@ struct SimDevice {
 }
 
 impl SimDevice {
-    async fn report(&mut self, action_id: i64, state: ActionState, message: Option<String>) -> Result<()> {
+    /// Reports a step. Like a real agent's offline queue, a report that cannot be
+    /// delivered is retried until the server takes it, so no report is lost
+    /// across a server restart. Returns false if the fleet was stopped meanwhile.
+    async fn report(
+        &mut self,
+        action_id: i64,
+        state: ActionState,
+        message: Option<String>,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
         self.seq += 1;
         let r = StatusReport { action_id, seq: self.seq, state, message, current_version: Some(self.version.clone()) };
-        self.client.report(&r).await?;
-        self.stats.reports.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.client.report(&r).await {
+                Ok(_) => {
+                    self.stats.reports.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "report failed; retrying");
+                }
+            }
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return false,
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> Result<bool> {
@@ -221,7 +246,9 @@ impl SimDevice {
                 if pause(latency, stop).await {
                     return Ok(true);
                 }
-                self.report(action.action_id, st, None).await?;
+                if !self.report(action.action_id, st, None, stop).await {
+                    return Ok(true);
+                }
             }
         }
         if pause(latency, stop).await {
@@ -230,7 +257,7 @@ impl SimDevice {
         match action.kind {
             ActionKind::Rollback => {
                 self.previous = Some(std::mem::replace(&mut self.version, action.version.clone()));
-                self.report(action.action_id, ActionState::Succeeded, None).await?;
+                self.report(action.action_id, ActionState::Succeeded, None, stop).await;
                 self.stats.rollbacks_done.fetch_add(1, Ordering::Relaxed);
             }
             ActionKind::Install if self.args.fail_version.as_deref() == Some(action.version.as_str()) => {
@@ -238,16 +265,17 @@ impl SimDevice {
                     "health check failed after installing {}; rolled back locally to {}",
                     action.version, self.version
                 );
-                self.report(action.action_id, ActionState::RolledBack, Some(msg)).await?;
+                self.report(action.action_id, ActionState::RolledBack, Some(msg), stop).await;
                 self.stats.local_rollbacks.fetch_add(1, Ordering::Relaxed);
             }
             ActionKind::Install if self.rng.gen_bool(self.args.fail_rate) => {
-                self.report(action.action_id, ActionState::Failed, Some("simulated install failure".into())).await?;
+                self.report(action.action_id, ActionState::Failed, Some("simulated install failure".into()), stop)
+                    .await;
                 self.stats.installs_failed.fetch_add(1, Ordering::Relaxed);
             }
             ActionKind::Install => {
                 self.previous = Some(std::mem::replace(&mut self.version, action.version.clone()));
-                self.report(action.action_id, ActionState::Succeeded, None).await?;
+                self.report(action.action_id, ActionState::Succeeded, None, stop).await;
                 self.stats.installs_ok.fetch_add(1, Ordering::Relaxed);
             }
         }

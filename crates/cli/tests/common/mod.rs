@@ -23,8 +23,13 @@ pub struct Server {
 impl Server {
     /// Starts `otafleet serve` on 127.0.0.1:0 against `db_url` with extra args.
     pub fn start(db_url: &str, extra: &[&str]) -> Server {
+        Self::start_at(db_url, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`Server::start`] on a given address (to restart on the same port).
+    pub fn start_at(db_url: &str, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db_url])
+            .args(["serve", "--listen", listen, "--database-url", db_url])
             .args(extra)
             .env("OTAFLEET_ADMIN_TOKEN", ADMIN)
             .env("OTAFLEET_LOG", "warn")
