@@ -376,7 +376,9 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
                 println!("{}", output::cell(&v["token"]));
             });
         }
-        Cmd::Serve(_) | Cmd::Demo(_) | Cmd::Sim(_) | Cmd::Completions { .. } => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Demo(_) | Cmd::Sim(_) | Cmd::Bench(_) | Cmd::Completions { .. } => {
+            unreachable!("handled in main")
+        }
     }
     Ok(())
 }

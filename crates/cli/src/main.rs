@@ -6,6 +6,7 @@
 //! any failure prints one line to stderr and exits non-zero.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod client;
 mod commands;
 mod demo;
@@ -60,6 +61,9 @@ pub enum Cmd {
     Token(commands::TokenCmd),
     /// Run N simulated devices against a server.
     Sim(otafleet_agent::sim::SimArgs),
+    /// Measure performance (see docs/ARCHITECTURE.md for the figures).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -88,6 +92,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<()> {
         }
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::Sim(args) => otafleet_agent::sim::run(&cli.server, cli.token.as_deref(), args).await.map(|_| ()),
+        Cmd::Bench(b) => bench::run(b).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "otafleet", &mut std::io::stdout());
             Ok(())
