@@ -48,6 +48,15 @@ pub enum BenchCmd {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// The FlashJob operator against the in-process fake Kubernetes API server.
+    Flashjob {
+        /// UUIDs in the FlashJob.
+        #[arg(long, default_value_t = 1000)]
+        uuids: usize,
+        /// Flash pods per job at once.
+        #[arg(long, default_value_t = 20)]
+        max_flash_pods: usize,
+    },
 }
 
 /// Peak and current resident memory of this process, in KiB (Linux).
@@ -311,5 +320,10 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Plan { devices } => bench_plan(devices),
         BenchCmd::Http { seconds, concurrency, jobs } => bench_http(seconds, concurrency, jobs).await,
         BenchCmd::Rollout { devices, poll_ms, database_url } => bench_rollout(devices, poll_ms, database_url).await,
+        BenchCmd::Flashjob { uuids, max_flash_pods } => {
+            let r = otafleet_k8s::bench::bench_flashjob(uuids, max_flash_pods).await?;
+            println!("{r}");
+            Ok(())
+        }
     }
 }

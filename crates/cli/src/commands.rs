@@ -376,7 +376,14 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
                 println!("{}", output::cell(&v["token"]));
             });
         }
-        Cmd::Serve(_) | Cmd::Demo(_) | Cmd::Sim(_) | Cmd::Bench(_) | Cmd::Completions { .. } => {
+        Cmd::Serve(_)
+        | Cmd::Demo(_)
+        | Cmd::Sim(_)
+        | Cmd::Bench(_)
+        | Cmd::Update(_)
+        | Cmd::Operator(_)
+        | Cmd::Flash(_)
+        | Cmd::Completions { .. } => {
             unreachable!("handled in main")
         }
     }
@@ -562,5 +569,42 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
         RolloutsCmd::Rollback { id } => control("rollback", id).await?,
     };
     show(fmt, &v, show_rollout);
+    Ok(())
+}
+
+/// `otafleet update`: the tracker's direct update of robot pods, then (when a
+/// token is configured) a job recorded on the server with the outcome.
+pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token: Option<String>) -> Result<()> {
+    let wave = format!("{:?}", args.wave).to_lowercase();
+    let selector = args.selector.clone();
+    let version = args.version.clone();
+    let outcome = otafleet_k8s::update::update(args).await;
+    if let Some(t) = token {
+        let api = Api::new(server, Some(t))?;
+        let body = json!({"version": version, "selector": selector, "strategy": {"wave": wave}});
+        let recorded: Result<Value> = async {
+            let r: Value = api.post("/api/v1/rollouts", &[], Some(&body)).await?;
+            let id = r["id"].as_i64().context("no rollout id")?;
+            let status = if outcome.is_ok() { "complete" } else { "failed" };
+            api.post("/ota/update_status", &[("job_id", id.to_string()), ("status", status.into())], None).await
+        }
+        .await;
+        match recorded {
+            Ok(v) => eprintln!("recorded as job {} ({})", v["job_id"], output::cell(&v["new_status"])),
+            Err(e) => eprintln!("warning: the update was not recorded on the server: {e:#}"),
+        }
+    }
+    let report = outcome?;
+    println!(
+        "{} wave of {}: {} of {} candidates updated in {:.1} s",
+        wave,
+        report.version,
+        report.updated.len(),
+        report.candidates,
+        report.duration.as_secs_f64()
+    );
+    for o in &report.updated {
+        println!("  updated {o}");
+    }
     Ok(())
 }

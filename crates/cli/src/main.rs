@@ -59,6 +59,13 @@ pub enum Cmd {
     /// API tokens.
     #[command(subcommand)]
     Token(commands::TokenCmd),
+    /// Roll a version out to robot pods/workloads in the current kubeconfig's cluster.
+    Update(otafleet_k8s::update::UpdateArgs),
+    /// The FlashJob operator.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Flash firmware to Akri-discovered devices, batch by batch, through FlashJobs.
+    Flash(otafleet_k8s::flash::FlashArgs),
     /// Run N simulated devices against a server.
     Sim(otafleet_agent::sim::SimArgs),
     /// Measure performance (see docs/ARCHITECTURE.md for the figures).
@@ -69,6 +76,16 @@ pub enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+// Parsed once at start; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub enum OperatorCmd {
+    /// Run the FlashJob controller (leader-elected), with /metrics, /healthz, /readyz.
+    Run(otafleet_k8s::operator::OperatorArgs),
+    /// Print the FlashJob CustomResourceDefinition (YAML).
+    Crd,
 }
 
 fn init_tracing(default: &str) {
@@ -93,6 +110,10 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<()> {
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::Sim(args) => otafleet_agent::sim::run(&cli.server, cli.token.as_deref(), args).await.map(|_| ()),
         Cmd::Bench(b) => bench::run(b).await,
+        Cmd::Operator(OperatorCmd::Run(args)) => otafleet_k8s::operator::run_operator(args).await,
+        Cmd::Operator(OperatorCmd::Crd) => otafleet_k8s::operator::print_crd(),
+        Cmd::Flash(args) => otafleet_k8s::flash::flash(args).await,
+        Cmd::Update(args) => commands::update(args, &cli.server, cli.token.clone()).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "otafleet", &mut std::io::stdout());
             Ok(())
@@ -111,7 +132,7 @@ fn main() {
         Err(e) => e.exit(),
     };
     init_tracing(match cli.cmd {
-        Cmd::Serve(_) => "info,sqlx=warn,tower_http=warn",
+        Cmd::Serve(_) | Cmd::Operator(_) => "info,sqlx=warn,tower_http=warn,kube=warn",
         _ => "warn",
     });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -20,13 +20,7 @@ pub const APPLICATION_TYPE: &str = "APPLICATION_TYPE";
 
 /// Spec of an Akri `Instance`.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "akri.sh",
-    version = "v0",
-    kind = "Instance",
-    namespaced,
-    schema = "disabled"
-)]
+#[kube(group = "akri.sh", version = "v0", kind = "Instance", namespaced, schema = "disabled")]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceSpec {
     /// Name of the Akri `Configuration` that discovered the device.
@@ -56,16 +50,11 @@ impl Instance {
 
     /// Whether this instance is the given device model and application.
     pub fn matches(&self, device: &str, application_type: &str) -> bool {
-        self.property(DEVICE) == Some(device)
-            && self.property(APPLICATION_TYPE) == Some(application_type)
+        self.property(DEVICE) == Some(device) && self.property(APPLICATION_TYPE) == Some(application_type)
     }
 
     /// `namespace/name`, for messages.
     pub fn display_name(&self) -> String {
-        format!(
-            "{}/{}",
-            self.namespace().unwrap_or_default(),
-            self.name_any()
-        )
+        format!("{}/{}", self.namespace().unwrap_or_default(), self.name_any())
     }
 }

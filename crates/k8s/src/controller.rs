@@ -25,9 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, Pod, PodSpec, Service, ServicePort, ServiceSpec,
-};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, EnvVar, Pod, PodSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -103,16 +101,8 @@ pub struct Context {
 impl Context {
     /// Builds a context; `instance` identifies this replica in Events.
     pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings, instance: Option<String>) -> Self {
-        let reporter = Reporter {
-            controller: "otafleet-operator".into(),
-            instance,
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            metrics,
-            settings,
-        }
+        let reporter = Reporter { controller: "otafleet-operator".into(), instance };
+        Self { recorder: Recorder::new(client.clone(), reporter), client, metrics, settings }
     }
 }
 
@@ -120,10 +110,7 @@ impl Context {
 pub async fn run_controller(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let (jobs, pods) = match &ctx.settings.watch_namespace {
-        Some(ns) => (
-            Api::<FlashJob>::namespaced(client.clone(), ns),
-            Api::<Pod>::namespaced(client, ns),
-        ),
+        Some(ns) => (Api::<FlashJob>::namespaced(client.clone(), ns), Api::<Pod>::namespaced(client, ns)),
         None => (Api::<FlashJob>::all(client.clone()), Api::<Pod>::all(client)),
     };
     let config = controller::Config::default().concurrency(ctx.settings.concurrency);
@@ -145,9 +132,7 @@ pub async fn run_controller(ctx: Arc<Context>, shutdown: impl Future<Output = ()
 pub async fn reconcile(job: Arc<FlashJob>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let ns = job
-        .namespace()
-        .ok_or_else(|| Error::MissingField(job.name_any(), "metadata.namespace"))?;
+    let ns = job.namespace().ok_or_else(|| Error::MissingField(job.name_any(), "metadata.namespace"))?;
     let api: Api<FlashJob> = Api::namespaced(ctx.client.clone(), &ns);
     let res = finalizer(&api, FINALIZER, job, |event| {
         let ctx = ctx.clone();
@@ -160,8 +145,7 @@ pub async fn reconcile(job: Arc<FlashJob>, ctx: Arc<Context>) -> Result<Action> 
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .observe_reconcile(started.elapsed(), res.as_ref().err());
+    ctx.metrics.observe_reconcile(started.elapsed(), res.as_ref().err());
     res
 }
 
@@ -198,18 +182,10 @@ async fn apply(job: &FlashJob, ctx: &Context) -> Result<Action> {
     for (uuid, _) in &observed.succeeded {
         completed.insert(uuid.clone());
     }
-    let completed_in_order: Vec<String> = wanted
-        .iter()
-        .filter(|u| completed.contains(*u))
-        .cloned()
-        .collect();
+    let completed_in_order: Vec<String> = wanted.iter().filter(|u| completed.contains(*u)).cloned().collect();
 
     if !observed.failed.is_empty() {
-        let list: Vec<String> = observed
-            .failed
-            .iter()
-            .map(|(uuid, pod)| format!("{uuid} (pod {pod})"))
-            .collect();
+        let list: Vec<String> = observed.failed.iter().map(|(uuid, pod)| format!("{uuid} (pod {pod})")).collect();
         let message = format!("flashing failed for UUIDs: {}", list.join(", "));
         return finish(job, ctx, &children, Phase::Failed, "FlashFailed", message, completed_in_order, None).await;
     }
@@ -217,16 +193,13 @@ async fn apply(job: &FlashJob, ctx: &Context) -> Result<Action> {
     let todo: Vec<&String> = wanted.iter().filter(|u| !completed.contains(*u)).collect();
     if todo.is_empty() {
         let message = format!("flashed {} of {} devices", completed_in_order.len(), wanted.len());
-        return finish(job, ctx, &children, Phase::Completed, "FlashCompleted", message, completed_in_order, None).await;
+        return finish(job, ctx, &children, Phase::Completed, "FlashCompleted", message, completed_in_order, None)
+            .await;
     }
 
     let instances = ctx.instances(&children.ns).list(&ListParams::default()).await?;
-    let devices: HashMap<&str, &Instance> = instances
-        .items
-        .iter()
-        .map(|i| (i.device_uuid(), i))
-        .filter(|(uid, _)| !uid.is_empty())
-        .collect();
+    let devices: HashMap<&str, &Instance> =
+        instances.items.iter().map(|i| (i.device_uuid(), i)).filter(|(uid, _)| !uid.is_empty()).collect();
     let unknown: Vec<&str> = todo
         .iter()
         .filter(|u| !devices.contains_key(u.as_str()) && !observed.pods.contains_key(**u))
@@ -309,11 +282,7 @@ async fn finish(
     let host_endpoint = host_endpoint.or_else(|| job.status.as_ref().and_then(|s| s.host_endpoint.clone()));
     let status = next_status(job, phase, reason, message.clone(), completed, host_endpoint);
     patch_status(job, ctx, &children.ns, status).await?;
-    let type_ = if phase == Phase::Failed {
-        EventType::Warning
-    } else {
-        EventType::Normal
-    };
+    let type_ = if phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
     ctx.publish(job, type_, reason, "Reconcile", message).await;
     info!(job = %job.name_any(), %phase, "FlashJob finished");
     children.delete_all().await?;
@@ -325,14 +294,8 @@ async fn cleanup(job: &FlashJob, ctx: &Context) -> Result<Action> {
     let children = Children::of(job, ctx)?;
     let deleted = children.delete_all().await?;
     ctx.metrics.set_job_pods(&children.key, HashMap::new());
-    ctx.publish(
-        job,
-        EventType::Normal,
-        "Deleted",
-        "Cleanup",
-        format!("removed {deleted} flash pods and Services"),
-    )
-    .await;
+    ctx.publish(job, EventType::Normal, "Deleted", "Cleanup", format!("removed {deleted} flash pods and Services"))
+        .await;
     Ok(Action::await_change())
 }
 
@@ -344,13 +307,7 @@ impl Context {
 
     /// Publishes an Event; failures are logged, never fail the reconcile.
     async fn publish(&self, job: &FlashJob, type_: EventType, reason: &str, action: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &job.object_ref(&())).await {
             warn!(job = %job.name_any(), error = %e, "failed to publish event");
         }
@@ -368,8 +325,7 @@ fn next_status(
 ) -> FlashJobStatus {
     let old = job.status.clone().unwrap_or_default();
     let generation = job.metadata.generation;
-    let now = k8s_openapi::chrono::Utc::now()
-        .to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
+    let now = k8s_openapi::chrono::Utc::now().to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
     let cond = |type_: &str, on: bool| {
         let status = if on { "True" } else { "False" }.to_string();
         let last_transition_time = old
@@ -406,18 +362,13 @@ async fn patch_status(job: &FlashJob, ctx: &Context, ns: &str, status: FlashJobS
     }
     let api: Api<FlashJob> = Api::namespaced(ctx.client.clone(), ns);
     let patch = serde_json::json!({ "status": status });
-    api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    api.patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     Ok(())
 }
 
 fn dedup(uuids: &[String]) -> Vec<String> {
     let mut seen = BTreeSet::new();
-    uuids
-        .iter()
-        .filter(|u| seen.insert(u.as_str()))
-        .cloned()
-        .collect()
+    uuids.iter().filter(|u| seen.insert(u.as_str())).cloned().collect()
 }
 
 /// Deterministic, DNS-1035-valid name of the pod (and Service) flashing `uuid` for `job`.
@@ -425,18 +376,12 @@ fn dedup(uuids: &[String]) -> Vec<String> {
 /// `flash-<job>-<first 8 alphanumerics of uuid>`; long job names are cut and get a
 /// hash suffix, and the whole name stays within 63 characters.
 pub fn pod_name(job: &str, uuid: &str) -> String {
-    let short: String = uuid
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .take(8)
-        .collect();
+    let short: String =
+        uuid.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).take(8).collect();
     // Two UUIDs may share a prefix; hash the full UUID into the name in that case's stead.
     let short = format!("{short}{:04x}", fnv(uuid) & 0xffff);
-    let job: String = job
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let job: String =
+        job.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     let budget = 63 - "flash-".len() - 1 - short.len();
     let job = if job.len() > budget {
         let hash = format!("{:06x}", fnv(&job) & 0xff_ffff);
@@ -448,9 +393,7 @@ pub fn pod_name(job: &str, uuid: &str) -> String {
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The pods and Services of one FlashJob.
@@ -464,12 +407,8 @@ struct Children {
 
 impl Children {
     fn of(job: &FlashJob, ctx: &Context) -> Result<Self> {
-        let ns = job
-            .namespace()
-            .ok_or_else(|| Error::MissingField(job.name_any(), "metadata.namespace"))?;
-        let uid = job
-            .uid()
-            .ok_or_else(|| Error::MissingField(job.name_any(), "metadata.uid"))?;
+        let ns = job.namespace().ok_or_else(|| Error::MissingField(job.name_any(), "metadata.namespace"))?;
+        let uid = job.uid().ok_or_else(|| Error::MissingField(job.name_any(), "metadata.uid"))?;
         Ok(Self {
             key: format!("{ns}/{}", job.name_any()),
             selector: format!("{JOB_UID_LABEL}={uid}"),
@@ -490,11 +429,7 @@ impl Children {
             if pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let phase = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.phase.clone())
-                .unwrap_or_else(|| "Pending".into());
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into());
             *observed.phases.entry(phase.clone()).or_default() += 1;
             match phase.as_str() {
                 "Succeeded" => observed.succeeded.push((uuid.clone(), name.clone())),
@@ -509,9 +444,7 @@ impl Children {
     async fn create_pair(&self, job: &FlashJob, device: &Instance, image: &str) -> Result<()> {
         let uuid = device.device_uuid();
         let name = pod_name(&job.name_any(), uuid);
-        let owner = job
-            .controller_owner_ref(&())
-            .ok_or_else(|| Error::MissingField(job.name_any(), "metadata.uid"))?;
+        let owner = job.controller_owner_ref(&()).ok_or_else(|| Error::MissingField(job.name_any(), "metadata.uid"))?;
         let uid = job.uid().unwrap_or_default();
         let meta = ObjectMeta {
             name: Some(name.clone()),
@@ -531,9 +464,7 @@ impl Children {
         };
         let spec = &job.spec;
         let prop = |over: &Option<String>, key: &str| {
-            over.clone()
-                .or_else(|| device.property(key).map(str::to_string))
-                .unwrap_or_default()
+            over.clone().or_else(|| device.property(key).map(str::to_string)).unwrap_or_default()
         };
         let env = [
             ("FIRMWARE", spec.firmware.clone()),
@@ -545,11 +476,7 @@ impl Children {
             ("EXTERNAL_IP", spec.external_ip.clone().unwrap_or_default()),
         ]
         .into_iter()
-        .map(|(name, value)| EnvVar {
-            name: name.into(),
-            value: Some(value),
-            value_from: None,
-        })
+        .map(|(name, value)| EnvVar { name: name.into(), value: Some(value), value_from: None })
         .collect();
         let pod = Pod {
             metadata: meta.clone(),
@@ -644,9 +571,7 @@ mod tests {
         assert!(long.len() <= 63, "{long}");
         assert_ne!(long, pod_name(&format!("{}y", "x".repeat(200)), "7d7ae2b1"));
         for name in [a, b, long] {
-            assert!(name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
             assert!(!name.ends_with('-'));
         }
     }

@@ -144,19 +144,11 @@ impl ApiError {
             503 => "ServiceUnavailable",
             _ => "InternalError",
         };
-        Self {
-            code,
-            reason,
-            message: message.into(),
-        }
+        Self { code, reason, message: message.into() }
     }
 
     fn already_exists(name: &str) -> Self {
-        Self {
-            code: 409,
-            reason: "AlreadyExists",
-            message: format!("object \"{name}\" already exists"),
-        }
+        Self { code: 409, reason: "AlreadyExists", message: format!("object \"{name}\" already exists") }
     }
 
     fn body(&self) -> Value {
@@ -188,9 +180,9 @@ struct Target {
 
 fn parse_target(path: &str) -> Option<Target> {
     let seg: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (api_version, rest) = match seg.first()? {
-        &"api" => (seg.get(1)?.to_string(), &seg[2..]),
-        &"apis" => (format!("{}/{}", seg.get(1)?, seg.get(2)?), &seg[3..]),
+    let (api_version, rest) = match *seg.first()? {
+        "api" => (seg.get(1)?.to_string(), &seg[2..]),
+        "apis" => (format!("{}/{}", seg.get(1)?, seg.get(2)?), &seg[3..]),
         _ => return None,
     };
     let (ns, rest) = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
@@ -270,21 +262,12 @@ fn split_terms(sel: &str) -> Vec<String> {
         cur.push(c);
     }
     terms.push(cur);
-    terms
-        .into_iter()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect()
+    terms.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
 }
 
 fn parse_selector(sel: &str) -> Vec<Term> {
     let set = |s: &str| -> Vec<String> {
-        s.trim()
-            .trim_start_matches('(')
-            .trim_end_matches(')')
-            .split(',')
-            .map(|v| v.trim().to_string())
-            .collect()
+        s.trim().trim_start_matches('(').trim_end_matches(')').split(',').map(|v| v.trim().to_string()).collect()
     };
     split_terms(sel)
         .into_iter()
@@ -330,18 +313,13 @@ fn fields_match(obj: &Value, sel: &str) -> bool {
         } else {
             return true;
         };
-        let actual = obj
-            .pointer(&format!("/{}", k.trim().replace('.', "/")))
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let actual = obj.pointer(&format!("/{}", k.trim().replace('.', "/"))).and_then(Value::as_str).unwrap_or("");
         (actual == v.trim()) == eq
     })
 }
 
 fn meta_str(obj: &Value, field: &str) -> Option<String> {
-    obj.pointer(&format!("/metadata/{field}"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    obj.pointer(&format!("/metadata/{field}")).and_then(Value::as_str).map(str::to_string)
 }
 
 fn set_meta(obj: &mut Value, field: &str, value: Value) {
@@ -395,9 +373,7 @@ fn without_rv(obj: &Value) -> Value {
 }
 
 fn has_finalizers(obj: &Value) -> bool {
-    obj.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty())
+    obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
 }
 
 /// Stands in for the Deployment/StatefulSet/DaemonSet controllers: the rollout is done.
@@ -422,9 +398,7 @@ fn finish_rollout(plural: &str, obj: &mut Value) {
 }
 
 fn is_workload(key: &str) -> Option<&str> {
-    ["deployments", "statefulsets", "daemonsets"]
-        .into_iter()
-        .find(|p| key == format!("apps/v1/{p}"))
+    ["deployments", "statefulsets", "daemonsets"].into_iter().find(|p| key == format!("apps/v1/{p}"))
 }
 
 fn default_kind(plural: &str) -> String {
@@ -441,11 +415,7 @@ fn default_kind(plural: &str) -> String {
         ("configmaps", "ConfigMap"),
         ("namespaces", "Namespace"),
     ];
-    known
-        .iter()
-        .find(|(p, _)| *p == plural)
-        .map(|(_, k)| k.to_string())
-        .unwrap_or_else(|| "Unknown".into())
+    known.iter().find(|(p, _)| *p == plural).map(|(_, k)| k.to_string()).unwrap_or_else(|| "Unknown".into())
 }
 
 impl Store {
@@ -454,14 +424,15 @@ impl Store {
         self.rv
     }
 
-    fn record(&mut self, tx: &broadcast::Sender<WatchRecord>, key: &str, ns: &str, type_: &'static str, object: &Value) {
-        let rec = WatchRecord {
-            key: key.to_string(),
-            ns: ns.to_string(),
-            type_,
-            object: object.clone(),
-            rv: self.rv,
-        };
+    fn record(
+        &mut self,
+        tx: &broadcast::Sender<WatchRecord>,
+        key: &str,
+        ns: &str,
+        type_: &'static str,
+        object: &Value,
+    ) {
+        let rec = WatchRecord { key: key.to_string(), ns: ns.to_string(), type_, object: object.clone(), rv: self.rv };
         self.history.push(rec.clone());
         let _ = tx.send(rec);
     }
@@ -471,7 +442,13 @@ impl Store {
         self.objects.get(&t.key)?.get(&(ns, name.to_string()))
     }
 
-    fn create(&mut self, tx: &broadcast::Sender<WatchRecord>, b: &Behaviour, t: &Target, mut obj: Value) -> Result<Value, ApiError> {
+    fn create(
+        &mut self,
+        tx: &broadcast::Sender<WatchRecord>,
+        b: &Behaviour,
+        t: &Target,
+        mut obj: Value,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
             return Err(ApiError::new(400, "body must be an object"));
         }
@@ -487,9 +464,7 @@ impl Store {
             },
         };
         let kind = obj.get("kind").and_then(Value::as_str).map(str::to_string);
-        let kind = kind.unwrap_or_else(|| {
-            self.kinds.get(&t.key).cloned().unwrap_or_else(|| default_kind(&t.plural))
-        });
+        let kind = kind.unwrap_or_else(|| self.kinds.get(&t.key).cloned().unwrap_or_else(|| default_kind(&t.plural)));
         self.kinds.insert(t.key.clone(), kind.clone());
         let coll = self.objects.entry(t.key.clone()).or_default();
         if coll.contains_key(&(ns.clone(), name.clone())) {
@@ -518,10 +493,7 @@ impl Store {
         }
         let rv = self.next_rv();
         set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
-        self.objects
-            .entry(t.key.clone())
-            .or_default()
-            .insert((ns.clone(), name.clone()), obj.clone());
+        self.objects.entry(t.key.clone()).or_default().insert((ns.clone(), name.clone()), obj.clone());
         self.record(tx, &t.key, &ns, "ADDED", &obj);
         if t.key == "v1/pods" {
             if let Some(phase) = &b.pod_phase_on_create {
@@ -736,16 +708,9 @@ async fn handle(
         shared.log(&method, &path, &raw_query, true, 200);
         return watch_response(shared, target, query);
     }
-    let accept = headers
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_string();
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type =
+        headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
     let result = dispatch(&shared, &method, &target, &query, &accept, &content_type, &body);
     let (code, value) = match result {
         Ok((code, v)) => (code, v),
@@ -789,11 +754,14 @@ fn dispatch(
             } else {
                 (t.api_version.clone(), format!("{kind}List"))
             };
-            Ok((200, json!({
-                "apiVersion": api_version, "kind": kind,
-                "metadata": {"resourceVersion": store.rv.to_string()},
-                "items": items,
-            })))
+            Ok((
+                200,
+                json!({
+                    "apiVersion": api_version, "kind": kind,
+                    "metadata": {"resourceVersion": store.rv.to_string()},
+                    "items": items,
+                }),
+            ))
         }
         ("GET", Some(name)) => {
             let obj = store
@@ -833,15 +801,8 @@ fn dispatch(
 fn watch_response(shared: Arc<Shared>, t: Target, query: HashMap<String, String>) -> Response {
     let labels = query.get("labelSelector").cloned().unwrap_or_default();
     let fields = query.get("fieldSelector").cloned().unwrap_or_default();
-    let since: Option<u64> = query
-        .get("resourceVersion")
-        .and_then(|rv| rv.parse().ok())
-        .filter(|rv| *rv > 0);
-    let timeout = query
-        .get("timeoutSeconds")
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(290)
-        .min(290);
+    let since: Option<u64> = query.get("resourceVersion").and_then(|rv| rv.parse().ok()).filter(|rv| *rv > 0);
+    let timeout = query.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(290).min(290);
     let (tx, rx) = mpsc::channel::<Bytes>(1024);
     let matches = {
         let t = t.clone();
@@ -899,9 +860,8 @@ fn watch_response(shared: Arc<Shared>, t: Target, query: HashMap<String, String>
         };
         let _ = tokio::time::timeout(Duration::from_secs(timeout), run).await;
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
@@ -931,10 +891,7 @@ impl FakeApiServer {
             events,
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
-            behaviour: Mutex::new(Behaviour {
-                pod_phase_on_create: None,
-                simulate_rollouts: true,
-            }),
+            behaviour: Mutex::new(Behaviour { pod_phase_on_create: None, simulate_rollouts: true }),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -942,22 +899,14 @@ impl FakeApiServer {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let mut kubeconfig = tempfile::Builder::new()
-            .prefix("otafleet-fake-kubeconfig")
-            .suffix(".yaml")
-            .tempfile()?;
+        let mut kubeconfig = tempfile::Builder::new().prefix("otafleet-fake-kubeconfig").suffix(".yaml").tempfile()?;
         use std::io::Write;
         write!(
             kubeconfig,
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\n"
         )?;
         kubeconfig.flush()?;
-        Ok(Self {
-            addr,
-            shared,
-            kubeconfig,
-            task,
-        })
+        Ok(Self { addr, shared, kubeconfig, task })
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234`.
@@ -1047,11 +996,7 @@ impl FakeApiServer {
         K: Resource<DynamicType = ()> + DeserializeOwned,
     {
         let t = target_of::<K>(ns, None);
-        lock(&self.shared.store)
-            .list(&t, &[], "")
-            .into_iter()
-            .filter_map(|v| serde_json::from_value(v).ok())
-            .collect()
+        lock(&self.shared.store).list(&t, &[], "").into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect()
     }
 
     /// Edits an object in place (spec and status alike) and emits a MODIFIED event.
@@ -1140,11 +1085,7 @@ pub mod fixtures {
     /// A FlashJob flashing `uuids` with a test firmware.
     pub fn flash_job(ns: &str, name: &str, uuids: &[String]) -> FlashJob {
         FlashJob {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), ..Default::default() },
             spec: FlashJobSpec {
                 uuid: uuids.to_vec(),
                 firmware: "registry.example/esp32-thermo:1.2.0".into(),
@@ -1161,11 +1102,7 @@ pub mod fixtures {
 
     /// Settings with short timers, for tests.
     pub fn fast_settings() -> Settings {
-        Settings {
-            requeue: Duration::from_secs(2),
-            error_backoff: Duration::from_millis(100),
-            ..Settings::default()
-        }
+        Settings { requeue: Duration::from_secs(2), error_backoff: Duration::from_millis(100), ..Settings::default() }
     }
 
     /// A controller running in the background; stops (gracefully) when [`RunningOperator::stop`] is awaited.
@@ -1185,11 +1122,7 @@ pub mod fixtures {
             let task = tokio::spawn(run_controller(ctx, async move {
                 let _ = rx.await;
             }));
-            Self {
-                stop: Some(tx),
-                task,
-                metrics,
-            }
+            Self { stop: Some(tx), task, metrics }
         }
 
         /// Stops the controller and waits for in-flight reconciles.

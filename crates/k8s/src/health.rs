@@ -28,11 +28,7 @@ pub struct Health {
 impl Health {
     /// Not ready, not leader.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
-            metrics,
-            ready: AtomicBool::new(false),
-            leader: AtomicBool::new(false),
-        }
+        Self { metrics, ready: AtomicBool::new(false), leader: AtomicBool::new(false) }
     }
 
     /// Marks the replica ready (or not).
@@ -69,13 +65,7 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(h): State<Arc<Health>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        h.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], h.metrics.encode())
 }
 
 /// Binds `addr`; returns the bound address and the serving future.

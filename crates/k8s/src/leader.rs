@@ -61,10 +61,7 @@ fn expired(spec: &LeaseSpec, now: DateTime<Utc>) -> bool {
 impl LeaderElector {
     /// An elector for `config`.
     pub fn new(client: kube::Client, config: LeaseConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &config.namespace),
-            config,
-        }
+        Self { api: Api::namespaced(client, &config.namespace), config }
     }
 
     /// The configuration.

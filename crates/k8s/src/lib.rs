@@ -20,17 +20,23 @@
 #![warn(missing_docs)]
 
 pub mod akri;
+pub mod bench;
 pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod fake;
+pub mod flash;
 pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod update;
 
+pub use bench::{bench_flashjob, BenchReport};
 pub use error::{Error, Result};
+pub use flash::{flash, FlashArgs, FlashReport};
 pub use operator::{print_crd, run_operator, start_operator, OperatorArgs};
+pub use update::{update, UpdateArgs, UpdateFailed, UpdateReport};
 
 use std::path::Path;
 
@@ -39,8 +45,8 @@ use std::path::Path;
 pub async fn client_from_kubeconfig(path: Option<&Path>) -> Result<kube::Client> {
     match path {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Kube(kube::Error::InferKubeconfig(e)))?;
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| Error::Kube(kube::Error::InferKubeconfig(e)))?;
             let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
                 .map_err(|e| Error::Kube(kube::Error::InferKubeconfig(e)))?;

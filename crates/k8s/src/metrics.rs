@@ -56,48 +56,22 @@ impl Metrics {
         let mut registry = Registry::with_prefix("otafleet_operator");
         let reconciles = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
-        let duration = Histogram::new(
-            [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter(),
-        );
+        let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let flash_pods = Family::<PhaseLabels, Gauge>::default();
         let leader = Gauge::default();
         registry.register("reconcile", "FlashJob reconciles started", reconciles.clone());
-        registry.register(
-            "reconcile_errors",
-            "FlashJob reconciles that failed",
-            errors.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "FlashJob reconcile duration",
-            duration.clone(),
-        );
-        registry.register(
-            "flash_pods",
-            "Flash pods observed, by phase",
-            flash_pods.clone(),
-        );
+        registry.register("reconcile_errors", "FlashJob reconciles that failed", errors.clone());
+        registry.register("reconcile_duration_seconds", "FlashJob reconcile duration", duration.clone());
+        registry.register("flash_pods", "Flash pods observed, by phase", flash_pods.clone());
         registry.register("leader", "1 if this replica is the leader", leader.clone());
-        Self {
-            registry,
-            reconciles,
-            errors,
-            duration,
-            flash_pods,
-            leader,
-            per_job: Mutex::new(HashMap::new()),
-        }
+        Self { registry, reconciles, errors, duration, flash_pods, leader, per_job: Mutex::new(HashMap::new()) }
     }
 
     /// Records one finished reconcile.
     pub fn observe_reconcile(&self, took: Duration, error: Option<&crate::Error>) {
         self.duration.observe(took.as_secs_f64());
         if let Some(e) = error {
-            self.errors
-                .get_or_create(&ErrorLabels {
-                    error: e.metric_label().to_string(),
-                })
-                .inc();
+            self.errors.get_or_create(&ErrorLabels { error: e.metric_label().to_string() }).inc();
         }
     }
 
@@ -111,10 +85,8 @@ impl Metrics {
         } else {
             per_job.insert(job.to_string(), counts);
         }
-        let mut totals: HashMap<String, i64> = ["Pending", "Running", "Succeeded", "Failed", "Unknown"]
-            .into_iter()
-            .map(|p| (p.to_string(), 0))
-            .collect();
+        let mut totals: HashMap<String, i64> =
+            ["Pending", "Running", "Succeeded", "Failed", "Unknown"].into_iter().map(|p| (p.to_string(), 0)).collect();
         for counts in per_job.values() {
             for (phase, n) in counts {
                 *totals.entry(phase.clone()).or_default() += n;

@@ -171,9 +171,8 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
 
 /// Starts the operator in the background (used by [`run_operator`] and by tests).
 pub async fn start_operator(args: OperatorArgs) -> anyhow::Result<OperatorHandle> {
-    let client = crate::client_from_kubeconfig(args.kubeconfig.as_deref())
-        .await
-        .context("building the Kubernetes client")?;
+    let client =
+        crate::client_from_kubeconfig(args.kubeconfig.as_deref()).await.context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(metrics.clone()));
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -208,12 +207,7 @@ pub async fn start_operator(args: OperatorArgs) -> anyhow::Result<OperatorHandle
     );
     let ctx = Arc::new(Context::new(client, metrics, args.settings(), Some(identity)));
     let task = tokio::spawn(lead_loop(elector, ctx, health.clone(), shutdown_rx));
-    Ok(OperatorHandle {
-        metrics_addr,
-        health,
-        shutdown,
-        task,
-    })
+    Ok(OperatorHandle { metrics_addr, health, shutdown, task })
 }
 
 async fn lead_loop(

@@ -68,7 +68,7 @@ async fn success_completes_and_cleans_up() {
     assert_eq!(get("EXTERNAL_IP"), Some(""));
     let owner = &pod.metadata.owner_references.as_ref().expect("owner refs")[0];
     assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("FlashJob", "thermo", Some(true)));
-    assert_eq!(fake.list::<Service>(Some(NS)).len(), 3, "one Service per pod");
+    wait_for("one Service per pod", WAIT, || async { (fake.list::<Service>(Some(NS)).len() == 3).then_some(()) }).await;
 
     let running = job(&fake, "thermo").expect("job");
     assert_eq!(running.status.as_ref().and_then(|s| s.phase), Some(Phase::InProgress));
@@ -138,7 +138,9 @@ async fn unknown_uuids_fail_with_their_names() {
     assert_eq!(message, "unknown device UUIDs: nope-1, nope-2");
     assert_eq!(fake.count_requests("POST", "/pods"), 0, "no pod for a job that cannot run");
     let events = fake.list::<Event>(Some(NS));
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("UnknownDevices") && e.type_.as_deref() == Some("Warning")));
+    assert!(events
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("UnknownDevices") && e.type_.as_deref() == Some("Warning")));
     op.stop().await;
 }
 

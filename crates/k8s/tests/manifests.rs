@@ -211,7 +211,16 @@ fn prometheus_scrape_config_is_well_formed() {
     for job in jobs {
         check_keys(
             job,
-            &["job_name", "metrics_path", "scrape_interval", "scrape_timeout", "scheme", "kubernetes_sd_configs", "static_configs", "relabel_configs"],
+            &[
+                "job_name",
+                "metrics_path",
+                "scrape_interval",
+                "scrape_timeout",
+                "scheme",
+                "kubernetes_sd_configs",
+                "static_configs",
+                "relabel_configs",
+            ],
             "scrape job",
         )
         .expect("known keys");

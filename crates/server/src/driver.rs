@@ -66,9 +66,16 @@ pub async fn pass(state: &AppState) -> Result<Option<i64>, otafleet_store::Store
 /// Runs until `stop` turns true.
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(state.config.driver_tick_ms.max(10));
+    let mut last_flush = std::time::Instant::now();
     loop {
         if *stop.borrow() {
             return;
+        }
+        if last_flush.elapsed() >= Duration::from_secs(2) {
+            last_flush = std::time::Instant::now();
+            if let Err(e) = state.caches.flush_seen(&state.store).await {
+                tracing::warn!(error = %e, "could not record check-ins");
+            }
         }
         let sleep_for = match pass(&state).await {
             Ok(wake) => {

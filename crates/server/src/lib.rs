@@ -8,6 +8,7 @@
 //! finish, then closes the database.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod driver;
 pub mod http;
 pub mod metrics;
@@ -63,6 +64,7 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Wakes the driver when something it decides on changed.
     pub driver_wake: Arc<Notify>,
+    pub caches: Arc<cache::Caches>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::new()),
             driver_wake: Arc::new(Notify::new()),
+            caches: Arc::new(cache::Caches::default()),
         }
     }
 }
@@ -149,6 +152,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = driver_stop.send(true);
         state.driver_wake.notify_one();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;
+        if let Err(e) = state.caches.flush_seen(&state.store).await {
+            tracing::warn!(error = %e, "could not record the last check-ins");
+        }
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -249,6 +249,34 @@ impl Store {
         Ok(true)
     }
 
+    /// Records last-seen and health of many devices in one transaction (the
+    /// check-in path batches these; they are not state transitions).
+    pub async fn touch_devices(&self, seen: &[(Uuid, DeviceHealth, i64)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        for (id, health, at) in seen {
+            sqlx::query("UPDATE devices SET health = $1, last_seen = $2 WHERE id = $3 AND (last_seen IS NULL OR last_seen < $2)")
+                .bind(health.as_str())
+                .bind(*at)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The id of the device owning this secret token.
+    pub async fn device_id_by_token(&self, secret: &str) -> Result<Option<Uuid>> {
+        let row = sqlx::query("SELECT id FROM devices WHERE token_hash = $1")
+            .bind(hash_token(secret))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.parsed::<Uuid>("id")).transpose()
+    }
+
     /// Sets a device's credential (enrollment or rotation).
     pub async fn set_device_token(&self, id: Uuid, secret: &str) -> Result<bool> {
         let n = sqlx::query("UPDATE devices SET token_hash = $1, updated_at = $2 WHERE id = $3")

@@ -118,6 +118,12 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// The id of the newest event: every change to rollouts is an event, so this
+    /// is a cheap validator for caches of rollout lists.
+    pub async fn last_event_id(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT MAX(id) AS n FROM events").fetch_one(&self.pool).await?.opt_i64("n")?.unwrap_or(0))
+    }
+
     /// Appends one event on its own (for changes that are not a transition).
     pub async fn append_event(&self, e: &NewEvent) -> Result<()> {
         let mut conn = self.pool.acquire().await?;

@@ -726,6 +726,17 @@ impl Store {
         Ok(changed)
     }
 
+    /// The in-flight action of a device, if any (a read; no transaction).
+    pub async fn inflight_action(&self, device_id: Uuid) -> Result<Option<Action>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACTION_COLS} FROM actions WHERE device_id = $1 AND state IN {IN_FLIGHT} ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(device_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(action_from_row).transpose()
+    }
+
     /// A device checks in: records last-seen, health and its real version, and
     /// returns the action it should perform, if any.
     pub async fn checkin(
@@ -769,7 +780,7 @@ impl Store {
                     device.current_version.as_deref().unwrap_or("none"),
                     a.to_version
                 );
-                set_action_state(&mut tx, &a, ActionState::Failed, Some(&reason), None, now).await?;
+                set_action_state(&mut tx, &a, ActionState::Failed, Some(&reason), None, now, None).await?;
             }
         }
         if let Some(h) = health {
@@ -822,19 +833,27 @@ impl Store {
             tx.commit().await?;
             return Ok((ReportOutcome::Ignored, a));
         }
-        let r = load_rollout(&mut tx, a.rollout_id).await?;
-        match report.state {
-            ActionState::Failed => {
-                let msg = report.message.clone().unwrap_or_else(|| "device reported failure".into());
-                fail_action(&mut tx, &r, &a, &msg, "device", now).await?;
+        let updated = if report.state == ActionState::Failed {
+            let r = load_rollout(&mut tx, a.rollout_id).await?;
+            let msg = report.message.clone().unwrap_or_else(|| "device reported failure".into());
+            fail_action(&mut tx, &r, &a, &msg, "device", now).await?;
+            sqlx::query("UPDATE actions SET last_seq = $1 WHERE id = $2")
+                .bind(report.seq)
+                .bind(a.id)
+                .execute(&mut *tx)
+                .await?;
+            load_action(&mut tx, a.id).await?.ok_or_else(|| StoreError::NotFound("action vanished".into()))?
+        } else {
+            set_action_state(&mut tx, &a, report.state, report.message.as_deref(), None, now, Some(report.seq)).await?;
+            Action {
+                state: report.state,
+                last_seq: report.seq,
+                error: report.message.clone().or(a.error.clone()),
+                deadline: if report.state.is_in_flight() { a.deadline } else { None },
+                updated_at: now,
+                ..a.clone()
             }
-            s => set_action_state(&mut tx, &a, s, report.message.as_deref(), None, now).await?,
-        }
-        sqlx::query("UPDATE actions SET last_seq = $1 WHERE id = $2")
-            .bind(report.seq)
-            .bind(a.id)
-            .execute(&mut *tx)
-            .await?;
+        };
         if report.state == ActionState::Succeeded {
             sqlx::query(
                 "UPDATE devices SET previous_version = CASE WHEN current_version = $1 THEN previous_version ELSE current_version END, \
@@ -846,16 +865,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         } else if let Some(v) = &report.current_version {
-            sqlx::query("UPDATE devices SET current_version = $1, last_seen = $2 WHERE id = $3")
+            sqlx::query("UPDATE devices SET current_version = $1, last_seen = $2 WHERE id = $3 AND (current_version IS NULL OR current_version <> $1)")
                 .bind(v.as_str())
                 .bind(now)
                 .bind(device_id.to_string())
                 .execute(&mut *tx)
                 .await?;
         }
-        let a = load_action(&mut tx, a.id).await?.ok_or_else(|| StoreError::NotFound("action vanished".into()))?;
         tx.commit().await?;
-        Ok((ReportOutcome::Applied, a))
+        Ok((ReportOutcome::Applied, updated))
     }
 }
 
@@ -867,12 +885,13 @@ async fn set_action_state(
     message: Option<&str>,
     not_before: Option<i64>,
     now: i64,
+    last_seq: Option<i64>,
 ) -> Result<()> {
     a.state.transition(to).map_err(|e| StoreError::Conflict(format!("action {}: {e}", a.id)))?;
     let keep_deadline = to.is_in_flight();
     sqlx::query(
         "UPDATE actions SET state = $1, error = COALESCE($2, error), not_before = COALESCE($3, not_before), \
-         deadline = CASE WHEN $4 = 1 THEN deadline ELSE NULL END, updated_at = $5 WHERE id = $6",
+         deadline = CASE WHEN $4 = 1 THEN deadline ELSE NULL END, updated_at = $5, last_seq = COALESCE($7, last_seq) WHERE id = $6",
     )
     .bind(to.as_str())
     .bind(message.map(str::to_string))
@@ -880,6 +899,7 @@ async fn set_action_state(
     .bind(keep_deadline as i64)
     .bind(now)
     .bind(a.id)
+    .bind(last_seq)
     .execute(&mut **tx)
     .await?;
     let mut data = serde_json::json!({"from": a.state.as_str(), "to": to.as_str(), "kind": a.kind.as_str(), "attempt": a.attempts});
@@ -900,8 +920,16 @@ async fn fail_action(tx: &mut Tx, r: &Rollout, a: &Action, msg: &str, cause: &st
     let active = a.kind == ActionKind::Rollback || r.state.is_active();
     match engine::after_failure(a.attempts.max(0) as u32, &r.strategy.gate, active, now) {
         engine::Retry::Again { not_before } if a.kind == ActionKind::Install => {
-            set_action_state(tx, a, ActionState::Scheduled, Some(&format!("{cause}: {msg}")), Some(not_before), now)
-                .await
+            set_action_state(
+                tx,
+                a,
+                ActionState::Scheduled,
+                Some(&format!("{cause}: {msg}")),
+                Some(not_before),
+                now,
+                None,
+            )
+            .await
         }
         engine::Retry::Again { .. } => {
             // Rollback actions are retried in place: the device is told again.
@@ -921,7 +949,7 @@ async fn fail_action(tx: &mut Tx, r: &Rollout, a: &Action, msg: &str, cause: &st
             events::insert(tx, now, &ev).await
         }
         engine::Retry::GiveUp => {
-            set_action_state(tx, a, ActionState::Failed, Some(&format!("{cause}: {msg}")), None, now).await
+            set_action_state(tx, a, ActionState::Failed, Some(&format!("{cause}: {msg}")), None, now, None).await
         }
     }
 }

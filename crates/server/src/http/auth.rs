@@ -52,7 +52,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(secret) = bearer(parts)? else { return Ok(Caller { token: None }) };
-        match state.store.find_token(secret).await? {
+        match state.caches.token(&state.store, secret).await? {
             Some(t) => Ok(Caller { token: Some(t) }),
             None => Err(ApiError::unauthorized("unknown or revoked token")),
         }

@@ -17,6 +17,8 @@ use crate::service::{self, CreateRollout, ReleaseRef};
 use crate::time::rfc3339;
 use crate::AppState;
 use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use otafleet_core::{RolloutState, StrategySpec, Wave};
 use otafleet_store::{Role, Target};
@@ -140,22 +142,42 @@ pub struct Job {
     pub created_at: String,
 }
 
-/// All jobs, newest first.
-#[utoipa::path(get, path = "/ota/jobs", responses((status = 200, body = Vec<Job>)), tag = "tracker")]
-pub async fn jobs(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Job>>> {
+/// All jobs, newest first. Rendered once per change of the event log and
+/// served with an ETag, so pollers that send `If-None-Match` get a 304.
+#[utoipa::path(get, path = "/ota/jobs", responses((status = 200, body = Vec<Job>), (status = 304)), tag = "tracker")]
+pub async fn jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
     check(&state, &caller, Role::Viewer)?;
-    let jobs = state.store.list_jobs().await?;
-    Ok(Json(
-        jobs.into_iter()
-            .map(|(id, version, wave, kind, st, created)| Job {
-                id,
-                version,
-                wave,
-                status: job_status(&kind, st),
-                created_at: rfc3339(created),
-            })
-            .collect(),
-    ))
+    let validator = state.store.last_event_id().await?;
+    let etag = format!("W/\"jobs-{validator}\"");
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let body = match state.caches.jobs(validator) {
+        Some(b) => b,
+        None => {
+            let jobs: Vec<Job> = state
+                .store
+                .list_jobs()
+                .await?
+                .into_iter()
+                .map(|(id, version, wave, kind, st, created)| Job {
+                    id,
+                    version,
+                    wave,
+                    status: job_status(&kind, st),
+                    created_at: rfc3339(created),
+                })
+                .collect();
+            let b = axum::body::Bytes::from(serde_json::to_vec(&jobs).map_err(ApiError::internal)?);
+            state.caches.set_jobs(validator, b.clone());
+            b
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json".to_string()), (header::ETAG, etag)], body).into_response())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -250,4 +272,38 @@ pub async fn rollback(
         status: job_status(&r.kind, r.state),
         kind: "rollback",
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_words_map_both_ways() {
+        assert_eq!(job_status("deploy", RolloutState::Pending), "pending");
+        assert_eq!(job_status("rollback", RolloutState::Pending), "rollback_pending");
+        assert_eq!(job_status("deploy", RolloutState::Succeeded), "complete");
+        assert_eq!(job_status("rollback", RolloutState::Succeeded), "rollback_complete");
+        assert_eq!(job_status("deploy", RolloutState::RolledBack), "rolled_back");
+        // What the original job runner sends is understood.
+        assert_eq!(state_for_status("complete"), Some(RolloutState::Succeeded));
+        assert_eq!(state_for_status("rollback_complete"), Some(RolloutState::Succeeded));
+        assert_eq!(state_for_status("FAILED"), Some(RolloutState::Failed));
+        assert_eq!(state_for_status("whatever"), None);
+        // Every state renders, and what renders parses back to the same state.
+        for s in RolloutState::ALL {
+            let word = job_status("deploy", *s);
+            if let Some(back) = state_for_status(word) {
+                assert_eq!(back, *s, "{word}");
+            }
+        }
+    }
+
+    #[test]
+    fn waves_of_the_tracker_only() {
+        assert_eq!(parse_wave(None, Wave::Canary).unwrap(), Wave::Canary);
+        assert_eq!(parse_wave(Some("blue"), Wave::Canary).unwrap(), Wave::Blue);
+        assert_eq!(parse_wave(Some("custom"), Wave::Canary).unwrap_err().field.as_deref(), Some("wave"));
+        assert_eq!(parse_wave(Some("purple"), Wave::Canary).unwrap_err().field.as_deref(), Some("wave"));
+    }
 }

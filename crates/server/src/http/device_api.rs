@@ -9,17 +9,19 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::Json;
 use otafleet_core::protocol::{ActionOrder, ArtifactRef, CheckinRequest, CheckinResponse, StatusAck, StatusReport};
-use otafleet_store::{Action, Device, ReportOutcome};
+use otafleet_core::DeviceHealth;
+use otafleet_store::{Action, ReportOutcome, StoreError};
+use uuid::Uuid;
 
-/// The device a request comes from.
-pub struct DeviceCaller(pub Device);
+/// The id of the device a request comes from.
+pub struct DeviceCaller(pub Uuid);
 
 impl FromRequestParts<AppState> for DeviceCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let secret = bearer(parts)?.ok_or_else(|| ApiError::unauthorized("a device token is required"))?;
-        match state.store.find_device_by_token(secret).await? {
+        match state.caches.device_id(&state.store, secret).await? {
             Some(d) => Ok(DeviceCaller(d)),
             None => Err(ApiError::unauthorized("unknown device token")),
         }
@@ -27,7 +29,7 @@ impl FromRequestParts<AppState> for DeviceCaller {
 }
 
 async fn order(state: &AppState, a: Action) -> ApiResult<ActionOrder> {
-    let release = state.store.get_release_by_version(&a.to_version).await?;
+    let release = state.caches.release(&state.store, &a.to_version).await?;
     let (artifacts, signature) = match release {
         Some(r) => (
             r.artifacts
@@ -51,6 +53,11 @@ async fn order(state: &AppState, a: Action) -> ApiResult<ActionOrder> {
 }
 
 /// Check in: report the running version and health; get the action to perform, if any.
+///
+/// The common case — the device runs the version we know — is a cache hit and
+/// one indexed read; last-seen and health are written in batches. A changed
+/// version takes the transactional path (`Store::checkin`), which also detects
+/// a device that rolled back on its own.
 #[utoipa::path(post, path = "/device/v1/checkin", request_body(content = Object, description = "CheckinRequest"),
     responses((status = 200, description = "CheckinResponse"), (status = 401, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "device")]
@@ -63,13 +70,44 @@ pub async fn checkin(
         super::devices::validate_version("current_version", v)?;
     }
     state.metrics.checkins.inc();
-    let c =
-        state.store.checkin(device.id, req.current_version.as_deref(), req.health, otafleet_store::now_ms()).await?;
-    let action = match c.action {
+    let now = otafleet_store::now_ms();
+    let reported = req.current_version.as_deref();
+    let mut known = state.caches.live(device).is_some_and(|l| reported.is_none() || l.version.as_deref() == reported);
+    if !known {
+        // Not cached (or another version): what does the registry say?
+        match state.store.get_device(device).await? {
+            Some(d) if reported.is_none() || d.current_version.as_deref() == reported => {
+                state.caches.set_live(device, d.current_version);
+                known = true;
+            }
+            Some(_) => {}
+            None => {
+                state.caches.forget_device(device);
+                return Err(ApiError::unauthorized("unknown device token"));
+            }
+        }
+    }
+    let action = if known {
+        state.caches.saw(device, req.health.unwrap_or(DeviceHealth::Unknown), now);
+        state.store.inflight_action(device).await?
+    } else {
+        // The device runs another version than recorded: the transactional path
+        // records it and fails any install it silently undid.
+        let c = match state.store.checkin(device, reported, req.health, now).await {
+            Err(StoreError::NotFound(_)) => {
+                state.caches.forget_device(device);
+                return Err(ApiError::unauthorized("unknown device token"));
+            }
+            other => other?,
+        };
+        state.caches.set_live(device, c.device.current_version.clone());
+        c.action
+    };
+    let action = match action {
         Some(a) => Some(order(&state, a).await?),
         None => None,
     };
-    Ok(Json(CheckinResponse { device_id: device.id, action, poll_after_secs: state.config.poll_interval_secs }))
+    Ok(Json(CheckinResponse { device_id: device, action, poll_after_secs: state.config.poll_interval_secs }))
 }
 
 /// Report progress on an action. Idempotent by `(action_id, seq)`.
@@ -89,7 +127,7 @@ pub async fn status(
             return Err(ApiError::invalid("message", "at most 4096 bytes"));
         }
     }
-    let (outcome, action) = state.store.report_status(device.id, &report, otafleet_store::now_ms()).await?;
+    let (outcome, action) = state.store.report_status(device, &report, otafleet_store::now_ms()).await?;
     let name = match outcome {
         ReportOutcome::Applied => "applied",
         ReportOutcome::Duplicate => "duplicate",
@@ -97,6 +135,12 @@ pub async fn status(
     };
     state.metrics.status_reports.get_or_create(&vec![("outcome".into(), name.into())]).inc();
     if outcome == ReportOutcome::Applied {
+        // Keep the cached version in step with what the store just wrote.
+        if action.state == otafleet_core::ActionState::Succeeded {
+            state.caches.set_live(device, Some(action.to_version.clone()));
+        } else if report.current_version.is_some() {
+            state.caches.set_live(device, report.current_version.clone());
+        }
         state.driver_wake.notify_one();
     }
     Ok(Json(StatusAck { action_id: action.id, outcome: name.to_string(), state: action.state }))

@@ -108,7 +108,7 @@ pub fn validate_version(field: &str, v: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn validate_labels(prefix: &str, labels: &Labels) -> ApiResult<()> {
+pub(crate) fn validate_labels(prefix: &str, labels: &Labels) -> ApiResult<()> {
     if labels.len() > 64 {
         return Err(ApiError::invalid(prefix, "at most 64 labels"));
     }
@@ -259,6 +259,7 @@ pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Pat
     caller.require(Role::Operator)?;
     let id = parse_uuid(&id)?;
     if state.store.delete_device(id, &caller.actor()).await? {
+        state.caches.forget_device(id);
         state.driver_wake.notify_one();
         Ok(StatusCode::NO_CONTENT)
     } else {

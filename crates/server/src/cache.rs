@@ -1,0 +1,122 @@
+//! In-memory caches on the hot paths, each safe with several replicas over
+//! one PostgreSQL because each is either immutable, short-lived, or validated
+//! against the database:
+//!
+//! - API and device tokens → identity, kept 30 s (a deleted device is dropped at once).
+//! - The last known version of a device, kept 30 s: a check-in that reports the
+//!   same version needs no write transaction; its last-seen time and health are
+//!   queued here and written in one batch by [`Caches::flush_seen`].
+//! - Releases by version: releases are immutable once created.
+//! - The rendered `GET /ota/jobs` body, validated by the newest event id
+//!   (every rollout change writes an event), also used as its ETag.
+
+use otafleet_core::DeviceHealth;
+use otafleet_store::{Release, Store, TokenRecord};
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const TTL: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct Live {
+    pub version: Option<String>,
+    fetched: Instant,
+}
+
+#[derive(Default)]
+pub struct Caches {
+    tokens: RwLock<HashMap<String, (TokenRecord, Instant)>>,
+    device_tokens: RwLock<HashMap<String, (Uuid, Instant)>>,
+    devices: RwLock<HashMap<Uuid, Live>>,
+    seen: Mutex<HashMap<Uuid, (DeviceHealth, i64)>>,
+    releases: RwLock<HashMap<String, Release>>,
+    jobs: Mutex<Option<(i64, axum::body::Bytes)>>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Caches {
+    pub async fn token(&self, store: &Store, secret: &str) -> Result<Option<TokenRecord>, otafleet_store::StoreError> {
+        if let Some((t, at)) = read(&self.tokens).get(secret) {
+            if at.elapsed() < TTL {
+                return Ok(Some(t.clone()));
+            }
+        }
+        let t = store.find_token(secret).await?;
+        if let Some(t) = &t {
+            write(&self.tokens).insert(secret.to_string(), (t.clone(), Instant::now()));
+        }
+        Ok(t)
+    }
+
+    pub async fn device_id(&self, store: &Store, secret: &str) -> Result<Option<Uuid>, otafleet_store::StoreError> {
+        if let Some((id, at)) = read(&self.device_tokens).get(secret) {
+            if at.elapsed() < TTL {
+                return Ok(Some(*id));
+            }
+        }
+        let id = store.device_id_by_token(secret).await?;
+        if let Some(id) = id {
+            write(&self.device_tokens).insert(secret.to_string(), (id, Instant::now()));
+        }
+        Ok(id)
+    }
+
+    /// The cached running version of a device, if fresh.
+    pub fn live(&self, id: Uuid) -> Option<Live> {
+        read(&self.devices).get(&id).filter(|l| l.fetched.elapsed() < TTL).cloned()
+    }
+
+    pub fn set_live(&self, id: Uuid, version: Option<String>) {
+        write(&self.devices).insert(id, Live { version, fetched: Instant::now() });
+    }
+
+    pub fn forget_device(&self, id: Uuid) {
+        write(&self.devices).remove(&id);
+        write(&self.device_tokens).retain(|_, (d, _)| *d != id);
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    /// Queues a check-in's last-seen time and health for the next batch write.
+    pub fn saw(&self, id: Uuid, health: DeviceHealth, at: i64) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (health, at));
+    }
+
+    /// Writes queued last-seen times in one transaction.
+    pub async fn flush_seen(&self, store: &Store) -> Result<usize, otafleet_store::StoreError> {
+        let batch: Vec<(Uuid, DeviceHealth, i64)> = {
+            let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            m.drain().map(|(id, (h, t))| (id, h, t)).collect()
+        };
+        store.touch_devices(&batch).await?;
+        Ok(batch.len())
+    }
+
+    pub async fn release(&self, store: &Store, version: &str) -> Result<Option<Release>, otafleet_store::StoreError> {
+        if let Some(r) = read(&self.releases).get(version) {
+            return Ok(Some(r.clone()));
+        }
+        let r = store.get_release_by_version(version).await?;
+        if let Some(r) = &r {
+            write(&self.releases).insert(version.to_string(), r.clone());
+        }
+        Ok(r)
+    }
+
+    pub fn jobs(&self, validator: i64) -> Option<axum::body::Bytes> {
+        let g = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().filter(|(v, _)| *v == validator).map(|(_, b)| b.clone())
+    }
+
+    pub fn set_jobs(&self, validator: i64, body: axum::body::Bytes) {
+        *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = Some((validator, body));
+    }
+}
