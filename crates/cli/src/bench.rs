@@ -266,12 +266,15 @@ async fn bench_rollout(devices: usize, poll_ms: u64, database_url: Option<String
         devices,
         latency: 50,
         poll_ms,
-        final_only: false,
+        final_only: true,
         labels: "device_type=bench".into(),
         ..Default::default()
     };
     let fleet = sim::spawn(&base, Some(&admin), &args).await?;
-    println!("rollout: {devices} simulated devices registered in {:.1} s", t_reg.elapsed().as_secs_f64());
+    println!(
+        "rollout: {devices} simulated devices (final-state reports only) registered in {:.1} s",
+        t_reg.elapsed().as_secs_f64()
+    );
     let r = http
         .post(format!("{base}/api/v1/releases"))
         .bearer_auth(&admin)

@@ -583,6 +583,14 @@ pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token:
         let api = Api::new(server, Some(t))?;
         let body = json!({"version": version, "selector": selector, "strategy": {"wave": wave}});
         let recorded: Result<Value> = async {
+            // The release may already exist (409): that is fine.
+            let release = json!({"version": version, "kind": "k8s"});
+            if let Err(e) = api.post::<Value>("/api/v1/releases", &[], Some(&release)).await {
+                match e.downcast_ref::<crate::client::ApiFailure>() {
+                    Some(f) if f.status == reqwest::StatusCode::CONFLICT => {}
+                    _ => return Err(e),
+                }
+            }
             let r: Value = api.post("/api/v1/rollouts", &[], Some(&body)).await?;
             let id = r["id"].as_i64().context("no rollout id")?;
             let status = if outcome.is_ok() { "complete" } else { "failed" };

@@ -30,7 +30,7 @@ pub struct Caches {
     tokens: RwLock<HashMap<String, (TokenRecord, Instant)>>,
     device_tokens: RwLock<HashMap<String, (Uuid, Instant)>>,
     devices: RwLock<HashMap<Uuid, Live>>,
-    seen: Mutex<HashMap<Uuid, (DeviceHealth, i64)>>,
+    seen: Mutex<HashMap<Uuid, DeviceHealth>>,
     releases: RwLock<HashMap<String, Release>>,
     jobs: Mutex<Option<(i64, axum::body::Bytes)>>,
 }
@@ -85,19 +85,25 @@ impl Caches {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
-    /// Queues a check-in's last-seen time and health for the next batch write.
-    pub fn saw(&self, id: Uuid, health: DeviceHealth, at: i64) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (health, at));
+    /// Queues a check-in's health for the next batch write of last-seen times.
+    pub fn saw(&self, id: Uuid, health: DeviceHealth) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id, health);
     }
 
-    /// Writes queued last-seen times in one transaction.
+    /// Writes queued check-ins in one transaction, stamped with the flush time
+    /// (at most one flush period, 2 s, after the real check-in).
     pub async fn flush_seen(&self, store: &Store) -> Result<usize, otafleet_store::StoreError> {
-        let batch: Vec<(Uuid, DeviceHealth, i64)> = {
+        let drained: Vec<(Uuid, DeviceHealth)> = {
             let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            m.drain().map(|(id, (h, t))| (id, h, t)).collect()
+            m.drain().collect()
         };
-        store.touch_devices(&batch).await?;
-        Ok(batch.len())
+        let mut by_health: HashMap<DeviceHealth, Vec<Uuid>> = HashMap::new();
+        for (id, h) in &drained {
+            by_health.entry(*h).or_default().push(*id);
+        }
+        let groups: Vec<(DeviceHealth, Vec<Uuid>)> = by_health.into_iter().collect();
+        store.touch_devices(&groups, otafleet_store::now_ms()).await?;
+        Ok(drained.len())
     }
 
     pub async fn release(&self, store: &Store, version: &str) -> Result<Option<Release>, otafleet_store::StoreError> {

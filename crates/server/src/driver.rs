@@ -16,6 +16,9 @@ use tokio::sync::watch;
 /// Steps applied to one rollout in one pass before others get a turn.
 const MAX_STEPS_PER_PASS: usize = 64;
 
+/// Pause after a nudge before the next pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
 fn decision_name(d: &Decision) -> &'static str {
     match d {
         Decision::Idle { .. } => "idle",
@@ -89,7 +92,11 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = tokio::time::sleep(sleep_for) => {}
-            _ = state.driver_wake.notified() => {}
+            _ = state.driver_wake.notified() => {
+                // Status reports arrive in bursts: gather a few before reading
+                // counts again, so a big wave costs passes per burst, not per report.
+                tokio::time::sleep(DEBOUNCE).await;
+            }
             _ = stop.changed() => {}
         }
     }

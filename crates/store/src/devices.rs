@@ -249,20 +249,21 @@ impl Store {
         Ok(true)
     }
 
-    /// Records last-seen and health of many devices in one transaction (the
-    /// check-in path batches these; they are not state transitions).
-    pub async fn touch_devices(&self, seen: &[(Uuid, DeviceHealth, i64)]) -> Result<()> {
-        if seen.is_empty() {
+    /// Records that devices were seen at `at` with a given health, in one
+    /// transaction of a few statements (the check-in path batches these; they
+    /// are not state transitions).
+    pub async fn touch_devices(&self, seen: &[(DeviceHealth, Vec<Uuid>)], at: i64) -> Result<()> {
+        if seen.iter().all(|(_, ids)| ids.is_empty()) {
             return Ok(());
         }
         let mut tx = self.write_tx().await?;
-        for (id, health, at) in seen {
-            sqlx::query("UPDATE devices SET health = $1, last_seen = $2 WHERE id = $3 AND (last_seen IS NULL OR last_seen < $2)")
-                .bind(health.as_str())
-                .bind(*at)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
+        for (health, ids) in seen {
+            for chunk in ids.chunks(500) {
+                let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+                let mut sql = Sql::new("UPDATE devices SET health = ");
+                sql.bind_str(health.as_str()).push(", last_seen = ").bind_i64(at).push(" WHERE id IN ").bind_list(&ids);
+                sql.query().execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())

@@ -67,6 +67,9 @@ pub fn now_ms() -> i64 {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time; queueing writers here hands the lock
+    /// over at once, where SQLite's busy handler would sleep and poll.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 fn migrator(backend: Backend) -> Migrator {
@@ -125,7 +128,7 @@ impl Store {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         migrator(backend).run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, writer: Default::default() })
     }
 
     pub fn backend(&self) -> Backend {
@@ -136,11 +139,15 @@ impl Store {
         &self.pool
     }
 
-    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
-    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, after taking
+    /// the in-process writer queue).
+    pub(crate) async fn write_tx(&self) -> Result<WriteTx> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                let guard = self.writer.clone().lock_owned().await;
+                WriteTx { tx: self.pool.begin_with("BEGIN IMMEDIATE").await?, _guard: Some(guard) }
+            }
+            Backend::Postgres => WriteTx { tx: self.pool.begin().await?, _guard: None },
         })
     }
 
@@ -152,6 +159,33 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// A write transaction; derefs to the connection. Dropped without
+/// [`WriteTx::commit`], it rolls back.
+pub(crate) struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
     }
 }
 

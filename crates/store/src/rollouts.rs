@@ -188,7 +188,7 @@ fn action_from_row(r: &AnyRow) -> Result<Action> {
     })
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+type Tx = crate::WriteTx;
 
 async fn load_rollout(tx: &mut Tx, id: i64) -> Result<Rollout> {
     let row = sqlx::query(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = $1"))

@@ -88,7 +88,7 @@ pub async fn checkin(
         }
     }
     let action = if known {
-        state.caches.saw(device, req.health.unwrap_or(DeviceHealth::Unknown), now);
+        state.caches.saw(device, req.health.unwrap_or(DeviceHealth::Unknown));
         state.store.inflight_action(device).await?
     } else {
         // The device runs another version than recorded: the transactional path
