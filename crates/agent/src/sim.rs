@@ -49,6 +49,10 @@ pub struct SimArgs {
     /// Random seed of the fleet's behaviour.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Requests in flight at once across the whole simulated fleet (one host
+    /// cannot open a socket per device at 100,000 devices).
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
 }
 
 impl Default for SimArgs {
@@ -64,6 +68,7 @@ impl Default for SimArgs {
             duration: None,
             final_only: false,
             seed: 1,
+            max_connections: 256,
         }
     }
 }
@@ -131,7 +136,7 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
     }
     let labels = parse_labels(&args.labels)?;
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(args.max_connections.max(1))
         .timeout(Duration::from_secs(120))
         .build()
         .context("building the HTTP client")?;
@@ -163,6 +168,7 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
         remaining -= batch;
     }
     let stats = Arc::new(SimStats::default());
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.max_connections.max(1)));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::with_capacity(creds.len());
     let device_ids = creds.iter().map(|(id, _)| id.clone()).collect();
@@ -175,6 +181,7 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
             stats: stats.clone(),
             rng: rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
             seq: 0,
+            permits: permits.clone(),
         };
         tasks.push(tokio::spawn(dev.run(stopped.clone())));
     }
@@ -189,6 +196,7 @@ struct SimDevice {
     stats: Arc<SimStats>,
     rng: rand::rngs::StdRng,
     seq: i64,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl SimDevice {
@@ -206,7 +214,11 @@ impl SimDevice {
         let r = StatusReport { action_id, seq: self.seq, state, message, current_version: Some(self.version.clone()) };
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.client.report(&r).await {
+            let sent = {
+                let _permit = self.permits.acquire().await;
+                self.client.report(&r).await
+            };
+            match sent {
                 Ok(_) => {
                     self.stats.reports.fetch_add(1, Ordering::Relaxed);
                     return true;
@@ -227,7 +239,10 @@ impl SimDevice {
 
     async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> Result<bool> {
         let req = CheckinRequest { current_version: Some(self.version.clone()), health: Some(DeviceHealth::Healthy) };
-        let res = self.client.checkin(&req).await?;
+        let res = {
+            let _permit = self.permits.acquire().await;
+            self.client.checkin(&req).await?
+        };
         self.stats.checkins.fetch_add(1, Ordering::Relaxed);
         let Some(action) = res.action else { return Ok(false) };
         self.seq = self.seq.max(action.last_seq);

@@ -147,12 +147,18 @@ where
 }
 
 /// A bare axum server answering a small JSON document: the yardstick.
-async fn bare_server() -> Result<String> {
+async fn bare_server(big: axum::body::Bytes) -> Result<String> {
     use axum::routing::{get, post};
-    let app = axum::Router::new().route("/bare", get(|| async { axum::Json(json!({"ok": true})) })).route(
-        "/bare",
-        post(|body: axum::body::Bytes| async move { axum::Json(json!({"ok": true, "len": body.len()})) }),
-    );
+    let app = axum::Router::new()
+        .route("/bare", get(|| async { axum::Json(json!({"ok": true})) }))
+        .route(
+            "/bare",
+            post(|body: axum::body::Bytes| async move { axum::Json(json!({"ok": true, "len": body.len()})) }),
+        )
+        .route(
+            "/bare/big",
+            get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], big.clone()) }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -172,7 +178,6 @@ async fn bench_http(seconds: u64, concurrency: usize, jobs: usize) -> Result<()>
     })
     .await?;
     let base = format!("http://{}", server.addr);
-    let bare = bare_server().await?;
     let http = reqwest::Client::new();
     for i in 0..jobs {
         let r = http
@@ -195,6 +200,8 @@ async fn bench_http(seconds: u64, concurrency: usize, jobs: usize) -> Result<()>
         .json()
         .await?;
     let dev_token = dev["token"].as_str().context("device token")?.to_string();
+    let jobs_body = http.get(format!("{base}/ota/jobs")).bearer_auth(&admin).send().await?.bytes().await?;
+    let bare = bare_server(jobs_body.clone()).await?;
     println!("http: {concurrency} connections, {seconds} s each, server on SQLite with {jobs} jobs stored");
     let b1 = load("bare axum GET (JSON)", seconds, concurrency, {
         let u = bare.clone();
@@ -204,6 +211,11 @@ async fn bench_http(seconds: u64, concurrency: usize, jobs: usize) -> Result<()>
     let jobs_rate = load("GET /ota/jobs (1,000 jobs)", seconds, concurrency, {
         let (u, t) = (format!("{base}/ota/jobs"), admin.clone());
         move |c, _| c.get(&u).bearer_auth(&t)
+    })
+    .await?;
+    let b_big = load(&format!("bare axum GET ({} KiB from memory)", jobs_body.len() / 1024), seconds, concurrency, {
+        let u = format!("{bare}/big");
+        move |c, _| c.get(&u)
     })
     .await?;
     let b2 = load("bare axum POST (JSON)", seconds, concurrency, {
@@ -224,7 +236,11 @@ async fn bench_http(seconds: u64, concurrency: usize, jobs: usize) -> Result<()>
     })
     .await?;
     println!("ratios to the bare handler:");
-    println!("  GET /ota/jobs          {:.3}", jobs_rate / b1);
+    println!(
+        "  GET /ota/jobs          {:.3}  ({:.3} against the same body served from memory)",
+        jobs_rate / b1,
+        jobs_rate / b_big
+    );
     println!("  POST /api/v1/devices   {:.3}", reg_rate / b2);
     println!("  POST /device/v1/checkin {:.3}", chk_rate / b2);
     server.shutdown().await?;
@@ -292,6 +308,7 @@ async fn bench_rollout(devices: usize, poll_ms: u64, database_url: Option<String
     let id = r["id"].as_i64().context("rollout id")?;
     println!("  rollout {id} created in {:.1} s", t0.elapsed().as_secs_f64());
     let mut last_wave = -1;
+    let mut last_print = Instant::now();
     let state = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let r: Value =
@@ -300,6 +317,18 @@ async fn bench_rollout(devices: usize, poll_ms: u64, database_url: Option<String
         if wave != last_wave {
             println!("  wave {wave} started at {:>6.1} s", t0.elapsed().as_secs_f64());
             last_wave = wave;
+        }
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            last_print = Instant::now();
+            let w = &r["progress"][wave as usize];
+            println!(
+                "    {:>6.1} s: wave {wave}: {} succeeded, {} in flight, {} scheduled, {} failed",
+                t0.elapsed().as_secs_f64(),
+                w["succeeded"],
+                w["in_flight"],
+                w["scheduled"],
+                w["failed"]
+            );
         }
         let st = r["state"].as_str().unwrap_or("").to_string();
         if !matches!(st.as_str(), "pending" | "running") {

@@ -80,6 +80,32 @@ impl Api {
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {method} {path}"))
     }
 
+    /// PUTs a file as the request body, streamed from disk.
+    pub async fn put_file(&self, path: &str, file: &std::path::Path) -> Result<Value> {
+        let f = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
+        let len = f.metadata().await.map(|m| m.len()).ok();
+        let mut req = self
+            .http
+            .put(format!("{}{}", self.base, path))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(std::time::Duration::from_secs(24 * 3600))
+            .body(reqwest::Body::from(f));
+        if let Some(n) = len {
+            req = req.header(reqwest::header::CONTENT_LENGTH, n);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.with_context(|| format!("uploading {} to {}", file.display(), self.base))?;
+        let status = res.status();
+        let v: Value = res.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = v["error"]["message"].as_str().unwrap_or("upload failed").to_string();
+            return Err(ApiFailure { status, message: format!("PUT {path}: {status}: {msg}") }.into());
+        }
+        Ok(v)
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
         self.call(Method::GET, path, query, None).await
     }

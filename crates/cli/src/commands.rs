@@ -86,6 +86,27 @@ pub enum DevicesCmd {
     },
     /// Delete a device.
     Delete { id: String },
+    /// Enrollment tokens that let devices (otafleet-agent) register themselves.
+    #[command(subcommand, name = "enroll-token")]
+    EnrollToken(EnrollTokenCmd),
+}
+
+#[derive(Subcommand)]
+pub enum EnrollTokenCmd {
+    /// Create an enrollment token (operator); prints the secret once.
+    Create {
+        /// Labels every enrolled device gets, key=value[,key=value] (repeatable).
+        #[arg(long = "labels", alias = "label", value_delimiter = ',', value_parser = parse_kv)]
+        labels: Vec<(String, String)>,
+        /// Lifetime, e.g. 24h or 7d (default: no expiry).
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
+        /// How many devices may enroll with it (default: unlimited).
+        #[arg(long)]
+        max_uses: Option<i64>,
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,6 +131,15 @@ pub enum ReleasesCmd {
         /// Artifact as name=…,uri=…,size=…,sha256=… (repeatable).
         #[arg(long = "artifact")]
         artifacts: Vec<String>,
+    },
+    /// Upload a file as an artifact of a release (streamed; stored by SHA-256 on the server).
+    Upload {
+        /// Release id or version.
+        release: String,
+        file: std::path::PathBuf,
+        /// Artifact name (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -383,6 +413,8 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
         | Cmd::Update(_)
         | Cmd::Operator(_)
         | Cmd::Flash(_)
+        | Cmd::Agent(_)
+        | Cmd::Keys(_)
         | Cmd::Completions { .. } => {
             unreachable!("handled in main")
         }
@@ -456,6 +488,25 @@ async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
                 .await?;
             show(fmt, &v, |v| output::record(v, &["id", "name", "labels"]));
         }
+        DevicesCmd::EnrollToken(EnrollTokenCmd::Create { labels, expires_in, max_uses, name }) => {
+            let labels: serde_json::Map<String, Value> = labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let body = json!({
+                "name": name,
+                "labels": labels,
+                "expires_in_secs": expires_in.map(|d| d.as_secs().max(1)),
+                "max_uses": max_uses,
+            });
+            let v: Value = api.post("/api/v1/enrollment-tokens", &[], Some(&body)).await?;
+            show(fmt, &v, |v| {
+                println!(
+                    "created enrollment token '{}' (id {}, labels {}). The secret is shown only once:",
+                    output::cell(&v["name"]),
+                    v["id"],
+                    output::cell(&v["labels"])
+                );
+                println!("{}", output::cell(&v["token"]));
+            });
+        }
         DevicesCmd::Delete { id } => {
             let _: Value = api.call(reqwest::Method::DELETE, &format!("/api/v1/devices/{id}"), &[], None).await?;
             if fmt == Format::Table {
@@ -489,6 +540,29 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
             let body = json!({"version": version, "name": name, "kind": kind, "compatible": compatible, "artifacts": artifacts});
             let v: Value = api.post("/api/v1/releases", &[], Some(&body)).await?;
             show(fmt, &v, |v| println!("created release {} (id {})", output::cell(&v["version"]), v["id"]));
+        }
+        ReleasesCmd::Upload { release, file, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("cannot take an artifact name from {}; pass --name", file.display()))?,
+            };
+            let path = format!("/api/v1/releases/{release}/artifacts/{name}");
+            let v = api.put_file(&path, &file).await?;
+            show(fmt, &v, |v| {
+                let a = v["artifacts"].as_array().and_then(|a| a.iter().find(|a| a["name"] == json!(name)));
+                let a = a.cloned().unwrap_or(Value::Null);
+                println!(
+                    "uploaded {} to release {}: {} bytes, sha256 {}",
+                    name,
+                    output::cell(&v["version"]),
+                    a["size"],
+                    output::cell(&a["sha256"])
+                );
+            });
         }
     }
     Ok(())

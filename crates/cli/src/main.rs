@@ -68,6 +68,11 @@ pub enum Cmd {
     Flash(otafleet_k8s::flash::FlashArgs),
     /// Run N simulated devices against a server.
     Sim(otafleet_agent::sim::SimArgs),
+    /// Run the device agent (the same as the `otafleet-agent` binary).
+    Agent(otafleet_agent::agent::AgentArgs),
+    /// Release-signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Measure performance (see docs/ARCHITECTURE.md for the figures).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -86,6 +91,16 @@ pub enum OperatorCmd {
     Run(otafleet_k8s::operator::OperatorArgs),
     /// Print the FlashJob CustomResourceDefinition (YAML).
     Crd,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Write a new ed25519 key pair: the private key for `serve --signing-key`,
+    /// the public key for the agents' `public_key_file`.
+    Generate {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -110,6 +125,13 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<()> {
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::Sim(args) => otafleet_agent::sim::run(&cli.server, cli.token.as_deref(), args).await.map(|_| ()),
         Cmd::Bench(b) => bench::run(b).await,
+        Cmd::Agent(args) => otafleet_agent::agent::main(args).await,
+        Cmd::Keys(KeysCmd::Generate { out }) => {
+            let (private, public) = otafleet_server::signing::generate(&out)?;
+            println!("private key (keep secret; serve --signing-key): {}", private.display());
+            println!("public key (agents' public_key_file): {}", public.display());
+            Ok(())
+        }
         Cmd::Operator(OperatorCmd::Run(args)) => otafleet_k8s::operator::run_operator(args).await,
         Cmd::Operator(OperatorCmd::Crd) => otafleet_k8s::operator::print_crd(),
         Cmd::Flash(args) => otafleet_k8s::flash::flash(args).await,
@@ -133,6 +155,7 @@ fn main() {
     };
     init_tracing(match cli.cmd {
         Cmd::Serve(_) | Cmd::Operator(_) => "info,sqlx=warn,tower_http=warn,kube=warn",
+        Cmd::Agent(_) => "info",
         _ => "warn",
     });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -17,7 +17,8 @@ pub struct ServeArgs {
     /// sqlite://PATH (embedded default, WAL mode) or postgres://USER@HOST/DB.
     #[arg(long, env = "OTAFLEET_DATABASE_URL", default_value = "sqlite://otafleet.db")]
     pub database_url: String,
-    /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs.
+    /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
+    /// data_dir, signing_key, mqtt_url.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -32,6 +33,15 @@ pub struct ServeArgs {
     /// Seconds devices wait between check-ins.
     #[arg(long, env = "OTAFLEET_POLL_INTERVAL", default_value_t = 30)]
     pub poll_interval_secs: u64,
+    /// Where uploaded artifacts are stored (content-addressed by SHA-256).
+    #[arg(long, env = "OTAFLEET_DATA_DIR", default_value = "./otafleet-data")]
+    pub data_dir: PathBuf,
+    /// Private key file (`otafleet keys generate`) that signs release manifests.
+    #[arg(long, env = "OTAFLEET_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+    /// MQTT broker, mqtt://host:port: devices are woken on otafleet/<device-id>/cmd.
+    #[arg(long, env = "OTAFLEET_MQTT_URL")]
+    pub mqtt_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +53,9 @@ struct FileConfig {
     metrics_auth: Option<bool>,
     body_limit: Option<usize>,
     poll_interval_secs: Option<u64>,
+    data_dir: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
+    mqtt_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -69,7 +82,22 @@ impl ServeArgs {
             take!(metrics_auth);
             take!(body_limit);
             take!(poll_interval_secs);
+            take!(data_dir);
+            if self.signing_key.is_none() {
+                self.signing_key = file.signing_key;
+            }
+            if self.mqtt_url.is_none() {
+                self.mqtt_url = file.mqtt_url;
+            }
         }
+        let release_signer = match &self.signing_key {
+            Some(p) => Some(otafleet_server::signing::ReleaseSigner::load(p).context("--signing-key")?),
+            None => None,
+        };
+        let mqtt = match &self.mqtt_url {
+            Some(u) => Some(otafleet_server::mqtt::Broker::parse(u).context("--mqtt-url")?),
+            None => None,
+        };
         if self.body_limit < 1024 {
             anyhow::bail!("--body-limit must be at least 1024 bytes");
         }
@@ -81,6 +109,9 @@ impl ServeArgs {
             open_metrics: !self.metrics_auth,
             body_limit: self.body_limit,
             poll_interval_secs: self.poll_interval_secs.max(1),
+            data_dir: self.data_dir,
+            release_signer,
+            mqtt,
             ..Default::default()
         })
     }
@@ -95,6 +126,10 @@ pub fn announce(running: &otafleet_server::Running) {
 
 pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<()> {
     let config = args.into_config(m)?;
+    match &config.release_signer {
+        Some(k) => tracing::info!(public_key = %k.public_hex(), "signing release manifests"),
+        None => tracing::warn!("no --signing-key: release manifests are unsigned and agents will refuse them"),
+    }
     tracing::info!(listen = %config.listen, database = %otafleet_server::redact(&config.database_url), "starting otafleet serve");
     let running = otafleet_server::start(config).await?;
     announce(&running);

@@ -69,3 +69,214 @@ pub struct StatusAck {
     /// The action's state after the report.
     pub state: ActionState,
 }
+
+/// `GET /device/v1/actions/{id}`: one of the device's own actions, with the
+/// signed release manifest the agent verifies before installing anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionDetail {
+    #[serde(flatten)]
+    pub order: ActionOrder,
+    /// [`Manifest::canonical`] of the release: exactly the bytes that `signature` signs.
+    #[serde(default)]
+    pub manifest: Option<String>,
+}
+
+/// The signed description of a release. The server signs its canonical JSON
+/// with ed25519; an agent installs only artifacts whose name, size and sha256
+/// appear in a manifest that verifies against its configured public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    // Fields in alphabetical order: serde_json writes them in declaration
+    // order, so the compact output has sorted keys (canonical JSON).
+    pub artifacts: Vec<ManifestArtifact>,
+    /// Device types (`device_type` label values) the release fits; empty = all.
+    pub compatible: Vec<String>,
+    /// Release kind (`firmware`, `file`, `command`, …): picks the install handler.
+    pub kind: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ManifestArtifact {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Manifest {
+    /// Canonical JSON: sorted keys, artifacts sorted by name, compatible types
+    /// sorted and deduplicated, no whitespace. Same release → same bytes.
+    pub fn canonical(&self) -> String {
+        let mut m = self.clone();
+        m.artifacts.sort();
+        m.compatible.sort();
+        m.compatible.dedup();
+        // Serializing plain strings and integers cannot fail.
+        serde_json::to_string(&m).unwrap_or_default()
+    }
+
+    /// Whether a device of this type may install the release.
+    pub fn fits(&self, device_type: Option<&str>) -> bool {
+        self.compatible.is_empty() || device_type.is_some_and(|t| self.compatible.iter().any(|c| c == t))
+    }
+}
+
+/// `POST /device/v1/enroll` body; the bearer token is an enrollment token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// Defaults to the new device id.
+    pub name: Option<String>,
+    pub current_version: Option<String>,
+    /// Proposed labels; the enrollment token's labels override them.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /device/v1/enroll` answer: the device's identity and its own secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub device_id: Uuid,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The device token for `/device/v1`. Shown only once.
+    pub token: String,
+}
+
+/// MQTT topic on which the server pushes commands to one device (when the
+/// server runs with `--mqtt-url`); any message there means "check in now".
+pub fn command_topic(device_id: &Uuid) -> String {
+    format!("otafleet/{device_id}/cmd")
+}
+
+/// The payload of a push on [`command_topic`].
+pub const CHECKIN_COMMAND: &str = r#"{"cmd":"checkin"}"#;
+
+/// Parses the broker address `mqtt://host[:port]` (or `tcp://`; port 1883 by
+/// default) used by the server's publisher and the agent's subscriber. Plain
+/// TCP only: TLS is not built in.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = match url.split_once("://") {
+        Some(("mqtt" | "tcp", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!("unsupported MQTT URL scheme '{scheme}' in '{url}': use mqtt://host:port"))
+        }
+        None => return Err(format!("'{url}' is not an MQTT URL: use mqtt://host:port")),
+    };
+    let hostport = rest.trim_end_matches('/');
+    if hostport.is_empty() || hostport.contains('/') || hostport.contains('@') {
+        return Err(format!("'{url}' is not an MQTT URL: use mqtt://host:port (no path, no credentials)"));
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !hostport.ends_with(']') => {
+            (h, p.parse::<u16>().map_err(|_| format!("bad port '{p}' in MQTT URL '{url}'"))?)
+        }
+        _ => (hostport, 1883),
+    };
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+/// Orders two version strings: numeric runs compare as numbers, other runs as
+/// text, a pre-release suffix (`-rc1`) sorts before the release
+/// (`1.10.0 > 1.9.0`, `2.0.0-rc1 < 2.0.0`). Used to refuse downgrades.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn split(v: &str) -> (&str, Option<&str>) {
+        let v = v.trim_start_matches(['v', 'V']);
+        let v = v.split('+').next().unwrap_or(v);
+        match v.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (v, None),
+        }
+    }
+    /// Runs of digits and runs of other characters (`rc10` → `rc`, `10`).
+    fn parts(s: &str) -> Vec<Result<u64, &str>> {
+        let mut out = Vec::new();
+        for field in s.split(['.', '-', '_']).filter(|p| !p.is_empty()) {
+            let mut start = 0;
+            let b = field.as_bytes();
+            for i in 1..=b.len() {
+                if i == b.len() || b[i].is_ascii_digit() != b[start].is_ascii_digit() {
+                    let run = &field[start..i];
+                    out.push(run.parse::<u64>().map_err(|_| run));
+                    start = i;
+                }
+            }
+        }
+        out
+    }
+    fn cmp_parts(a: &[Result<u64, &str>], b: &[Result<u64, &str>]) -> Ordering {
+        for i in 0..a.len().max(b.len()) {
+            let o = match (a.get(i), b.get(i)) {
+                (Some(Ok(x)), Some(Ok(y))) => x.cmp(y),
+                (Some(Ok(_)), Some(Err(_))) => Ordering::Greater,
+                (Some(Err(_)), Some(Ok(_))) => Ordering::Less,
+                (Some(Err(x)), Some(Err(y))) => x.cmp(y),
+                (Some(Ok(0)), None) | (None, Some(Ok(0))) => Ordering::Equal,
+                (Some(_), None) => Ordering::Greater,
+                (None, Some(_)) => Ordering::Less,
+                (None, None) => Ordering::Equal,
+            };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        Ordering::Equal
+    }
+    let ((ca, pa), (cb, pb)) = (split(a), split(b));
+    match cmp_parts(&parts(ca), &parts(cb)) {
+        Ordering::Equal => match (pa, pb) {
+            (None, None) => Ordering::Equal,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(x), Some(y)) => cmp_parts(&parts(x), &parts(y)),
+        },
+        o => o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn versions_compare_numerically_with_prereleases_first() {
+        assert_eq!(compare_versions("1.10.0", "1.9.0"), Greater);
+        assert_eq!(compare_versions("2.0.0-rc1", "2.0.0"), Less);
+        assert_eq!(compare_versions("2.0.0-rc2", "2.0.0-rc10"), Less);
+        assert_eq!(compare_versions("v1.2", "1.2.0"), Equal);
+        assert_eq!(compare_versions("1.0.0", "1.0.1"), Less);
+        assert_eq!(compare_versions("2024.1", "2023.12"), Greater);
+    }
+
+    #[test]
+    fn mqtt_urls_parse_or_say_why_not() {
+        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883));
+        assert_eq!(parse_mqtt_url("tcp://broker/").unwrap(), ("broker".into(), 1883));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]:1884").unwrap(), ("::1".into(), 1884));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]").unwrap(), ("::1".into(), 1883));
+        assert!(parse_mqtt_url("mqtts://x").unwrap_err().contains("unsupported"));
+        assert!(parse_mqtt_url("x:1883").unwrap_err().contains("not an MQTT URL"));
+        assert!(parse_mqtt_url("mqtt://h:port").unwrap_err().contains("bad port"));
+        assert!(parse_mqtt_url("mqtt://u:p@h").is_err());
+    }
+
+    #[test]
+    fn manifest_is_canonical_and_checks_device_type() {
+        let a = |n: &str| ManifestArtifact { name: n.into(), sha256: "ab".repeat(32), size: 3 };
+        let m1 = Manifest {
+            artifacts: vec![a("b"), a("a")],
+            compatible: vec!["x".into(), "esp32".into(), "x".into()],
+            kind: "file".into(),
+            version: "2.0.0".into(),
+        };
+        let mut m2 = m1.clone();
+        m2.artifacts.reverse();
+        assert_eq!(m1.canonical(), m2.canonical());
+        assert!(m1.canonical().starts_with(r#"{"artifacts":[{"name":"a","sha256":"#));
+        assert!(m1.canonical().contains(r#""compatible":["esp32","x"],"kind":"file","version":"2.0.0"}"#));
+        assert!(m1.fits(Some("esp32")) && !m1.fits(Some("rpi")) && !m1.fits(None));
+        assert!(Manifest { compatible: vec![], ..m1 }.fits(None));
+    }
+}

@@ -12,7 +12,9 @@ pub mod cache;
 pub mod driver;
 pub mod http;
 pub mod metrics;
+pub mod mqtt;
 pub mod service;
+pub mod signing;
 pub mod time;
 
 use anyhow::Context;
@@ -39,6 +41,12 @@ pub struct Config {
     pub poll_interval_secs: u64,
     /// Period of the driver's safety-net tick, milliseconds.
     pub driver_tick_ms: u64,
+    /// Where uploaded artifacts are stored (`artifacts/<sha256>`).
+    pub data_dir: std::path::PathBuf,
+    /// Signs the release manifests handed to devices (`--signing-key`).
+    pub release_signer: Option<signing::ReleaseSigner>,
+    /// Broker for device wake-ups (`--mqtt-url`).
+    pub mqtt: Option<mqtt::Broker>,
 }
 
 impl Default for Config {
@@ -52,6 +60,9 @@ impl Default for Config {
             body_limit: 1 << 20,
             poll_interval_secs: 30,
             driver_tick_ms: 1000,
+            data_dir: "./otafleet-data".into(),
+            release_signer: None,
+            mqtt: None,
         }
     }
 }
@@ -65,11 +76,16 @@ pub struct AppState {
     /// Wakes the driver when something it decides on changed.
     pub driver_wake: Arc<Notify>,
     pub caches: Arc<cache::Caches>,
+    /// Publishes device wake-ups when `config.mqtt` is set.
+    pub mqtt: Option<mqtt::Publisher>,
 }
 
 impl AppState {
     pub fn new(store: Store, config: Config) -> Self {
+        let mqtt =
+            config.mqtt.as_ref().map(|b| mqtt::Publisher::start(b, &format!("otafleet-{}", uuid::Uuid::new_v4())));
         AppState {
+            mqtt,
             store,
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::new()),

@@ -10,7 +10,9 @@
 //! `BEGIN IMMEDIATE` so concurrent writers wait instead of failing.
 #![forbid(unsafe_code)]
 
+mod artifacts;
 mod devices;
+mod enroll;
 mod events;
 mod releases;
 mod rollouts;
@@ -18,6 +20,7 @@ mod sql;
 mod tokens;
 
 pub use devices::{Device, DeviceQuery, NewDevice};
+pub use enroll::{EnrollRefusal, EnrollmentToken, NewEnrollmentToken};
 pub use events::{Event, EventQuery, NewEvent};
 pub use releases::{Artifact, NewArtifact, NewRelease, Release};
 pub use rollouts::{
@@ -73,18 +76,24 @@ pub struct Store {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sql: &'static str = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+    let sqls: [(i64, &'static str, &'static str); 2] = match backend {
+        Backend::Sqlite => [
+            (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+            (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
+        ],
+        Backend::Postgres => [
+            (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
+            (2, "agent", include_str!("../migrations/postgres/0002_agent.sql")),
+        ],
     };
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            Cow::Borrowed(sql),
-            false,
-        )]),
+        migrations: Cow::Owned(
+            sqls.into_iter()
+                .map(|(v, name, sql)| {
+                    Migration::new(v, Cow::Borrowed(name), MigrationType::Simple, Cow::Borrowed(sql), false)
+                })
+                .collect(),
+        ),
         ..Migrator::DEFAULT
     }
 }

@@ -1,10 +1,13 @@
 //! The HTTP edge: one module per resource (routes, handlers and their request
 //! and response types side by side), one error type, and the router.
 
+pub mod artifacts;
 pub mod auth;
 pub mod compat;
+pub mod device_actions;
 pub mod device_api;
 pub mod devices;
+pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -17,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use error::{ApiError, ApiResult};
 use serde::Serialize;
@@ -42,6 +45,7 @@ pub struct Page<T: utoipa::ToSchema> {
         events::list, tokens::create,
         compat::health, compat::deploy, compat::jobs, compat::update_status, compat::rollback,
         device_api::checkin, device_api::status,
+        enroll::create_token, enroll::enroll, artifacts::upload, artifacts::download, device_actions::get_one,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -121,8 +125,15 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}/rollback", post(rollouts::rollback))
         .route("/events", get(events::list))
         .route("/tokens", post(tokens::create))
+        .route("/enrollment-tokens", post(enroll::create_token))
+        .route("/releases/{id}/artifacts/{name}", put(artifacts::upload).layer(DefaultBodyLimit::disable()))
         .route("/openapi.json", get(openapi_json));
-    let device = Router::new().route("/checkin", post(device_api::checkin)).route("/status", post(device_api::status));
+    let device = Router::new()
+        .route("/checkin", post(device_api::checkin))
+        .route("/status", post(device_api::status))
+        .route("/enroll", post(enroll::enroll))
+        .route("/actions/{id}", get(device_actions::get_one))
+        .route("/artifacts/{sha256}", get(artifacts::download));
     Router::new()
         .route("/", get(compat::health))
         .route("/ota/deploy", post(compat::deploy))

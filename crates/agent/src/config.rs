@@ -1,0 +1,254 @@
+//! The agent's configuration: one TOML file, read once at start into
+//! [`AgentConfig`] and passed down. Relative paths are resolved against the
+//! file's directory, so a config and its key can travel together.
+//!
+//! ```toml
+//! server = "http://otafleet.example:8000"
+//! state_dir = "/var/lib/otafleet-agent"
+//! enrollment_token = "enr_…"            # or enrollment_token_file; used once
+//! public_key_file = "otafleet-signing.pub"  # or public_key = "<hex>"
+//! initial_version = "1.0.0"             # before anything was installed
+//! mqtt_url = "mqtt://broker:1883"       # optional push
+//! [labels]                              # proposed at enrollment
+//! site = "lab"
+//! [health]                              # optional; url or command
+//! command = ["sh", "-c", "curl -fs localhost:9000/health"]
+//! [handlers.file]                       # per release kind
+//! type = "file"
+//! dir = "/opt/app"
+//! [handlers.firmware]
+//! type = "command"
+//! command = ["/usr/local/bin/flash", "--image"]   # artifact path in $OTAFLEET_ARTIFACT
+//! ```
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Base URL of the otafleet server.
+    pub server: String,
+    /// Where the agent keeps its identity, state, report queue and downloads.
+    pub state_dir: PathBuf,
+    /// Enrollment token (first start only; ignored once enrolled).
+    pub enrollment_token: Option<String>,
+    pub enrollment_token_file: Option<PathBuf>,
+    /// Name to enroll with (default: the device id).
+    pub name: Option<String>,
+    /// Labels proposed at enrollment (the token's labels win).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Hex ed25519 public key releases must be signed with.
+    pub public_key: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    /// Device type checked against a release's compatible types (default: the
+    /// `device_type` label the device was enrolled with).
+    pub device_type: Option<String>,
+    /// Version running before the agent installed anything.
+    #[serde(default = "default_version")]
+    pub initial_version: String,
+    /// Seconds between check-ins (default: what the server asks for).
+    pub poll_interval_secs: Option<u64>,
+    /// Random spread of each wait, as a fraction of it (default 0.1).
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    /// `mqtt://host:port`: wake up on pushes on `otafleet/<device-id>/cmd`.
+    pub mqtt_url: Option<String>,
+    /// Cap on download speed in bytes per second (constrained links).
+    pub download_rate_limit: Option<u64>,
+    /// Seconds without data before a download is abandoned (and later resumed).
+    #[serde(default = "default_stall")]
+    pub download_stall_secs: u64,
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Install handler per release kind (`file`, `command`, `firmware`, …).
+    #[serde(default)]
+    pub handlers: BTreeMap<String, HandlerConfig>,
+}
+
+fn default_version() -> String {
+    "0.0.0".into()
+}
+fn default_jitter() -> f64 {
+    0.1
+}
+fn default_stall() -> u64 {
+    30
+}
+
+/// How to tell that an installed version works. With neither `url` nor
+/// `command`, an install that the handler accepted counts as healthy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Healthy when a GET answers 2xx.
+    pub url: Option<String>,
+    /// Healthy when it exits 0 (env: OTAFLEET_VERSION, OTAFLEET_CURRENT).
+    pub command: Option<Vec<String>>,
+    /// Per attempt (default 10 s).
+    pub timeout_secs: Option<u64>,
+    /// Attempts before declaring the version unhealthy (default 3).
+    pub retries: Option<u32>,
+    /// Pause between attempts (default 2 s).
+    pub interval_secs: Option<u64>,
+}
+
+impl HealthConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.unwrap_or(10).max(1))
+    }
+    pub fn attempts(&self) -> u32 {
+        self.retries.unwrap_or(3).max(1)
+    }
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_secs.unwrap_or(2))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HandlerConfig {
+    /// A/B slots under `dir`: artifacts are written to the inactive slot and
+    /// `dir/current` is switched atomically; the previous slot stays for rollback.
+    File { dir: PathBuf },
+    /// Runs `command` (argv) with OTAFLEET_ARTIFACT, OTAFLEET_ARTIFACTS,
+    /// OTAFLEET_VERSION and OTAFLEET_PREVIOUS_VERSION in the environment;
+    /// exit 0 = installed. `rollback` (optional) is run with OTAFLEET_VERSION
+    /// set to the version to return to after a failed health check.
+    Command {
+        command: Vec<String>,
+        rollback: Option<Vec<String>>,
+        #[serde(default = "default_command_timeout")]
+        timeout_secs: u64,
+    },
+}
+
+fn default_command_timeout() -> u64 {
+    600
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates the file.
+    pub fn load(path: &Path) -> Result<AgentConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &base).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<AgentConfig> {
+        let mut c: AgentConfig = toml::from_str(text)?;
+        if !(c.server.starts_with("http://") || c.server.starts_with("https://")) {
+            bail!("server must be an http:// or https:// URL, got '{}'", c.server);
+        }
+        c.server = c.server.trim_end_matches('/').to_string();
+        c.state_dir = resolve(base, &c.state_dir);
+        if let Some(p) = &c.enrollment_token_file {
+            let p = resolve(base, p);
+            let t = std::fs::read_to_string(&p)
+                .with_context(|| format!("reading enrollment_token_file {}", p.display()))?;
+            c.enrollment_token = Some(t.trim().to_string());
+        }
+        if let Some(p) = &c.public_key_file {
+            let p = resolve(base, p);
+            let k = std::fs::read_to_string(&p).with_context(|| format!("reading public_key_file {}", p.display()))?;
+            c.public_key = Some(k.trim().to_string());
+        }
+        if c.public_key.is_none() {
+            bail!("public_key or public_key_file is required: the agent installs only signed releases");
+        }
+        crate::verify::parse_public_key(c.public_key.as_deref().unwrap_or_default())?;
+        if !(0.0..=1.0).contains(&c.jitter) {
+            bail!("jitter must be between 0 and 1");
+        }
+        if let Some(u) = &c.mqtt_url {
+            crate::push::parse_broker(u)?;
+        }
+        if c.health.url.is_some() && c.health.command.is_some() {
+            bail!("health: give url or command, not both");
+        }
+        if c.health.command.as_ref().is_some_and(Vec::is_empty) {
+            bail!("health.command must not be empty");
+        }
+        for (kind, h) in c.handlers.iter_mut() {
+            match h {
+                HandlerConfig::File { dir } => *dir = resolve(base, dir),
+                HandlerConfig::Command { command, rollback, .. } => {
+                    if command.is_empty() || rollback.as_ref().is_some_and(Vec::is_empty) {
+                        bail!("handlers.{kind}: command and rollback must not be empty lists");
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c";
+
+    #[test]
+    fn a_full_config_parses_with_paths_resolved() {
+        let text = format!(
+            r#"
+            server = "http://127.0.0.1:8000/"
+            state_dir = "state"
+            enrollment_token = "enr_x"
+            public_key = "{KEY}"
+            mqtt_url = "mqtt://127.0.0.1:1883"
+            [labels]
+            site = "a"
+            [health]
+            command = ["true"]
+            retries = 2
+            [handlers.file]
+            type = "file"
+            dir = "app"
+            [handlers.firmware]
+            type = "command"
+            command = ["sh", "-c", "cp $OTAFLEET_ARTIFACT /tmp/x"]
+            "#
+        );
+        let c = AgentConfig::parse(&text, Path::new("/etc/ota")).unwrap();
+        assert_eq!(c.server, "http://127.0.0.1:8000");
+        assert_eq!(c.state_dir, Path::new("/etc/ota/state"));
+        assert!(matches!(&c.handlers["file"], HandlerConfig::File { dir } if dir == Path::new("/etc/ota/app")));
+        assert!(matches!(&c.handlers["firmware"], HandlerConfig::Command { timeout_secs: 600, .. }));
+        assert_eq!(c.health.attempts(), 2);
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        let err = |t: &str| format!("{:#}", AgentConfig::parse(t, Path::new("/")).unwrap_err());
+        assert!(err(r#"server = "x"
+state_dir = "s""#)
+        .contains("http://"));
+        assert!(err(r#"server = "http://a"
+state_dir = "s""#)
+        .contains("public_key"));
+        assert!(err(r#"server = "http://a"
+state_dir = "s"
+public_key = "abc""#)
+        .contains("public key"));
+        let t = format!(
+            "server = \"http://a\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\n[handlers.x]\ntype = \"nope\"\n"
+        );
+        assert!(err(&t).contains("unknown variant"));
+        let t = format!("server = \"http://a\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\nsurprise = 1\n");
+        assert!(err(&t).contains("unknown field"));
+    }
+}

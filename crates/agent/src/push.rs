@@ -1,0 +1,57 @@
+//! MQTT wake-ups: the agent subscribes to its command topic
+//! (`otafleet/<device-id>/cmd`) and checks in as soon as anything arrives
+//! there, so an update starts within a second of the server releasing it
+//! instead of at the next poll. The message carries no work and is not
+//! trusted: the agent still fetches and verifies everything over HTTP.
+
+use anyhow::{anyhow, Result};
+use otafleet_core::protocol::{command_topic, parse_mqtt_url};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub fn parse_broker(url: &str) -> Result<(String, u16)> {
+    parse_mqtt_url(url).map_err(|e| anyhow!("mqtt_url: {e}"))
+}
+
+/// Subscribes in the background, reconnecting after errors; every message on
+/// the device's topic (and every reconnect, in case one was missed) wakes the
+/// agent.
+pub fn spawn(url: &str, device_id: Uuid, wake: Arc<Notify>) -> Result<tokio::task::JoinHandle<()>> {
+    let (host, port) = parse_broker(url)?;
+    let topic = command_topic(&device_id);
+    let mut opts = MqttOptions::new(format!("otafleet-agent-{device_id}"), host.clone(), port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    Ok(tokio::spawn(async move {
+        let mut connected = false;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!(error = %e, "MQTT subscribe failed");
+                    }
+                    connected = true;
+                    tracing::info!(broker = %format!("{host}:{port}"), %topic, "push connected");
+                    wake.notify_one();
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => {
+                    tracing::debug!("push received");
+                    wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected {
+                        tracing::warn!(error = %e, "push connection lost; reconnecting");
+                    } else {
+                        tracing::debug!(error = %e, "push connect failed; retrying");
+                    }
+                    connected = false;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }))
+}

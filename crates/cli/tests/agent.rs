@@ -1,0 +1,533 @@
+//! End-to-end device agent: the real `otafleet serve` with a signing key and
+//! several real agent processes (`otafleet agent`, the same code as the
+//! `otafleet-agent` binary) in temporary directories on loopback.
+//!
+//! Covered: enrollment and token scoping, artifact upload and ranged
+//! download, a rollout that succeeds, one whose health check fails and is
+//! rolled back on the device, one whose artifact was tampered with on the
+//! server and is refused, a download killed in the middle and resumed, and
+//! (when `OTAFLEET_TEST_MQTT_URL` is set) an MQTT push that starts an update
+//! within about a second.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server with a fresh signing key and data dir.
+struct Env {
+    dir: tempfile::TempDir,
+    server: Server,
+    h: Http,
+    args: Vec<String>,
+}
+
+impl Env {
+    fn start(extra: &[&str]) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let (code, out, err) = cli("http://unused", None, &["keys", "generate", "--out", keys.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+        let key = keys.join("otafleet-signing.key");
+        let data = dir.path().join("data");
+        let mut args = vec![
+            "--poll-interval-secs",
+            "1",
+            "--signing-key",
+            key.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let server = Server::start(&sqlite_url(&dir), &args);
+        let h = Http::new(&server.url);
+        let args = args.iter().map(|s| s.to_string()).collect();
+        Env { dir, server, h, args }
+    }
+
+    /// Kills the server (-9) and starts it again on the same address.
+    fn restart_server(&mut self, offline: impl FnOnce()) {
+        self.server.kill9();
+        offline();
+        let listen = self.server.url.trim_start_matches("http://").to_string();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.server = Server::start_at(&sqlite_url(&self.dir), &listen, &args);
+    }
+
+    fn public_key(&self) -> PathBuf {
+        self.dir.path().join("keys").join("otafleet-signing.pub")
+    }
+
+    fn enrollment_token(&self, labels: &str) -> String {
+        let (code, out, err) = cli(
+            &self.server.url,
+            Some(ADMIN),
+            &["-o", "json", "devices", "enroll-token", "create", "--labels", labels],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str::<Value>(&out).unwrap()["token"].as_str().unwrap().to_string()
+    }
+
+    /// Creates a release of kind `file` for esp32 with one uploaded artifact.
+    fn release(&self, version: &str, content: &[u8]) -> Value {
+        let body = json!({"version": version, "kind": "file", "compatible": ["esp32"]});
+        let r = self.h.post("/api/v1/releases", Some(ADMIN), Some(&body.to_string()));
+        assert_eq!(r.status, 201, "{}", r.text);
+        let file = self.dir.path().join(format!("app-{version}.txt"));
+        std::fs::write(&file, content).unwrap();
+        let (code, out, err) = cli(
+            &self.server.url,
+            Some(ADMIN),
+            &["-o", "json", "releases", "upload", version, file.to_str().unwrap(), "--name", "app.txt"],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn rollout(&self, version: &str, strategy: Value) -> i64 {
+        let body = json!({"version": version, "selector": "device_type=esp32", "strategy": strategy});
+        let r = self.h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["id"].as_i64().unwrap()
+    }
+
+    fn wait_rollout(&self, id: i64, states: &[&str], secs: u64) -> Value {
+        eventually(Duration::from_secs(secs), || {
+            let r = self.h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
+            states.contains(&r["state"].as_str().unwrap_or("")).then_some(r)
+        })
+    }
+
+    fn actions(&self, id: i64) -> Vec<Value> {
+        self.h.get(&format!("/api/v1/rollouts/{id}/actions?limit=1000"), Some(ADMIN)).body["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// One agent process with its own state and install directories.
+struct Agent {
+    child: Option<Child>,
+    dir: PathBuf,
+    config: PathBuf,
+    runs: usize,
+}
+
+const HEALTH: &str = r#"["sh", "-c", "! grep -q broken \"$OTAFLEET_CURRENT/app.txt\""]"#;
+
+impl Agent {
+    fn start(env: &Env, name: &str, token: &str, extra: &str) -> Agent {
+        Self::start_with(env, name, token, extra, HEALTH)
+    }
+
+    fn start_with(env: &Env, name: &str, token: &str, extra: &str, health: &str) -> Agent {
+        let dir = env.dir.path().join(format!("agent-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("agent.toml");
+        let text = format!(
+            r#"server = "{server}"
+state_dir = "state"
+enrollment_token = "{token}"
+public_key_file = "{key}"
+name = "{name}"
+initial_version = "1.0.0"
+jitter = 0.0
+{poll}{extra}
+[health]
+command = {health}
+retries = 2
+interval_secs = 0
+
+[handlers.file]
+type = "file"
+dir = "app"
+"#,
+            server = env.server.url,
+            key = env.public_key().display(),
+            poll = if extra.contains("poll_interval_secs") { "" } else { "poll_interval_secs = 1\n" },
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut a = Agent { child: None, dir, config, runs: 0 };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        self.runs += 1;
+        let log = std::fs::File::create(self.dir.join(format!("run{}.log", self.runs))).unwrap();
+        let child = Command::new(bin())
+            .args(["agent", "--config", self.config.to_str().unwrap()])
+            .env("OTAFLEET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn otafleet agent");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log of one run, without terminal colour codes.
+    fn log(&self, run: usize) -> String {
+        let raw = std::fs::read_to_string(self.dir.join(format!("run{run}.log"))).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.runs).map(|r| self.log(r)).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The content the device runs now (file handler's `current` slot).
+    fn running(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("app/current/app.txt")).ok()
+    }
+
+    fn device_id(&self) -> String {
+        let v: Value = eventually(Duration::from_secs(30), || {
+            std::fs::read(self.dir.join("state/identity.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+        });
+        v["device_id"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn device(env: &Env, id: &str) -> Value {
+    env.h.get(&format!("/api/v1/devices/{id}"), Some(ADMIN)).body
+}
+
+#[test]
+fn agents_install_roll_back_on_failed_health_and_refuse_tampered_artifacts() {
+    let env = Env::start(&[]);
+    let token = env.enrollment_token("device_type=esp32");
+    let agents: Vec<Agent> = (0..3).map(|i| Agent::start(&env, &format!("a{i}"), &token, "")).collect();
+    let ids: Vec<String> = agents.iter().map(Agent::device_id).collect();
+    for id in &ids {
+        let d = device(&env, id);
+        assert_eq!(d["labels"]["device_type"], "esp32", "{d}");
+        assert_eq!(d["current_version"], "1.0.0");
+    }
+
+    // 1. A good release reaches every device.
+    env.release("2.0.0", b"version two\n");
+    let first = env.rollout("2.0.0", json!({"steps": [1, "100%"]}));
+    let r = env.wait_rollout(first, &["succeeded", "failed", "rolled_back"], 120);
+    assert_eq!(r["state"], "succeeded", "{r}\n{}", agents[0].logs());
+    for (a, id) in agents.iter().zip(&ids) {
+        assert_eq!(a.running().as_deref(), Some("version two\n"));
+        assert_eq!(device(&env, id)["current_version"], "2.0.0");
+    }
+
+    // 2. A release that installs but fails its health check: the canary rolls
+    // back locally, reports rolled_back, the rollout stops there.
+    env.release("2.1.0", b"broken build\n");
+    let id = env.rollout("2.1.0", json!({"steps": [1, "100%"], "retries": 0}));
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120);
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    let acts = env.actions(id);
+    let canary: Vec<&Value> = acts.iter().filter(|a| a["state"] == "rolled_back").collect();
+    assert_eq!(canary.len(), 1, "{acts:?}");
+    let err = canary[0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("health check failed") && err.contains("rolled back locally to 2.0.0"), "{err}");
+    for a in &agents {
+        assert_eq!(a.running().as_deref(), Some("version two\n"), "every device still runs 2.0.0");
+    }
+
+    // 3. An artifact changed on the server after it was signed: refused.
+    let rel = env.release("2.2.0", b"version two point two\n");
+    let sha = rel["artifacts"][0]["sha256"].as_str().unwrap().to_string();
+    let stored = env.dir.path().join("data/artifacts").join(&sha);
+    std::fs::write(&stored, b"version two point TWO\n").unwrap();
+    let id = env.rollout("2.2.0", json!({"steps": [1, "100%"], "retries": 0}));
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120);
+    assert_ne!(r["state"], "succeeded", "{r}");
+    let acts = env.actions(id);
+    let failed: Vec<&Value> = acts.iter().filter(|a| a["state"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{acts:?}");
+    let err = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("SHA-256") && err.contains("tampered"), "{err}");
+    for a in &agents {
+        assert_eq!(a.running().as_deref(), Some("version two\n"));
+    }
+
+    // 4. The operator rolls the first rollout back: each device returns to the
+    // version it came with, locally (nothing to download or verify).
+    let r = env.h.post(&format!("/api/v1/rollouts/{first}/rollback"), Some(ADMIN), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = env.wait_rollout(first, &["rolled_back"], 120);
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    for (a, id) in agents.iter().zip(&ids) {
+        assert_eq!(a.running(), None, "back to the factory version: no slot active");
+        assert_eq!(device(&env, id)["current_version"], "1.0.0");
+    }
+    let logs = agents[0].logs();
+    assert!(logs.contains("rolled back to 1.0.0 locally"), "{logs}");
+}
+
+#[test]
+fn an_interrupted_download_resumes_where_it_stopped() {
+    let env = Env::start(&[]);
+    let token = env.enrollment_token("device_type=esp32");
+    // 4 MiB/s over 12 MiB: about three seconds, long enough to kill it in the middle.
+    let mut agent = Agent::start(&env, "slow", &token, "download_rate_limit = 4194304");
+    let dev = agent.device_id();
+    let content: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+    let rel = env.release("3.0.0", &content);
+    let sha = rel["artifacts"][0]["sha256"].as_str().unwrap().to_string();
+    let part = agent.dir.join("state/downloads").join(format!("{sha}.part"));
+    let id = env.rollout("3.0.0", json!({"steps": ["100%"], "timeout_secs": 120}));
+    let at = eventually(Duration::from_secs(60), || {
+        let n = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        (n > 2 << 20).then_some(n)
+    });
+    agent.kill9();
+    assert!(at < content.len() as u64, "killed in the middle ({at} bytes)");
+    agent.spawn();
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120);
+    assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.logs());
+    let second = agent.log(2);
+    assert!(second.contains("resuming download"), "{second}");
+    let resumed: u64 = second
+        .lines()
+        .find(|l| l.contains("downloaded"))
+        .and_then(|l| l.split("resumed_from=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert!(resumed >= at.min(2 << 20), "resumed from byte {resumed}, killed at {at}\n{second}");
+    assert_eq!(std::fs::read(agent.dir.join("app/current/app.txt")).unwrap(), content);
+    assert_eq!(device(&env, &dev)["current_version"], "3.0.0");
+}
+
+#[test]
+fn a_restart_during_the_health_check_checks_again_without_reinstalling() {
+    let env = Env::start(&[]);
+    let token = env.enrollment_token("device_type=esp32");
+    let slow = r#"["sh", "-c", "sleep 2; ! grep -q broken \"$OTAFLEET_CURRENT/app.txt\""]"#;
+    let mut agent = Agent::start_with(&env, "restart", &token, "", slow);
+    let dev = agent.device_id();
+    env.release("4.0.0", b"version four\n");
+    let id = env.rollout("4.0.0", json!({"steps": ["100%"], "timeout_secs": 120}));
+    // Killed after the switch, while the health check runs.
+    let state = agent.dir.join("state/state.json");
+    eventually(Duration::from_secs(60), || {
+        std::fs::read_to_string(&state).ok().filter(|s| s.contains("\"activated\"")).map(|_| ())
+    });
+    agent.kill9();
+    assert_eq!(agent.running().as_deref(), Some("version four\n"), "the new slot is active, not yet confirmed");
+    agent.spawn();
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120);
+    assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.logs());
+    let second = agent.log(2);
+    assert!(!second.contains("download started") && !second.contains("resuming download"), "{second}");
+    assert!(second.contains("4.0.0 installed and healthy"), "{second}");
+    assert_eq!(device(&env, &dev)["current_version"], "4.0.0");
+}
+
+#[test]
+fn reports_made_while_the_server_is_down_are_delivered_in_order_later() {
+    let mut env = Env::start(&[]);
+    let token = env.enrollment_token("device_type=esp32");
+    let slow = r#"["sh", "-c", "sleep 2; ! grep -q broken \"$OTAFLEET_CURRENT/app.txt\""]"#;
+    let agent = Agent::start_with(&env, "offline", &token, "", slow);
+    let dev = agent.device_id();
+    env.release("5.0.0", b"version five\n");
+    let id = env.rollout("5.0.0", json!({"steps": ["100%"], "timeout_secs": 120}));
+    let state_file = agent.dir.join("state/state.json");
+    let read_state = || -> Value { serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap() };
+    eventually(Duration::from_secs(60), || (read_state()["inflight"]["phase"] == "activated").then_some(()));
+    env.restart_server(|| {
+        // The agent finishes the install offline; its final report waits on disk.
+        let st = eventually(Duration::from_secs(30), || {
+            let st = read_state();
+            (st["inflight"].is_null() && st["current_version"] == "5.0.0").then_some(st)
+        });
+        let queued: Vec<&str> = st["queue"].as_array().unwrap().iter().map(|r| r["state"].as_str().unwrap()).collect();
+        assert_eq!(queued.last(), Some(&"succeeded"), "{st}");
+    });
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120);
+    assert_eq!(r["state"], "succeeded", "{r}\n{}", agent.logs());
+    assert_eq!(read_state()["queue"].as_array().map(Vec::len), Some(0));
+    assert_eq!(device(&env, &dev)["current_version"], "5.0.0");
+}
+
+#[test]
+fn device_tokens_are_scoped_and_bad_input_is_refused() {
+    let env = Env::start(&[]);
+    let h = &env.h;
+    // Enrollment tokens: operator only, validated, used up.
+    let r = h.post("/api/v1/enrollment-tokens", None, Some(r#"{"labels":{}}"#));
+    assert_eq!(r.status, 401);
+    let r = h.post("/api/v1/enrollment-tokens", Some(ADMIN), Some(r#"{"labels":{"bad key!":"x"}}"#));
+    assert_eq!(r.status, 422, "{}", r.text);
+    let r = h.post("/api/v1/enrollment-tokens", Some(ADMIN), Some(r#"{"max_uses":0}"#));
+    assert_eq!((r.status, r.body["error"]["field"].as_str()), (422, Some("max_uses")));
+    let r = h.post(
+        "/api/v1/enrollment-tokens",
+        Some(ADMIN),
+        Some(r#"{"labels":{"device_type":"esp32"},"max_uses":2,"expires_in_secs":600}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let enr = r.body["token"].as_str().unwrap().to_string();
+    let enroll = |name: &str| h.post("/device/v1/enroll", Some(&enr), Some(&json!({"name": name}).to_string()));
+    let a = enroll("a");
+    let b = enroll("b");
+    assert_eq!((a.status, b.status), (201, 201), "{}", a.text);
+    let third = enroll("c");
+    assert_eq!(third.status, 401);
+    assert!(third.text.contains("no uses left"), "{}", third.text);
+    assert_eq!(h.post("/device/v1/enroll", Some("nope"), Some("{}")).status, 401);
+    assert_eq!(
+        h.post("/device/v1/checkin", Some(&enr), Some("{}")).status,
+        401,
+        "an enrollment token is no device token"
+    );
+    let (ta, tb) = (a.body["token"].as_str().unwrap().to_string(), b.body["token"].as_str().unwrap().to_string());
+    assert_eq!(a.body["labels"]["device_type"], "esp32");
+
+    // A device token opens nothing on the management API.
+    assert_eq!(h.get("/api/v1/devices", Some(&ta)).status, 401);
+    assert_eq!(h.post("/api/v1/enrollment-tokens", Some(&ta), Some("{}")).status, 401);
+
+    // Uploads: validated, streamed, content-addressed.
+    let rel = env.release("2.0.0", b"0123456789abcdef");
+    let sha = rel["artifacts"][0]["sha256"].as_str().unwrap().to_string();
+    assert_eq!(rel["artifacts"][0]["uri"], format!("/device/v1/artifacts/{sha}"));
+    assert_eq!(rel["artifacts"][0]["size"], 16);
+    let put = |path: &str, token: Option<&str>| h.req("PUT", path, token, None);
+    assert_eq!(put("/api/v1/releases/9.9.9/artifacts/x", Some(ADMIN)).status, 404);
+    assert_eq!(put("/api/v1/releases/2.0.0/artifacts/x?sha256=abc", Some(ADMIN)).status, 422);
+    let wrong = put(&format!("/api/v1/releases/2.0.0/artifacts/x?sha256={}", "0".repeat(64)), Some(ADMIN));
+    assert_eq!(wrong.status, 422, "{}", wrong.text);
+    assert_eq!(put("/api/v1/releases/2.0.0/artifacts/x", Some(&ta)).status, 401);
+
+    // Rollout to device a only; b cannot see or report on a's action.
+    let ida = a.body["device_id"].as_str().unwrap();
+    let body = json!({"version": "2.0.0", "devices": [ida]});
+    let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let action = eventually(Duration::from_secs(20), || {
+        let c = h.post("/device/v1/checkin", Some(&ta), Some("{}"));
+        c.body["action"]["action_id"].as_i64()
+    });
+    let mine = h.get(&format!("/device/v1/actions/{action}"), Some(&ta));
+    assert_eq!(mine.status, 200, "{}", mine.text);
+    assert!(mine.body["manifest"].as_str().unwrap().contains(&sha));
+    assert_eq!(mine.body["signature"].as_str().unwrap().len(), 128);
+    let theirs = h.get(&format!("/device/v1/actions/{action}"), Some(&tb));
+    assert_eq!(theirs.status, 404, "{}", theirs.text);
+    let report =
+        json!({"action_id": action, "seq": 1, "state": "downloading", "message": null, "current_version": null});
+    assert_eq!(h.post("/device/v1/status", Some(&tb), Some(&report.to_string())).status, 404);
+    assert_eq!(h.get("/device/v1/actions/abc", Some(&ta)).status, 404);
+
+    // Ranged download with the device token only.
+    let path = format!("/device/v1/artifacts/{sha}");
+    assert_eq!(h.get(&path, None).status, 401);
+    assert_eq!(h.get(&path, Some(ADMIN)).status, 401, "an API token is no device token");
+    let full = h.get(&path, Some(&ta));
+    assert_eq!((full.status, full.text.as_str()), (200, "0123456789abcdef"));
+    let client = reqwest::blocking::Client::new();
+    let part =
+        client.get(format!("{}{path}", env.server.url)).bearer_auth(&ta).header("Range", "bytes=10-").send().unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.headers()["content-range"], "bytes 10-15/16");
+    assert_eq!(part.text().unwrap(), "abcdef");
+    let bad =
+        client.get(format!("{}{path}", env.server.url)).bearer_auth(&ta).header("Range", "bytes=99-").send().unwrap();
+    assert_eq!(bad.status(), 416);
+    assert_eq!(h.get(&format!("/device/v1/artifacts/{}", "0".repeat(64)), Some(&ta)).status, 404);
+
+    // The release is in use now: its artifacts are frozen.
+    let file = env.dir.path().join("again.bin");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, _, err) = cli(&env.server.url, Some(ADMIN), &["releases", "upload", "2.0.0", file.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("used by a rollout"), "{err}");
+}
+
+#[test]
+fn agent_refuses_unsigned_releases_and_bad_configs() {
+    // A server without a signing key hands out unsigned manifests.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &sqlite_url(&dir),
+        &["--poll-interval-secs", "1", "--data-dir", dir.path().join("d").to_str().unwrap()],
+    );
+    let keys = dir.path().join("keys");
+    cli("http://unused", None, &["keys", "generate", "--out", keys.to_str().unwrap()]);
+    let env = Env { dir, server, h: Http::new("http://unused"), args: Vec::new() };
+    let env = Env { h: Http::new(&env.server.url), ..env };
+    let token = env.enrollment_token("device_type=esp32");
+    let agent = Agent::start(&env, "u", &token, "");
+    agent.device_id();
+    env.release("2.0.0", b"unsigned\n");
+    let id = env.rollout("2.0.0", json!({"steps": ["100%"], "retries": 0}));
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 60);
+    assert_ne!(r["state"], "succeeded");
+    let err = env.actions(id)[0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("not signed"), "{err}");
+    assert_eq!(agent.running(), None, "nothing was installed");
+
+    // Config errors are one clear line.
+    let bad = env.dir.path().join("bad.toml");
+    std::fs::write(&bad, "server = \"http://x\"\nstate_dir = \"s\"\n").unwrap();
+    let out = Command::new(bin()).args(["agent", "--config", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("public_key"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn mqtt_push_starts_the_update_within_a_second() {
+    let Some(mqtt) = std::env::var("OTAFLEET_TEST_MQTT_URL").ok().filter(|s| !s.is_empty()) else {
+        eprintln!("SKIPPED MQTT push test: set OTAFLEET_TEST_MQTT_URL (e.g. mqtt://127.0.0.1:1883) to run it");
+        return;
+    };
+    let env = Env::start(&["--mqtt-url", &mqtt]);
+    let token = env.enrollment_token("device_type=esp32");
+    // Polls only every 10 minutes: anything sooner is the push.
+    let extra = format!("mqtt_url = \"{mqtt}\"\npoll_interval_secs = 600");
+    let agent = Agent::start(&env, "pushed", &token, &extra);
+    agent.device_id();
+    eventually(Duration::from_secs(30), || agent.logs().contains("push connected").then_some(()));
+    // Let the first check-in pass so the next one can only come from a push.
+    std::thread::sleep(Duration::from_millis(500));
+    env.release("2.0.0", b"pushed\n");
+    let start = Instant::now();
+    let id = env.rollout("2.0.0", json!({"steps": ["100%"]}));
+    let begun = eventually(Duration::from_secs(30), || {
+        let a = env.actions(id);
+        let s = a.first().and_then(|a| a["state"].as_str().map(str::to_string)).unwrap_or_default();
+        ["downloading", "installing", "verifying", "succeeded"].contains(&s.as_str()).then(|| start.elapsed())
+    });
+    eprintln!("MQTT push: rollout created → device downloading in {begun:?}");
+    assert!(begun < Duration::from_secs(3), "took {begun:?}; a poll would take 10 minutes\n{}", agent.logs());
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+}

@@ -1,0 +1,145 @@
+//! Enrollment: `POST /api/v1/enrollment-tokens` (operator) creates a token
+//! that carries labels; a device presents it once to `POST /device/v1/enroll`
+//! and gets its own device token. Both secrets are shown once and stored as
+//! SHA-256 hashes.
+
+use super::auth::{bearer, Caller};
+use super::devices::{validate_labels, validate_version};
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiJson;
+use crate::time::{rfc3339, rfc3339_opt};
+use crate::{new_secret, AppState};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use otafleet_core::protocol::{EnrollRequest, EnrollResponse};
+use otafleet_store::{EnrollmentToken, NewDevice, NewEnrollmentToken, Role};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    /// A name for the audit log (default `enrollment`).
+    pub name: Option<String>,
+    /// Labels every device enrolled with this token gets (they override the device's own).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Lifetime in seconds (default: no expiry).
+    pub expires_in_secs: Option<u64>,
+    /// How many devices may enroll with it (default: unlimited).
+    pub max_uses: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EnrollmentTokenView {
+    pub id: i64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub expires_at: Option<String>,
+    pub created_by: String,
+    pub created_at: String,
+    /// The secret to give devices (`otafleet-agent` `enrollment_token`). Shown only once.
+    pub token: String,
+}
+
+fn view(t: EnrollmentToken, token: String) -> EnrollmentTokenView {
+    EnrollmentTokenView {
+        id: t.id,
+        name: t.name,
+        labels: t.labels,
+        max_uses: t.max_uses,
+        uses: t.uses,
+        expires_at: rfc3339_opt(t.expires_at),
+        created_by: t.created_by,
+        created_at: rfc3339(t.created_at),
+        token,
+    }
+}
+
+/// Longest accepted token lifetime: ten years.
+const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Create an enrollment token; the secret is in the answer, once.
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentToken,
+    responses((status = 201, body = EnrollmentTokenView), (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateEnrollmentToken>,
+) -> ApiResult<(StatusCode, Json<EnrollmentTokenView>)> {
+    caller.require(Role::Operator)?;
+    let name = body.name.unwrap_or_else(|| "enrollment".into());
+    if name.trim().is_empty() || name.len() > 128 {
+        return Err(ApiError::invalid("name", "name must be 1 to 128 characters"));
+    }
+    validate_labels("labels", &body.labels)?;
+    if let Some(n) = body.max_uses {
+        if n < 1 {
+            return Err(ApiError::invalid("max_uses", "must be at least 1 (omit it for unlimited)"));
+        }
+    }
+    let expires_at = match body.expires_in_secs {
+        Some(0) => return Err(ApiError::invalid("expires_in_secs", "must be at least 1 (omit it for no expiry)")),
+        Some(s) if s > MAX_LIFETIME_SECS => {
+            return Err(ApiError::invalid("expires_in_secs", format!("at most {MAX_LIFETIME_SECS} (ten years)")))
+        }
+        Some(s) => Some(otafleet_store::now_ms() + s as i64 * 1000),
+        None => None,
+    };
+    let secret = new_secret("enr");
+    let new = NewEnrollmentToken { name, labels: body.labels, max_uses: body.max_uses, expires_at };
+    let t = state.store.create_enrollment_token(&new, &secret, &caller.actor()).await?;
+    Ok((StatusCode::CREATED, Json(view(t, secret))))
+}
+
+/// The enrollment token a device presents.
+pub struct EnrollmentSecret(pub String);
+
+impl FromRequestParts<AppState> for EnrollmentSecret {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        match bearer(parts)? {
+            Some(s) => Ok(EnrollmentSecret(s.to_string())),
+            None => Err(ApiError::unauthorized("an enrollment token is required (Authorization: Bearer <token>)")),
+        }
+    }
+}
+
+/// Enroll a device with an enrollment token; answers with its own device token, once.
+#[utoipa::path(post, path = "/device/v1/enroll", request_body(content = Object, description = "EnrollRequest"),
+    responses((status = 201, description = "EnrollResponse"), (status = 401, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody)),
+    security(("bearer" = [])), tag = "device")]
+pub async fn enroll(
+    State(state): State<AppState>,
+    EnrollmentSecret(secret): EnrollmentSecret,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    let id = Uuid::new_v4();
+    let name = req.name.unwrap_or_else(|| id.to_string());
+    if name.trim().is_empty() || name.len() > 128 {
+        return Err(ApiError::invalid("name", "name must be 1 to 128 characters"));
+    }
+    validate_labels("labels", &req.labels)?;
+    if let Some(v) = &req.current_version {
+        validate_version("current_version", v)?;
+    }
+    let token = new_secret("dev");
+    let new =
+        NewDevice { id, name, labels: req.labels, current_version: req.current_version, token: Some(token.clone()) };
+    match state.store.enroll_device(&secret, new, otafleet_store::now_ms()).await? {
+        Ok(d) => {
+            tracing::info!(device = %d.id, name = %d.name, "device enrolled");
+            Ok((StatusCode::CREATED, Json(EnrollResponse { device_id: d.id, name: d.name, labels: d.labels, token })))
+        }
+        Err(refusal) => Err(ApiError::unauthorized(refusal.to_string())),
+    }
+}
