@@ -9,6 +9,12 @@
 //! - Releases by version: releases are immutable once created.
 //! - The rendered `GET /ota/jobs` body, validated by the newest event id
 //!   (every rollout change writes an event), also used as its ETag.
+//! - On SQLite only (one process owns the database): the *inbox*, the devices
+//!   that may have an action in flight. An idle device's check-in is then
+//!   answered without touching the database. The driver adds devices after it
+//!   commits a release; a check-in that finds nothing removes its device only if
+//!   no add happened since it looked (a generation number), so a release is
+//!   never hidden.
 
 use otafleet_core::DeviceHealth;
 use otafleet_store::{Release, Store, TokenRecord};
@@ -25,8 +31,20 @@ pub struct Live {
     fetched: Instant,
 }
 
+/// What the inbox says about a device.
+pub enum Inbox {
+    /// No inbox (several replicas may release actions): ask the database.
+    Disabled,
+    /// Nothing in flight for this device.
+    Empty,
+    /// Maybe something in flight; the generation to pass to [`Caches::inbox_clear`].
+    Maybe(u64),
+}
+
 #[derive(Default)]
 pub struct Caches {
+    inbox: Option<Mutex<HashMap<Uuid, u64>>>,
+    generation: std::sync::atomic::AtomicU64,
     tokens: RwLock<HashMap<String, (TokenRecord, Instant)>>,
     device_tokens: RwLock<HashMap<String, (Uuid, Instant)>>,
     devices: RwLock<HashMap<Uuid, Live>>,
@@ -44,6 +62,42 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Caches {
+    /// Caches with the check-in inbox on or off (on only for a single-process database).
+    pub fn new(inbox: bool) -> Self {
+        Caches { inbox: inbox.then(Default::default), ..Default::default() }
+    }
+
+    /// Marks devices as possibly having an action in flight (after the commit).
+    pub fn inbox_add(&self, devices: &[Uuid]) {
+        if let Some(inbox) = &self.inbox {
+            let mut m = inbox.lock().unwrap_or_else(|p| p.into_inner());
+            for d in devices {
+                let g = self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                m.insert(*d, g);
+            }
+        }
+    }
+
+    pub fn inbox(&self, device: Uuid) -> Inbox {
+        match &self.inbox {
+            None => Inbox::Disabled,
+            Some(inbox) => match inbox.lock().unwrap_or_else(|p| p.into_inner()).get(&device) {
+                Some(g) => Inbox::Maybe(*g),
+                None => Inbox::Empty,
+            },
+        }
+    }
+
+    /// Forgets a device found idle, unless it was added again since `generation`.
+    pub fn inbox_clear(&self, device: Uuid, generation: u64) {
+        if let Some(inbox) = &self.inbox {
+            let mut m = inbox.lock().unwrap_or_else(|p| p.into_inner());
+            if m.get(&device) == Some(&generation) {
+                m.remove(&device);
+            }
+        }
+    }
+
     pub async fn token(&self, store: &Store, secret: &str) -> Result<Option<TokenRecord>, otafleet_store::StoreError> {
         if let Some((t, at)) = read(&self.tokens).get(secret) {
             if at.elapsed() < TTL {

@@ -45,6 +45,7 @@ pub async fn pass(state: &AppState) -> Result<Option<i64>, otafleet_store::Store
         for _ in 0..MAX_STEPS_PER_PASS {
             let now = now_ms();
             let (decision, notified) = state.store.drive_step(id, now).await?;
+            state.caches.inbox_add(&notified);
             if let Some(push) = state.mqtt.as_ref().filter(|_| !notified.is_empty()) {
                 push.notify(&notified);
             }

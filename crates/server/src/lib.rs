@@ -82,6 +82,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, config: Config) -> Self {
+        // One process owns a SQLite database, so it may keep the check-in inbox.
+        let inbox = store.backend() == otafleet_store::Backend::Sqlite;
         let mqtt =
             config.mqtt.as_ref().map(|b| mqtt::Publisher::start(b, &format!("otafleet-{}", uuid::Uuid::new_v4())));
         AppState {
@@ -90,7 +92,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::new()),
             driver_wake: Arc::new(Notify::new()),
-            caches: Arc::new(cache::Caches::default()),
+            caches: Arc::new(cache::Caches::new(inbox)),
         }
     }
 }
@@ -148,6 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState::new(store, config);
+    state.caches.inbox_add(&state.store.devices_in_flight().await?);
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let app = http::router(state.clone());

@@ -726,6 +726,14 @@ impl Store {
         Ok(changed)
     }
 
+    /// Devices with an action in flight (to seed the check-in inbox at start).
+    pub async fn devices_in_flight(&self) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(&format!("SELECT DISTINCT device_id FROM actions WHERE state IN {IN_FLIGHT}"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| r.parsed::<Uuid>("device_id")).collect()
+    }
+
     /// The in-flight action of a device, if any (a read; no transaction).
     pub async fn inflight_action(&self, device_id: Uuid) -> Result<Option<Action>> {
         let row = sqlx::query(&format!(

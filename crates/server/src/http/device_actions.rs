@@ -22,7 +22,7 @@ pub async fn order_extras(state: &AppState, release: &Release) -> (String, Optio
 
 /// A stored action as the device sees it.
 pub async fn action_detail(state: &AppState, a: Action) -> ApiResult<ActionDetail> {
-    let release = state.store.get_release_by_version(&a.to_version).await?;
+    let release = state.caches.release(&state.store, &a.to_version).await?;
     let (artifacts, manifest, signature) = match release {
         Some(r) => {
             let (manifest, signature) = order_extras(state, &r).await;

@@ -4,13 +4,14 @@
 use super::auth::bearer;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
+use crate::cache::Inbox;
 use crate::AppState;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::Json;
-use otafleet_core::protocol::{ActionOrder, ArtifactRef, CheckinRequest, CheckinResponse, StatusAck, StatusReport};
+use otafleet_core::protocol::{CheckinRequest, CheckinResponse, StatusAck, StatusReport};
 use otafleet_core::DeviceHealth;
-use otafleet_store::{Action, ReportOutcome, StoreError};
+use otafleet_store::{ReportOutcome, StoreError};
 use uuid::Uuid;
 
 /// The id of the device a request comes from.
@@ -26,30 +27,6 @@ impl FromRequestParts<AppState> for DeviceCaller {
             None => Err(ApiError::unauthorized("unknown device token")),
         }
     }
-}
-
-async fn order(state: &AppState, a: Action) -> ApiResult<ActionOrder> {
-    let release = state.caches.release(&state.store, &a.to_version).await?;
-    let (artifacts, signature) = match release {
-        Some(r) => (
-            r.artifacts
-                .into_iter()
-                .map(|x| ArtifactRef { name: x.name, uri: x.uri, size: x.size.max(0) as u64, sha256: x.sha256 })
-                .collect(),
-            r.signature,
-        ),
-        None => (Vec::new(), None),
-    };
-    Ok(ActionOrder {
-        action_id: a.id,
-        rollout_id: a.rollout_id,
-        kind: a.kind,
-        version: a.to_version,
-        state: a.state,
-        last_seq: a.last_seq,
-        artifacts,
-        signature,
-    })
 }
 
 /// Check in: report the running version and health; get the action to perform, if any.
@@ -89,7 +66,17 @@ pub async fn checkin(
     }
     let action = if known {
         state.caches.saw(device, req.health.unwrap_or(DeviceHealth::Unknown));
-        state.store.inflight_action(device).await?
+        match state.caches.inbox(device) {
+            Inbox::Empty => None,
+            Inbox::Disabled => state.store.inflight_action(device).await?,
+            Inbox::Maybe(generation) => {
+                let a = state.store.inflight_action(device).await?;
+                if a.is_none() {
+                    state.caches.inbox_clear(device, generation);
+                }
+                a
+            }
+        }
     } else {
         // The device runs another version than recorded: the transactional path
         // records it and fails any install it silently undid.
@@ -104,7 +91,7 @@ pub async fn checkin(
         c.action
     };
     let action = match action {
-        Some(a) => Some(order(&state, a).await?),
+        Some(a) => Some(super::device_actions::action_detail(&state, a).await?.order),
         None => None,
     };
     Ok(Json(CheckinResponse { device_id: device, action, poll_after_secs: state.config.poll_interval_secs }))
