@@ -155,6 +155,8 @@ fn main() {
     };
     init_tracing(match cli.cmd {
         Cmd::Serve(_) | Cmd::Operator(_) => "info,sqlx=warn,tower_http=warn,kube=warn",
+        // The demo narrates itself; the server's gate warnings would interleave with it.
+        Cmd::Demo(_) => "error",
         Cmd::Agent(_) => "info",
         _ => "warn",
     });

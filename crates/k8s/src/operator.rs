@@ -229,7 +229,13 @@ async fn lead_loop(
             _ = elector.hold() => false,
         };
         let _ = stop_tx.send(true);
-        let _ = controller.await;
+        // A reconcile stuck on the API server must not keep a former leader
+        // reconciling (or its process from exiting): give it a bounded grace.
+        let abort = controller.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(10), controller).await.is_err() {
+            warn!("controller did not stop within 10 s; aborting it");
+            abort.abort();
+        }
         health.set_leader(false);
         if shutting_down {
             if let Err(e) = elector.release().await {

@@ -12,6 +12,7 @@ use otafleet_k8s::{start_operator, OperatorArgs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(15);
+const STOP: Duration = Duration::from_secs(30);
 
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connects");
@@ -41,6 +42,9 @@ fn holder(fake: &FakeApiServer) -> Option<String> {
 
 #[tokio::test]
 async fn only_the_leader_reconciles_and_a_standby_takes_over() {
+    // RUST_LOG=kube_runtime=debug shows the controller's shutdown steps when this misbehaves.
+    let filter = std::env::var("RUST_LOG").unwrap_or_default();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let fake = FakeApiServer::start().await.expect("fake");
     let a = start_operator(args(&fake, "replica-a")).await.expect("a starts");
     wait_for("a leads", WAIT, || async { (holder(&fake).as_deref() == Some("replica-a")).then_some(()) }).await;
@@ -75,10 +79,12 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     assert!(metrics_b.contains("otafleet_operator_reconcile_total 0"), "standby reconciled: {metrics_b}");
 
     // The leader shuts down and releases the Lease; the standby takes over.
-    a.stop().await.expect("a stops");
+    // kube-runtime's controller can hold its runner until its store is ready,
+    // deaf to the shutdown signal; the operator bounds that wait (10 s) itself.
+    tokio::time::timeout(STOP, a.stop()).await.expect("a stops in time").expect("a stops");
     wait_for("b leads", WAIT, || async { (holder(&fake).as_deref() == Some("replica-b")).then_some(()) }).await;
     wait_for("b reports leader", WAIT, || async { b.health.is_leader().then_some(()) }).await;
-    b.stop().await.expect("b stops");
+    tokio::time::timeout(STOP, b.stop()).await.expect("b stops in time").expect("b stops");
 }
 
 #[tokio::test]
