@@ -42,8 +42,11 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 100_000)]
         devices: usize,
         /// Milliseconds between idle check-ins of each simulated device.
-        #[arg(long, default_value_t = 5000)]
+        #[arg(long, default_value_t = 10_000)]
         poll_ms: u64,
+        /// HTTP connections the simulated fleet shares (a real fleet has one per device).
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
         /// Database of the server (default: a temporary SQLite file).
         #[arg(long)]
         database_url: Option<String>,
@@ -247,7 +250,12 @@ async fn bench_http(seconds: u64, concurrency: usize, jobs: usize) -> Result<()>
     Ok(())
 }
 
-async fn bench_rollout(devices: usize, poll_ms: u64, database_url: Option<String>) -> Result<()> {
+async fn bench_rollout(
+    devices: usize,
+    poll_ms: u64,
+    max_connections: usize,
+    database_url: Option<String>,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let db = database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -283,6 +291,7 @@ async fn bench_rollout(devices: usize, poll_ms: u64, database_url: Option<String
         latency: 50,
         poll_ms,
         final_only: true,
+        max_connections,
         labels: "device_type=bench".into(),
         ..Default::default()
     };
@@ -351,7 +360,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Plan { devices } => bench_plan(devices),
         BenchCmd::Http { seconds, concurrency, jobs } => bench_http(seconds, concurrency, jobs).await,
-        BenchCmd::Rollout { devices, poll_ms, database_url } => bench_rollout(devices, poll_ms, database_url).await,
+        BenchCmd::Rollout { devices, poll_ms, max_connections, database_url } => {
+            bench_rollout(devices, poll_ms, max_connections, database_url).await
+        }
         BenchCmd::Flashjob { uuids, max_flash_pods } => {
             let r = otafleet_k8s::bench::bench_flashjob(uuids, max_flash_pods).await?;
             println!("{r}");

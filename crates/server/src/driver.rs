@@ -16,8 +16,18 @@ use tokio::sync::watch;
 /// Steps applied to one rollout in one pass before others get a turn.
 const MAX_STEPS_PER_PASS: usize = 64;
 
-/// Pause after a nudge before the next pass.
+/// Shortest pause after a nudge before the next pass.
 const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Longest pause after a nudge: how late a gate decision may be under load.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// The pause after a nudge: at least [`DEBOUNCE`], and four times what the
+/// last pass took, so reading the counts of a 100,000-device wave (tens of ms)
+/// costs at most a fifth of a core however fast reports arrive.
+fn debounce(last_pass: Duration) -> Duration {
+    (last_pass * 4).clamp(DEBOUNCE, MAX_DEBOUNCE)
+}
 
 fn decision_name(d: &Decision) -> &'static str {
     match d {
@@ -84,7 +94,10 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
                 tracing::warn!(error = %e, "could not record check-ins");
             }
         }
-        let sleep_for = match pass(&state).await {
+        let started = std::time::Instant::now();
+        let result = pass(&state).await;
+        let pause = debounce(started.elapsed());
+        let sleep_for = match result {
             Ok(wake) => {
                 let until = wake.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64)).unwrap_or(tick);
                 until.min(tick)
@@ -99,9 +112,22 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = state.driver_wake.notified() => {
                 // Status reports arrive in bursts: gather a few before reading
                 // counts again, so a big wave costs passes per burst, not per report.
-                tokio::time::sleep(DEBOUNCE).await;
+                tokio::time::sleep(pause).await;
             }
             _ = stop.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debounce_follows_the_cost_of_a_pass_within_bounds() {
+        assert_eq!(debounce(Duration::ZERO), DEBOUNCE);
+        assert_eq!(debounce(Duration::from_millis(10)), DEBOUNCE);
+        assert_eq!(debounce(Duration::from_millis(40)), Duration::from_millis(160));
+        assert_eq!(debounce(Duration::from_secs(5)), MAX_DEBOUNCE);
     }
 }

@@ -13,6 +13,7 @@ pub mod driver;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod reports;
 pub mod service;
 pub mod signing;
 pub mod time;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub caches: Arc<cache::Caches>,
     /// Publishes device wake-ups when `config.mqtt` is set.
     pub mqtt: Option<mqtt::Publisher>,
+    /// Status reports, applied in group commits.
+    pub reports: reports::ReportQueue,
 }
 
 impl AppState {
@@ -88,6 +91,7 @@ impl AppState {
             config.mqtt.as_ref().map(|b| mqtt::Publisher::start(b, &format!("otafleet-{}", uuid::Uuid::new_v4())));
         AppState {
             mqtt,
+            reports: reports::ReportQueue::start(store.clone()),
             store,
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::new()),

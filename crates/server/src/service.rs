@@ -65,6 +65,7 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<R
         .resolve(rand::random::<u64>() >> 1)
         .map_err(|e| ApiError::invalid(&format!("strategy.{}", e.field), e.message))?;
     let release = resolve_release(state, &req.release, &req.actor).await?;
+    let t0 = std::time::Instant::now();
     let devices = match &req.target {
         Target::Selector(s) => {
             let sel = Selector::parse(s).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
@@ -85,6 +86,7 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<R
             found
         }
     };
+    let t_resolve = t0.elapsed();
     let busy = state.store.busy_devices().await?;
     let online_after = otafleet_store::now_ms() - 3 * state.config.poll_interval_secs as i64 * 1000;
     let eligible: Vec<&Device> = devices
@@ -105,6 +107,7 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<R
         })
         .collect();
     let p = plan(candidates, &strategy);
+    let t_plan = t0.elapsed();
     let from_versions: HashMap<_, _> = eligible.iter().map(|d| (d.id, d.current_version.clone())).collect();
     let rollout = state
         .store
@@ -123,6 +126,14 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<R
             StoreError::Conflict(m) => ApiError::conflict(m),
             other => other.into(),
         })?;
+    tracing::info!(
+        rollout = rollout.id,
+        devices = devices.len(),
+        resolve_ms = t_resolve.as_millis() as u64,
+        plan_ms = (t_plan - t_resolve).as_millis() as u64,
+        store_ms = (t0.elapsed() - t_plan).as_millis() as u64,
+        "rollout created"
+    );
     state.metrics.record_run(otafleet_store::now_ms());
     state.driver_wake.notify_one();
     Ok(rollout)

@@ -57,6 +57,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The store (or the writer in front of it) is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -128,6 +131,11 @@ impl Store {
                         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        // Reads of a large fleet hit the OS page cache through a
+                        // shared map instead of a pread per page, and each
+                        // connection keeps more hot pages (16 MiB) than the default 2 MiB.
+                        sqlx::query("PRAGMA mmap_size = 268435456").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA cache_size = -16384").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })

@@ -825,64 +825,126 @@ impl Store {
         now: i64,
     ) -> Result<(ReportOutcome, Action)> {
         let mut tx = self.write_tx().await?;
-        let a = load_action(&mut tx, report.action_id)
-            .await?
-            .filter(|a| a.device_id == device_id)
-            .ok_or_else(|| StoreError::NotFound(format!("action {} not found for this device", report.action_id)))?;
-        if report.seq <= a.last_seq {
-            return Ok((ReportOutcome::Duplicate, a));
-        }
-        if !report.state.is_reportable() || !a.state.is_in_flight() || !a.state.can_transition_to(report.state) {
-            // Stale (e.g. the action was retried or skipped meanwhile) or a step back.
-            let ev = NewEvent::new("action.report_ignored", "device").device(device_id).action(a.id).rollout(a.rollout_id).data(
-                serde_json::json!({"state": a.state.as_str(), "reported": report.state.as_str(), "seq": report.seq}),
-            );
-            events::insert(&mut tx, now, &ev).await?;
-            tx.commit().await?;
-            return Ok((ReportOutcome::Ignored, a));
-        }
-        let updated = if report.state == ActionState::Failed {
-            let r = load_rollout(&mut tx, a.rollout_id).await?;
-            let msg = report.message.clone().unwrap_or_else(|| "device reported failure".into());
-            fail_action(&mut tx, &r, &a, &msg, "device", now).await?;
-            sqlx::query("UPDATE actions SET last_seq = $1 WHERE id = $2")
-                .bind(report.seq)
-                .bind(a.id)
-                .execute(&mut *tx)
-                .await?;
-            load_action(&mut tx, a.id).await?.ok_or_else(|| StoreError::NotFound("action vanished".into()))?
-        } else {
-            set_action_state(&mut tx, &a, report.state, report.message.as_deref(), None, now, Some(report.seq)).await?;
-            Action {
-                state: report.state,
-                last_seq: report.seq,
-                error: report.message.clone().or(a.error.clone()),
-                deadline: if report.state.is_in_flight() { a.deadline } else { None },
-                updated_at: now,
-                ..a.clone()
+        let a = load_action(&mut tx, report.action_id).await?;
+        let out = apply_report(&mut tx, device_id, report, a, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Group commit: applies many reports in one write transaction, in order,
+    /// each exactly as [`Store::report_status`] would (two reports on one
+    /// action see each other). The actions are read in one query up front. A
+    /// report refused on its own merits (unknown action, another device's)
+    /// gets its own error and leaves no trace, because [`apply_report`] only
+    /// refuses before its first write. A database error fails the whole batch
+    /// (nothing of it is stored) and is returned as the outer error.
+    pub async fn report_statuses(
+        &self,
+        reports: &[(Uuid, StatusReport)],
+        now: i64,
+    ) -> Result<Vec<Result<(ReportOutcome, Action)>>> {
+        let mut tx = self.write_tx().await?;
+        let mut actions: HashMap<i64, Action> = HashMap::with_capacity(reports.len());
+        let mut ids: Vec<i64> = reports.iter().map(|(_, r)| r.action_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(500) {
+            // Integers only: formatted, not bound, to keep one statement per chunk.
+            let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            for row in sqlx::query(&format!("SELECT {ACTION_COLS} FROM actions WHERE id IN ({list})"))
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                let a = action_from_row(&row)?;
+                actions.insert(a.id, a);
             }
-        };
-        if report.state == ActionState::Succeeded {
-            sqlx::query(
-                "UPDATE devices SET previous_version = CASE WHEN current_version = $1 THEN previous_version ELSE current_version END, \
-                 current_version = $1, last_seen = $2 WHERE id = $3",
-            )
-            .bind(a.to_version.as_str())
-            .bind(now)
-            .bind(device_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        } else if let Some(v) = &report.current_version {
-            sqlx::query("UPDATE devices SET current_version = $1, last_seen = $2 WHERE id = $3 AND (current_version IS NULL OR current_version <> $1)")
-                .bind(v.as_str())
-                .bind(now)
-                .bind(device_id.to_string())
-                .execute(&mut *tx)
-                .await?;
+        }
+        let mut out = Vec::with_capacity(reports.len());
+        for (device_id, report) in reports {
+            let current = actions.get(&report.action_id).cloned();
+            match apply_report(&mut tx, *device_id, report, current, now).await {
+                Ok((outcome, a)) => {
+                    actions.insert(a.id, a.clone());
+                    out.push(Ok((outcome, a)));
+                }
+                Err(e @ (StoreError::NotFound(_) | StoreError::Conflict(_) | StoreError::Invalid(_))) => {
+                    out.push(Err(e))
+                }
+                Err(e) => return Err(e),
+            }
         }
         tx.commit().await?;
-        Ok((ReportOutcome::Applied, updated))
+        Ok(out)
     }
+}
+
+/// One status report inside a write transaction (see [`Store::report_status`]),
+/// given the action as it stands. Returns the action as it stands afterwards.
+///
+/// Invariant relied on by [`Store::report_statuses`]: every refusal (NotFound,
+/// Conflict) happens before this report's first write.
+async fn apply_report(
+    tx: &mut Tx,
+    device_id: Uuid,
+    report: &StatusReport,
+    action: Option<Action>,
+    now: i64,
+) -> Result<(ReportOutcome, Action)> {
+    let a = action
+        .filter(|a| a.device_id == device_id)
+        .ok_or_else(|| StoreError::NotFound(format!("action {} not found for this device", report.action_id)))?;
+    if report.seq <= a.last_seq {
+        return Ok((ReportOutcome::Duplicate, a));
+    }
+    if !report.state.is_reportable() || !a.state.is_in_flight() || !a.state.can_transition_to(report.state) {
+        // Stale (e.g. the action was retried or skipped meanwhile) or a step back.
+        let ev =
+            NewEvent::new("action.report_ignored", "device").device(device_id).action(a.id).rollout(a.rollout_id).data(
+                serde_json::json!({"state": a.state.as_str(), "reported": report.state.as_str(), "seq": report.seq}),
+            );
+        events::insert(tx, now, &ev).await?;
+        return Ok((ReportOutcome::Ignored, a));
+    }
+    let updated = if report.state == ActionState::Failed {
+        let r = load_rollout(tx, a.rollout_id).await?;
+        let msg = report.message.clone().unwrap_or_else(|| "device reported failure".into());
+        fail_action(tx, &r, &a, &msg, "device", now).await?;
+        sqlx::query("UPDATE actions SET last_seq = $1 WHERE id = $2")
+            .bind(report.seq)
+            .bind(a.id)
+            .execute(&mut **tx)
+            .await?;
+        load_action(tx, a.id).await?.ok_or_else(|| StoreError::NotFound("action vanished".into()))?
+    } else {
+        set_action_state(tx, &a, report.state, report.message.as_deref(), None, now, Some(report.seq)).await?;
+        Action {
+            state: report.state,
+            last_seq: report.seq,
+            error: report.message.clone().or(a.error.clone()),
+            deadline: if report.state.is_in_flight() { a.deadline } else { None },
+            updated_at: now,
+            ..a.clone()
+        }
+    };
+    if report.state == ActionState::Succeeded {
+        sqlx::query(
+            "UPDATE devices SET previous_version = CASE WHEN current_version = $1 THEN previous_version ELSE current_version END, \
+             current_version = $1, last_seen = $2 WHERE id = $3",
+        )
+        .bind(a.to_version.as_str())
+        .bind(now)
+        .bind(device_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    } else if let Some(v) = &report.current_version {
+        sqlx::query("UPDATE devices SET current_version = $1, last_seen = $2 WHERE id = $3 AND (current_version IS NULL OR current_version <> $1)")
+            .bind(v.as_str())
+            .bind(now)
+            .bind(device_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok((ReportOutcome::Applied, updated))
 }
 
 /// Writes an action's new state with its event.

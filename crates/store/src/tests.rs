@@ -252,6 +252,50 @@ async fn rollout_runs_through_waves_with_idempotent_reports(s: Store) {
     assert!(matches!(s.set_rollout_state(r.id, RolloutState::Running, None, "t").await, Err(StoreError::Conflict(_))));
 }
 
+both!(batched_reports_keep_each_outcome_and_refusals_leave_no_trace);
+async fn batched_reports_keep_each_outcome_and_refusals_leave_no_trace(s: Store) {
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"],"retries":0}"#).unwrap();
+    let r = make_rollout(&s, 3, spec).await;
+    assert_eq!(drive(&s, r.id, 1000).await[..2], [Decision::Start, Decision::Release { count: 3 }]);
+    let acts = s.list_actions(&ActionQuery { rollout_id: Some(r.id), limit: 10, ..Default::default() }).await.unwrap();
+    let (a, b, c) = (&acts[0], &acts[1], &acts[2]);
+    let stranger = Uuid::from_u128(999);
+    let events_before =
+        s.list_events(&EventQuery { rollout_id: Some(r.id), limit: 1000, ..Default::default() }).await.unwrap();
+    let batch = vec![
+        (a.device_id, report(a.id, 1, ActionState::Succeeded)),
+        // Someone else's action: refused, and nothing of it is stored.
+        (stranger, report(b.id, 1, ActionState::Succeeded)),
+        // The same report twice in one batch: the second is a duplicate.
+        (c.device_id, report(c.id, 1, ActionState::Installing)),
+        (c.device_id, report(c.id, 1, ActionState::Installing)),
+        (c.device_id, report(c.id, 2, ActionState::Failed)),
+        (a.device_id, report(a.id, 2, ActionState::Downloading)),
+    ];
+    let out = s.report_statuses(&batch, 1100).await.unwrap();
+    let outcomes: Vec<_> = out.iter().map(|o| o.as_ref().map(|(x, _)| *x).map_err(|e| e.to_string())).collect();
+    assert_eq!(outcomes[0], Ok(ReportOutcome::Applied));
+    assert!(matches!(out[1], Err(StoreError::NotFound(_))), "{outcomes:?}");
+    assert_eq!(outcomes[2], Ok(ReportOutcome::Applied));
+    assert_eq!(outcomes[3], Ok(ReportOutcome::Duplicate));
+    assert_eq!(outcomes[4], Ok(ReportOutcome::Applied));
+    // a already succeeded: a later step back is recorded as ignored.
+    assert_eq!(outcomes[5], Ok(ReportOutcome::Ignored));
+    assert_eq!(s.get_action(a.id).await.unwrap().unwrap().state, ActionState::Succeeded);
+    assert_eq!(s.get_action(b.id).await.unwrap().unwrap().state, ActionState::Notified);
+    assert_eq!(s.get_device(a.device_id).await.unwrap().unwrap().current_version.as_deref(), Some("2.0.0"));
+    // The failed report went through the retry policy (no retries: failed).
+    assert_eq!(s.get_action(c.id).await.unwrap().unwrap().state, ActionState::Failed);
+    let events =
+        s.list_events(&EventQuery { rollout_id: Some(r.id), limit: 1000, ..Default::default() }).await.unwrap();
+    let new: Vec<_> =
+        events.iter().filter(|e| !events_before.iter().any(|o| o.id == e.id)).map(|e| e.kind.as_str()).collect();
+    let mut kinds = new.clone();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["action.failed", "action.installing", "action.report_ignored", "action.succeeded"], "{new:?}");
+    assert!(events.iter().all(|e| e.action_id != Some(b.id) || events_before.iter().any(|o| o.id == e.id)));
+}
+
 both!(failed_canary_is_rolled_back_and_timeouts_retry);
 async fn failed_canary_is_rolled_back_and_timeouts_retry(s: Store) {
     let spec: StrategySpec =

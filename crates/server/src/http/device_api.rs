@@ -114,7 +114,8 @@ pub async fn status(
             return Err(ApiError::invalid("message", "at most 4096 bytes"));
         }
     }
-    let (outcome, action) = state.store.report_status(device, &report, otafleet_store::now_ms()).await?;
+    let current_version = report.current_version.clone();
+    let (outcome, action) = state.reports.submit(device, report).await?;
     let name = match outcome {
         ReportOutcome::Applied => "applied",
         ReportOutcome::Duplicate => "duplicate",
@@ -125,8 +126,8 @@ pub async fn status(
         // Keep the cached version in step with what the store just wrote.
         if action.state == otafleet_core::ActionState::Succeeded {
             state.caches.set_live(device, Some(action.to_version.clone()));
-        } else if report.current_version.is_some() {
-            state.caches.set_live(device, report.current_version.clone());
+        } else if current_version.is_some() {
+            state.caches.set_live(device, current_version);
         }
         state.driver_wake.notify_one();
     }
