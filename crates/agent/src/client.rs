@@ -213,13 +213,25 @@ impl DeviceClient {
         let mut got = resumed_from;
         let started = Instant::now();
         let mut this_session: u64 = 0;
+        // A cut connection ends the loop with an error, but what arrived is
+        // written out first: tokio's File finishes writes in the background, so
+        // without the flush below the next attempt could see (and resume after)
+        // a shorter file than the one being completed behind its back.
+        let mut cut: Option<DownloadError> = None;
         if status != StatusCode::RANGE_NOT_SATISFIABLE {
             loop {
-                let chunk = tokio::time::timeout(stall, res.chunk())
-                    .await
-                    .map_err(|_| Transient(anyhow!("GET {url}: no data for {stall:?} at byte {got}")))?
-                    .map_err(|e| Transient(anyhow!(e).context(format!("GET {url} at byte {got}"))))?;
-                let Some(chunk) = chunk else { break };
+                let chunk = match tokio::time::timeout(stall, res.chunk()).await {
+                    Err(_) => {
+                        cut = Some(Transient(anyhow!("GET {url}: no data for {stall:?} at byte {got}")));
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        cut = Some(Transient(anyhow!(e).context(format!("GET {url} at byte {got}"))));
+                        break;
+                    }
+                    Ok(Ok(None)) => break,
+                    Ok(Ok(Some(chunk))) => chunk,
+                };
                 got += chunk.len() as u64;
                 if got > size {
                     drop(file);
@@ -240,6 +252,9 @@ impl DeviceClient {
         file.flush().await.map_err(|e| Transient(anyhow!("writing {}: {e}", part.display())))?;
         file.sync_all().await.map_err(|e| Transient(anyhow!("syncing {}: {e}", part.display())))?;
         drop(file);
+        if let Some(e) = cut {
+            return Err(e);
+        }
         if got < size {
             return Err(Transient(anyhow!("GET {url}: the connection closed at byte {got} of {size}")));
         }
@@ -306,6 +321,12 @@ mod tests {
                 let _ = sock.write_all(head.as_bytes()).await;
                 let _ = sock.write_all(&body[start..end]).await;
                 let _ = sock.shutdown().await;
+                // Close only after the client did: dropping a socket at once may
+                // send a RST that makes the client's kernel discard bytes it
+                // already received, and the cut would land at a random place.
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sock, &mut tokio::io::sink()).await;
+                });
             }
         });
         (format!("http://{addr}"), seen)

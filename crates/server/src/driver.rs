@@ -10,6 +10,7 @@
 use crate::AppState;
 use otafleet_core::engine::Decision;
 use otafleet_store::now_ms;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -43,15 +44,46 @@ fn decision_name(d: &Decision) -> &'static str {
     }
 }
 
+/// Rollouts the last pass left idle, with the time the engine asked to be
+/// woken at (None: only a change can move it). Lets a timer tick skip the
+/// rollouts that are waiting on devices, so a thousand open rollouts cost a
+/// pass only when something happened to them.
+pub type IdleUntil = HashMap<i64, Option<i64>>;
+
+/// With a single process owning the database (SQLite), every change to a
+/// rollout comes through this process and nudges the driver, so a timer tick
+/// may skip idle rollouts; a full pass still runs this often, as a backstop.
+/// With PostgreSQL other replicas change rollouts too: every pass is full.
+const FULL_PASS_EVERY: Duration = Duration::from_secs(10);
+
 /// One pass over every drivable rollout. Returns the earliest requested wake-up.
-pub async fn pass(state: &AppState) -> Result<Option<i64>, otafleet_store::StoreError> {
+///
+/// `full == false` skips rollouts recorded in `idle` whose wake-up has not come.
+pub async fn pass(
+    state: &AppState,
+    idle: &mut IdleUntil,
+    full: bool,
+) -> Result<Option<i64>, otafleet_store::StoreError> {
     let now = now_ms();
     let expired = state.store.expire_actions(now, 5_000).await?;
     if expired > 0 {
         tracing::info!(expired, "actions timed out");
     }
+    // Timeouts change counts: everything is looked at again.
+    let full = full || expired > 0;
     let mut wake: Option<i64> = None;
-    for id in state.store.drivable_rollouts().await? {
+    let drivable = state.store.drivable_rollouts().await?;
+    idle.retain(|id, _| drivable.contains(id));
+    for id in drivable {
+        match idle.get(&id) {
+            Some(Some(t)) if !full && *t > now => {
+                wake = Some(wake.map_or(*t, |w| w.min(*t)));
+                continue;
+            }
+            Some(None) if !full => continue,
+            _ => {}
+        }
+        idle.remove(&id);
         for _ in 0..MAX_STEPS_PER_PASS {
             let now = now_ms();
             let (decision, notified) = state.store.drive_step(id, now).await?;
@@ -63,6 +95,7 @@ pub async fn pass(state: &AppState) -> Result<Option<i64>, otafleet_store::Store
                 if let Some(t) = wake_at {
                     wake = Some(wake.map_or(t, |w| w.min(t)));
                 }
+                idle.insert(id, wake_at);
                 break;
             }
             let name = decision_name(&decision);
@@ -84,6 +117,10 @@ pub async fn pass(state: &AppState) -> Result<Option<i64>, otafleet_store::Store
 pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(state.config.driver_tick_ms.max(10));
     let mut last_flush = std::time::Instant::now();
+    let single_owner = state.store.backend() == otafleet_store::Backend::Sqlite;
+    let mut idle = IdleUntil::new();
+    let mut last_full = std::time::Instant::now();
+    let mut nudged = true;
     loop {
         if *stop.borrow() {
             return;
@@ -95,7 +132,12 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         }
         let started = std::time::Instant::now();
-        let result = pass(&state).await;
+        let full = nudged || !single_owner || last_full.elapsed() >= FULL_PASS_EVERY;
+        if full {
+            last_full = std::time::Instant::now();
+        }
+        let result = pass(&state, &mut idle, full).await;
+        nudged = false;
         let pause = debounce(started.elapsed());
         let sleep_for = match result {
             Ok(wake) => {
@@ -110,6 +152,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(sleep_for) => {}
             _ = state.driver_wake.notified() => {
+                nudged = true;
                 // Status reports arrive in bursts: gather a few before reading
                 // counts again, so a big wave costs passes per burst, not per report.
                 tokio::time::sleep(pause).await;
@@ -122,6 +165,70 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::{create_rollout, CreateRollout, ReleaseRef};
+    use otafleet_core::protocol::StatusReport;
+    use otafleet_core::ActionState;
+    use otafleet_store::{ActionQuery, NewDevice, Store, Target};
+
+    /// A timer tick skips a rollout that waits on its devices; a full pass (a
+    /// nudge, or the periodic backstop) sees a change made behind its back.
+    #[tokio::test]
+    async fn ticks_skip_idle_rollouts_and_full_passes_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("d.db").display())).await.unwrap();
+        let devices: Vec<NewDevice> = (1..=2u128)
+            .map(|i| NewDevice {
+                id: uuid::Uuid::from_u128(i),
+                name: format!("d{i}"),
+                labels: Default::default(),
+                current_version: Some("1.0.0".into()),
+                token: None,
+            })
+            .collect();
+        store.insert_devices(&devices, "t").await.unwrap();
+        let state = AppState::new(store.clone(), crate::Config::default());
+        let r = create_rollout(
+            &state,
+            CreateRollout {
+                release: ReleaseRef::EnsureVersion("2.0.0".into()),
+                kind: "deploy",
+                target: Target::Selector(String::new()),
+                strategy: serde_json::from_str(r#"{"steps":[1,"100%"]}"#).unwrap(),
+                start_at: None,
+                actor: "t".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let mut idle = IdleUntil::new();
+        pass(&state, &mut idle, true).await.unwrap();
+        assert_eq!(idle.get(&r.id), Some(&None), "waiting on the canary, no timer");
+        let canary = store
+            .list_actions(&ActionQuery {
+                rollout_id: Some(r.id),
+                state: Some(ActionState::Notified),
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(canary.len(), 1);
+        let a = &canary[0];
+        let report = StatusReport {
+            action_id: a.id,
+            seq: 1,
+            state: ActionState::Succeeded,
+            message: None,
+            current_version: None,
+        };
+        store.report_status(a.device_id, &report, now_ms()).await.unwrap();
+        // A tick without a nudge leaves the idle rollout alone...
+        pass(&state, &mut idle, false).await.unwrap();
+        assert_eq!(store.get_rollout(r.id).await.unwrap().unwrap().current_wave, 0);
+        // ...a full pass moves it on to the next wave.
+        pass(&state, &mut idle, true).await.unwrap();
+        assert_eq!(store.get_rollout(r.id).await.unwrap().unwrap().current_wave, 1);
+    }
 
     #[test]
     fn debounce_follows_the_cost_of_a_pass_within_bounds() {

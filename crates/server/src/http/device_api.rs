@@ -88,6 +88,8 @@ pub async fn checkin(
             other => other?,
         };
         state.caches.set_live(device, c.device.current_version.clone());
+        // An install the device silently undid has just failed: the gate may move.
+        state.driver_wake.notify_one();
         c.action
     };
     let action = match action {
