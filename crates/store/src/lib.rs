@@ -19,7 +19,7 @@ mod rollouts;
 mod sql;
 mod tokens;
 
-pub use devices::{Device, DeviceQuery, NewDevice};
+pub use devices::{Device, DeviceQuery, NewDevice, TargetDevice};
 pub use enroll::{EnrollRefusal, EnrollmentToken, NewEnrollmentToken};
 pub use events::{Event, EventQuery, NewEvent};
 pub use releases::{Artifact, NewArtifact, NewRelease, Release};

@@ -9,7 +9,7 @@
 use crate::devices::{self, Device, DEVICE_COLS};
 use crate::events::{self, NewEvent};
 use crate::releases::Release;
-use crate::{now_ms, Result, RowExt, Store, StoreError};
+use crate::{now_ms, Backend, Result, RowExt, Store, StoreError};
 use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
 use otafleet_core::plan::Plan;
 use otafleet_core::protocol::StatusReport;
@@ -285,43 +285,42 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         let id = row.i64("id")?;
-        // Multi-row inserts: 9 parameters a row, well under both engines' limits.
-        const CHUNK: usize = 400;
-        let mut position = 0i64;
-        for (wave, devices) in new.plan.waves.iter().enumerate() {
-            for chunk in devices.chunks(CHUNK) {
-                let mut sql = String::from(
-                    "INSERT INTO actions (rollout_id, device_id, wave, position, kind, state, from_version, to_version, \
-                     attempts, last_seq, not_before, created_at, updated_at) VALUES ",
-                );
-                for i in 0..chunk.len() {
-                    let b = i * 6;
-                    if i > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str(&format!(
-                        "(${}, ${}, ${}, ${}, 'install', 'scheduled', ${}, ${}, 0, 0, 0, {now}, {now})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6
-                    ));
-                }
-                let mut q = sqlx::query(&sql);
-                for d in chunk {
-                    q = q
-                        .bind(id)
-                        .bind(d.to_string())
-                        .bind(wave as i64)
-                        .bind(position)
-                        .bind(new.from_versions.get(d).cloned().flatten())
-                        .bind(new.release.version.clone());
-                    position += 1;
-                }
-                q.execute(&mut *tx).await?;
+        // Set-based insert: the devices go in as one JSON array per statement
+        // ([id, wave, position, from_version] each), unpacked by the database,
+        // so 100,000 actions are a few statements rather than thousands of binds.
+        let unpack = match self.backend {
+            Backend::Sqlite => {
+                "SELECT $1, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), \
+                 'install', 'scheduled', json_extract(j.value, '$[3]'), $2, 0, 0, 0, $3, $3 FROM json_each($4) j"
             }
+            Backend::Postgres => {
+                "SELECT $1, j.value ->> 0, (j.value ->> 1)::bigint, (j.value ->> 2)::bigint, 'install', 'scheduled', \
+                 j.value ->> 3, $2, 0, 0, 0, $3, $3 FROM jsonb_array_elements($4::text::jsonb) j"
+            }
+        };
+        let sql = format!(
+            "INSERT INTO actions (rollout_id, device_id, wave, position, kind, state, from_version, to_version, \
+             attempts, last_seq, not_before, created_at, updated_at) {unpack}"
+        );
+        const CHUNK: usize = 20_000;
+        let rows: Vec<(usize, i64, &Uuid)> = new
+            .plan
+            .waves
+            .iter()
+            .enumerate()
+            .flat_map(|(wave, devices)| devices.iter().map(move |d| (wave, d)))
+            .enumerate()
+            .map(|(position, (wave, d))| (wave, position as i64, d))
+            .collect();
+        for chunk in rows.chunks(CHUNK) {
+            let items: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|(wave, position, d)| {
+                    serde_json::json!([d.to_string(), wave, position, new.from_versions.get(*d).cloned().flatten()])
+                })
+                .collect();
+            let doc = serde_json::Value::Array(items).to_string();
+            sqlx::query(&sql).bind(id).bind(new.release.version.as_str()).bind(now).bind(doc).execute(&mut *tx).await?;
         }
         let sizes: Vec<usize> = new.plan.waves.iter().map(Vec::len).collect();
         let ev = NewEvent::new("rollout.created", new.actor).rollout(id).data(serde_json::json!({
@@ -557,13 +556,14 @@ impl Store {
     }
 
     /// One driver step: read, decide, apply in one transaction. Returns the
-    /// decision taken and the devices that were handed an action (to notify).
+    /// decision taken and the actions it handed to devices (to notify them and
+    /// to answer their next check-in without a read).
     ///
     /// A cheap read outside any transaction filters out the common "nothing to
     /// do" case; otherwise the snapshot is read again inside the write
     /// transaction and that decision is the one applied, so concurrent status
     /// reports can never be decided over stale counts.
-    pub async fn drive_step(&self, id: i64, now: i64) -> Result<(Decision, Vec<Uuid>)> {
+    pub async fn drive_step(&self, id: i64, now: i64) -> Result<(Decision, Vec<Action>)> {
         let parts = self.snapshot(id, now).await?;
         let decision = engine::decide(&parts.snapshot(), now);
         if matches!(decision, Decision::Idle { .. }) {
@@ -586,11 +586,11 @@ impl Store {
             }
             Decision::Release { count } => {
                 let deadline = engine::deadline(&r.strategy.gate, now);
-                let rows = sqlx::query(
+                let rows = sqlx::query(&format!(
                     "UPDATE actions SET state = 'notified', attempts = attempts + 1, deadline = $1, updated_at = $2 \
                      WHERE id IN (SELECT id FROM actions WHERE rollout_id = $3 AND wave = $4 AND kind = 'install' \
-                     AND state = 'scheduled' AND not_before <= $2 ORDER BY position LIMIT $5) RETURNING device_id",
-                )
+                     AND state = 'scheduled' AND not_before <= $2 ORDER BY position LIMIT $5) RETURNING {ACTION_COLS}",
+                ))
                 .bind(deadline)
                 .bind(now)
                 .bind(id)
@@ -599,14 +599,14 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
                 for row in &rows {
-                    notified.push(row.parsed::<Uuid>("device_id")?);
+                    notified.push(action_from_row(row)?);
                 }
                 sqlx::query("UPDATE rollouts SET last_release_at = $1, updated_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                let sample: Vec<String> = notified.iter().take(10).map(Uuid::to_string).collect();
+                let sample: Vec<String> = notified.iter().take(10).map(|a| a.device_id.to_string()).collect();
                 let ev = NewEvent::new("rollout.released", actor).rollout(id).data(serde_json::json!({
                     "wave": r.current_wave, "count": notified.len(), "devices_sample": sample,
                 }));
@@ -663,7 +663,7 @@ impl Store {
                     "INSERT INTO actions (rollout_id, device_id, wave, position, kind, state, from_version, to_version, attempts, \
                      last_seq, not_before, deadline, created_at, updated_at) \
                      SELECT a.rollout_id, a.device_id, a.wave, a.position, 'rollback', 'notified', a.to_version, a.from_version, 1, 0, 0, $3, \
-                     $2, $2 {missing} RETURNING device_id"
+                     $2, $2 {missing} RETURNING {ACTION_COLS}"
                 ))
                 .bind(id)
                 .bind(now)
@@ -671,7 +671,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
                 for row in &rows {
-                    notified.push(row.parsed::<Uuid>("device_id")?);
+                    notified.push(action_from_row(row)?);
                 }
                 sqlx::query("UPDATE rollouts SET updated_at = $1 WHERE id = $2")
                     .bind(now)
@@ -700,8 +700,8 @@ impl Store {
     }
 
     /// Applies timeouts: in-flight actions past their deadline are retried with
-    /// backoff or failed. Returns how many actions changed.
-    pub async fn expire_actions(&self, now: i64, limit: i64) -> Result<usize> {
+    /// backoff or failed. Returns the devices whose action changed.
+    pub async fn expire_actions(&self, now: i64, limit: i64) -> Result<Vec<Uuid>> {
         let rows = sqlx::query(&format!(
             "SELECT id FROM actions WHERE deadline IS NOT NULL AND deadline <= $1 AND state IN {IN_FLIGHT} ORDER BY deadline LIMIT $2"
         ))
@@ -709,7 +709,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut changed = 0;
+        let mut changed = Vec::new();
         for row in rows {
             let id = row.i64("id")?;
             let mut tx = self.write_tx().await?;
@@ -721,7 +721,7 @@ impl Store {
             let msg = format!("no report within {} s (attempt {})", r.strategy.gate.timeout_secs, a.attempts);
             fail_action(&mut tx, &r, &a, &msg, "timeout", now).await?;
             tx.commit().await?;
-            changed += 1;
+            changed.push(a.device_id);
         }
         Ok(changed)
     }

@@ -111,6 +111,29 @@ async fn devices_crud_and_selectors(s: Store) {
     assert_eq!(kinds, vec!["device.registered", "device.labels_updated", "device.deleted"]);
 }
 
+both!(target_devices_read_what_planning_needs);
+async fn target_devices_read_what_planning_needs(s: Store) {
+    let mut no_type = dev(3, &[("site", "a")]);
+    no_type.current_version = None;
+    s.insert_devices(&[dev(1, &[("device_type", "esp32"), ("site", "a")]), dev(2, &[("site", "b")]), no_type], "t")
+        .await
+        .unwrap();
+    let all = s.target_devices(&Selector::default()).await.unwrap();
+    assert_eq!(all.iter().map(|d| d.id.as_u128()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(all[0].device_type.as_deref(), Some("esp32"));
+    assert_eq!(all[0].current_version.as_deref(), Some("1.0.0"));
+    assert_eq!(all[1].device_type, None);
+    assert_eq!(all[2].current_version, None);
+    let site_a = s.target_devices(&Selector::parse("site=a").unwrap()).await.unwrap();
+    assert_eq!(site_a.iter().map(|d| d.id.as_u128()).collect::<Vec<_>>(), vec![1, 3]);
+    // By id: unknown ids are absent, and more ids than one statement binds are read in chunks.
+    let mut ids: Vec<Uuid> = (1000..2200).map(Uuid::from_u128).collect();
+    ids.push(Uuid::from_u128(2));
+    let found = s.target_devices_by_id(&ids).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0], all[1]);
+}
+
 both!(releases_and_tokens);
 async fn releases_and_tokens(s: Store) {
     let new = NewRelease {
@@ -313,7 +336,7 @@ async fn failed_canary_is_rolled_back_and_timeouts_retry(s: Store) {
         .unwrap()[0]
         .clone();
     // No report within the timeout: retried after backoff.
-    assert_eq!(s.expire_actions(10_000, 100).await.unwrap(), 1);
+    assert_eq!(s.expire_actions(10_000, 100).await.unwrap().len(), 1);
     let a2 = s.get_action(a.id).await.unwrap().unwrap();
     assert_eq!((a2.state, a2.not_before), (ActionState::Scheduled, 11_000));
     assert_eq!(drive(&s, r.id, 10_500).await, vec![]);
