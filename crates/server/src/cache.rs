@@ -9,21 +9,33 @@
 //! - Releases by version: releases are immutable once created.
 //! - The rendered `GET /ota/jobs` body, validated by the newest event id
 //!   (every rollout change writes an event), also used as its ETag.
-//! - On SQLite only (one process owns the database): the *inbox*, the devices
-//!   that may have an action in flight. An idle device's check-in is then
-//!   answered without touching the database. The driver adds devices after it
-//!   commits a release; a check-in that finds nothing removes its device only if
-//!   no add happened since it looked (a generation number), so a release is
-//!   never hidden.
+//!
+//! On SQLite one process owns the database, so every change goes through this
+//! process and the caches may hold on longer:
+//!
+//! - Device tokens and versions are kept 10 minutes instead of 30 s (every
+//!   path that changes them here updates or drops the entry; the time limit
+//!   is only a backstop).
+//! - The *inbox*: the devices that may have an action in flight, with that
+//!   action when it is known. An idle device's check-in is answered without
+//!   touching the database, and so is a check-in for a known action. The
+//!   driver puts actions in after it commits their release; an applied status
+//!   report moves the cached action along (or drops it when it ends); a timeout
+//!   makes the entry unknown again (the next check-in reads the database). A
+//!   check-in that reads the database stores what it found only if nothing was
+//!   put in since it looked (a generation number), so a release is never hidden.
 
 use otafleet_core::DeviceHealth;
-use otafleet_store::{Release, Store, TokenRecord};
+use otafleet_store::{Action, Release, Store, TokenRecord};
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(30);
+
+/// How long device tokens and versions are kept when this process owns the database.
+const SINGLE_OWNER_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 pub struct Live {
@@ -37,13 +49,22 @@ pub enum Inbox {
     Disabled,
     /// Nothing in flight for this device.
     Empty,
-    /// Maybe something in flight; the generation to pass to [`Caches::inbox_clear`].
+    /// This action is in flight, as of the last change this process made to it.
+    Known(Box<Action>),
+    /// Maybe something in flight; the generation to pass to [`Caches::inbox_found`].
     Maybe(u64),
+}
+
+/// An inbox entry: when it was last put in, and the action if known.
+struct Entry {
+    generation: u64,
+    action: Option<Box<Action>>,
 }
 
 #[derive(Default)]
 pub struct Caches {
-    inbox: Option<Mutex<HashMap<Uuid, u64>>>,
+    ttl: Duration,
+    inbox: Option<Mutex<HashMap<Uuid, Entry>>>,
     generation: std::sync::atomic::AtomicU64,
     tokens: RwLock<HashMap<String, (TokenRecord, Instant)>>,
     device_tokens: RwLock<HashMap<String, (Uuid, Instant)>>,
@@ -62,40 +83,89 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Caches {
-    /// Caches with the check-in inbox on or off (on only for a single-process database).
-    pub fn new(inbox: bool) -> Self {
-        Caches { inbox: inbox.then(Default::default), ..Default::default() }
+    /// Caches for a database this process owns alone (SQLite: the inbox is
+    /// on and entries live longer) or shares with other replicas.
+    pub fn new(single_owner: bool) -> Self {
+        Caches {
+            inbox: single_owner.then(Default::default),
+            ttl: if single_owner { SINGLE_OWNER_TTL } else { TTL },
+            ..Default::default()
+        }
     }
 
-    /// Marks devices as possibly having an action in flight (after the commit).
+    fn with_inbox<R>(&self, f: impl FnOnce(&mut HashMap<Uuid, Entry>) -> R) -> Option<R> {
+        self.inbox.as_ref().map(|m| f(&mut m.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+
+    /// Marks devices as possibly having an action in flight, not known here
+    /// (at start, or after a change this process did not follow).
     pub fn inbox_add(&self, devices: &[Uuid]) {
-        if let Some(inbox) = &self.inbox {
-            let mut m = inbox.lock().unwrap_or_else(|p| p.into_inner());
+        self.with_inbox(|m| {
             for d in devices {
-                let g = self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                m.insert(*d, g);
+                m.insert(*d, Entry { generation: self.next_generation(), action: None });
             }
-        }
+        });
+    }
+
+    /// Puts in actions just released (after the commit).
+    pub fn inbox_put(&self, actions: &[Action]) {
+        self.with_inbox(|m| {
+            for a in actions {
+                let e = Entry { generation: self.next_generation(), action: Some(Box::new(a.clone())) };
+                m.insert(a.device_id, e);
+            }
+        });
     }
 
     pub fn inbox(&self, device: Uuid) -> Inbox {
-        match &self.inbox {
-            None => Inbox::Disabled,
-            Some(inbox) => match inbox.lock().unwrap_or_else(|p| p.into_inner()).get(&device) {
-                Some(g) => Inbox::Maybe(*g),
-                None => Inbox::Empty,
-            },
-        }
+        self.with_inbox(|m| match m.get(&device) {
+            Some(Entry { action: Some(a), .. }) => Inbox::Known(a.clone()),
+            Some(Entry { generation, action: None }) => Inbox::Maybe(*generation),
+            None => Inbox::Empty,
+        })
+        .unwrap_or(Inbox::Disabled)
     }
 
-    /// Forgets a device found idle, unless it was added again since `generation`.
-    pub fn inbox_clear(&self, device: Uuid, generation: u64) {
-        if let Some(inbox) = &self.inbox {
-            let mut m = inbox.lock().unwrap_or_else(|p| p.into_inner());
-            if m.get(&device) == Some(&generation) {
-                m.remove(&device);
+    /// Records what a database read found for a device (`Inbox::Maybe(generation)`),
+    /// unless something was put in since.
+    pub fn inbox_found(&self, device: Uuid, generation: u64, action: Option<&Action>) {
+        self.with_inbox(|m| {
+            if m.get(&device).map(|e| e.generation) == Some(generation) {
+                match action {
+                    Some(a) if a.state.is_in_flight() => {
+                        m.insert(device, Entry { generation, action: Some(Box::new(a.clone())) });
+                    }
+                    _ => {
+                        m.remove(&device);
+                    }
+                }
             }
-        }
+        });
+    }
+
+    /// Follows an applied status report: the cached action takes the stored
+    /// state, or leaves the inbox when it ended. Only the same action, and only
+    /// forward (reports of one device may finish out of order).
+    pub fn inbox_reported(&self, a: &Action) {
+        self.with_inbox(|m| {
+            let Some(e) = m.get_mut(&a.device_id) else { return };
+            let Some(cached) = e.action.as_mut().filter(|c| c.id == a.id && c.last_seq <= a.last_seq) else { return };
+            if a.state.is_in_flight() {
+                **cached = a.clone();
+            } else {
+                m.remove(&a.device_id);
+            }
+        });
+    }
+
+    /// Forgets what is known of these devices' actions (a timeout changed
+    /// them behind the inbox's back): their next check-in reads the database.
+    pub fn inbox_unknown(&self, devices: &[Uuid]) {
+        self.inbox_add(devices);
     }
 
     pub async fn token(&self, store: &Store, secret: &str) -> Result<Option<TokenRecord>, otafleet_store::StoreError> {
@@ -113,7 +183,7 @@ impl Caches {
 
     pub async fn device_id(&self, store: &Store, secret: &str) -> Result<Option<Uuid>, otafleet_store::StoreError> {
         if let Some((id, at)) = read(&self.device_tokens).get(secret) {
-            if at.elapsed() < TTL {
+            if at.elapsed() < self.ttl {
                 return Ok(Some(*id));
             }
         }
@@ -126,7 +196,7 @@ impl Caches {
 
     /// The cached running version of a device, if fresh.
     pub fn live(&self, id: Uuid) -> Option<Live> {
-        read(&self.devices).get(&id).filter(|l| l.fetched.elapsed() < TTL).cloned()
+        read(&self.devices).get(&id).filter(|l| l.fetched.elapsed() < self.ttl).cloned()
     }
 
     pub fn set_live(&self, id: Uuid, version: Option<String>) {
@@ -137,6 +207,7 @@ impl Caches {
         write(&self.devices).remove(&id);
         write(&self.device_tokens).retain(|_, (d, _)| *d != id);
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.with_inbox(|m| m.remove(&id));
     }
 
     /// Queues a check-in's health for the next batch write of last-seen times.
@@ -178,5 +249,109 @@ impl Caches {
 
     pub fn set_jobs(&self, validator: i64, body: axum::body::Bytes) {
         *self.jobs.lock().unwrap_or_else(|p| p.into_inner()) = Some((validator, body));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otafleet_core::{ActionKind, ActionState};
+
+    fn action(id: i64, device: Uuid, state: ActionState, seq: i64) -> Action {
+        Action {
+            id,
+            rollout_id: 1,
+            device_id: device,
+            wave: 0,
+            position: 0,
+            kind: ActionKind::Install,
+            state,
+            from_version: Some("1.0.0".into()),
+            to_version: "2.0.0".into(),
+            attempts: 1,
+            last_seq: seq,
+            not_before: 0,
+            deadline: Some(1),
+            error: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn known(c: &Caches, d: Uuid) -> Option<(i64, ActionState)> {
+        match c.inbox(d) {
+            Inbox::Known(a) => Some((a.id, a.state)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn shared_database_has_no_inbox() {
+        let c = Caches::new(false);
+        let d = Uuid::new_v4();
+        c.inbox_put(&[action(1, d, ActionState::Notified, 0)]);
+        assert!(matches!(c.inbox(d), Inbox::Disabled));
+        assert_eq!(c.ttl, TTL);
+    }
+
+    #[test]
+    fn released_action_is_answered_then_followed_to_its_end() {
+        let c = Caches::new(true);
+        let d = Uuid::new_v4();
+        assert!(matches!(c.inbox(d), Inbox::Empty));
+        c.inbox_put(&[action(7, d, ActionState::Notified, 0)]);
+        assert_eq!(known(&c, d), Some((7, ActionState::Notified)));
+        c.inbox_reported(&action(7, d, ActionState::Installing, 2));
+        assert_eq!(known(&c, d), Some((7, ActionState::Installing)));
+        // An older report finishing later does not move it back.
+        c.inbox_reported(&action(7, d, ActionState::Downloading, 1));
+        assert_eq!(known(&c, d), Some((7, ActionState::Installing)));
+        // Another action's report leaves it alone.
+        c.inbox_reported(&action(8, d, ActionState::Succeeded, 5));
+        assert_eq!(known(&c, d), Some((7, ActionState::Installing)));
+        c.inbox_reported(&action(7, d, ActionState::Succeeded, 3));
+        assert!(matches!(c.inbox(d), Inbox::Empty));
+    }
+
+    #[test]
+    fn a_read_does_not_hide_a_release_made_meanwhile() {
+        let c = Caches::new(true);
+        let d = Uuid::new_v4();
+        c.inbox_add(&[d]);
+        let Inbox::Maybe(g) = c.inbox(d) else { panic!("expected Maybe") };
+        // The driver releases an action while the check-in reads the database...
+        c.inbox_put(&[action(3, d, ActionState::Notified, 0)]);
+        // ...which found nothing: the release stays.
+        c.inbox_found(d, g, None);
+        assert_eq!(known(&c, d), Some((3, ActionState::Notified)));
+    }
+
+    #[test]
+    fn a_read_settles_an_unknown_entry() {
+        let c = Caches::new(true);
+        let (idle, busy, done) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        c.inbox_add(&[idle, busy, done]);
+        for (d, found) in [
+            (idle, None),
+            (busy, Some(action(4, busy, ActionState::Downloading, 1))),
+            (done, Some(action(5, done, ActionState::Succeeded, 2))),
+        ] {
+            let Inbox::Maybe(g) = c.inbox(d) else { panic!("expected Maybe") };
+            c.inbox_found(d, g, found.as_ref());
+        }
+        assert!(matches!(c.inbox(idle), Inbox::Empty));
+        assert_eq!(known(&c, busy), Some((4, ActionState::Downloading)));
+        assert!(matches!(c.inbox(done), Inbox::Empty));
+    }
+
+    #[test]
+    fn timeouts_and_deleted_devices_drop_what_is_known() {
+        let c = Caches::new(true);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        c.inbox_put(&[action(1, a, ActionState::Notified, 0), action(2, b, ActionState::Notified, 0)]);
+        c.inbox_unknown(&[a]);
+        assert!(matches!(c.inbox(a), Inbox::Maybe(_)));
+        c.forget_device(b);
+        assert!(matches!(c.inbox(b), Inbox::Empty));
     }
 }

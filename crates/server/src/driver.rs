@@ -66,11 +66,12 @@ pub async fn pass(
 ) -> Result<Option<i64>, otafleet_store::StoreError> {
     let now = now_ms();
     let expired = state.store.expire_actions(now, 5_000).await?;
-    if expired > 0 {
-        tracing::info!(expired, "actions timed out");
+    if !expired.is_empty() {
+        tracing::info!(expired = expired.len(), "actions timed out");
+        state.caches.inbox_unknown(&expired);
     }
     // Timeouts change counts: everything is looked at again.
-    let full = full || expired > 0;
+    let full = full || !expired.is_empty();
     let mut wake: Option<i64> = None;
     let drivable = state.store.drivable_rollouts().await?;
     idle.retain(|id, _| drivable.contains(id));
@@ -86,10 +87,10 @@ pub async fn pass(
         idle.remove(&id);
         for _ in 0..MAX_STEPS_PER_PASS {
             let now = now_ms();
-            let (decision, notified) = state.store.drive_step(id, now).await?;
-            state.caches.inbox_add(&notified);
-            if let Some(push) = state.mqtt.as_ref().filter(|_| !notified.is_empty()) {
-                push.notify(&notified);
+            let (decision, released) = state.store.drive_step(id, now).await?;
+            state.caches.inbox_put(&released);
+            if let Some(push) = state.mqtt.as_ref().filter(|_| !released.is_empty()) {
+                push.notify(&released.iter().map(|a| a.device_id).collect::<Vec<_>>());
             }
             if let Decision::Idle { wake_at } = decision {
                 if let Some(t) = wake_at {
@@ -104,7 +105,7 @@ pub async fn pass(
             match &decision {
                 Decision::Fail { reason, .. } => tracing::warn!(rollout = id, %reason, "rollout failed its gate"),
                 Decision::Release { .. } | Decision::CreateRollbacks { .. } => {
-                    tracing::debug!(rollout = id, decision = name, devices = notified.len())
+                    tracing::debug!(rollout = id, decision = name, devices = released.len())
                 }
                 _ => tracing::info!(rollout = id, decision = name, "rollout step"),
             }

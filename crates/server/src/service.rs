@@ -5,8 +5,9 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::AppState;
 use otafleet_core::plan::{plan, Candidate};
 use otafleet_core::{DeviceHealth, Selector, StrategySpec};
-use otafleet_store::{Device, DeviceQuery, NewRollout, Release, Rollout, StoreError, Target};
-use std::collections::HashMap;
+use otafleet_store::{NewRollout, Release, Rollout, StoreError, Target, TargetDevice};
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
 
 /// Which release a rollout installs.
 pub enum ReleaseRef {
@@ -24,21 +25,6 @@ pub struct CreateRollout {
     pub strategy: StrategySpec,
     pub start_at: Option<i64>,
     pub actor: String,
-}
-
-/// Every device matching a selector (all pages).
-pub async fn devices_matching(state: &AppState, selector: &Selector) -> ApiResult<Vec<Device>> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = state.store.list_devices(&DeviceQuery { selector: selector.clone(), after, limit: 10_000 }).await?;
-        let done = page.len() < 10_000;
-        after = page.last().map(|d| d.id);
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
 }
 
 async fn resolve_release(state: &AppState, r: &ReleaseRef, actor: &str) -> ApiResult<Release> {
@@ -69,17 +55,15 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<R
     let devices = match &req.target {
         Target::Selector(s) => {
             let sel = Selector::parse(s).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
-            devices_matching(state, &sel).await?
+            state.store.target_devices(&sel).await?
         }
         Target::Devices(ids) => {
-            let mut found = Vec::with_capacity(ids.len());
-            let mut missing = Vec::new();
-            for id in ids {
-                match state.store.get_device(*id).await? {
-                    Some(d) => found.push(d),
-                    None => missing.push(id.to_string()),
-                }
-            }
+            let mut unique = ids.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            let found = state.store.target_devices_by_id(&unique).await?;
+            let known: HashSet<Uuid> = found.iter().map(|d| d.id).collect();
+            let missing: Vec<String> = unique.iter().filter(|id| !known.contains(id)).map(Uuid::to_string).collect();
             if !missing.is_empty() {
                 return Err(ApiError::invalid("devices", format!("unknown devices: {}", missing.join(", "))));
             }
@@ -89,13 +73,13 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<R
     let t_resolve = t0.elapsed();
     let busy = state.store.busy_devices().await?;
     let online_after = otafleet_store::now_ms() - 3 * state.config.poll_interval_secs as i64 * 1000;
-    let eligible: Vec<&Device> = devices
+    let eligible: Vec<&TargetDevice> = devices
         .iter()
         .filter(|d| d.current_version.as_deref() != Some(release.version.as_str()))
         .filter(|d| !busy.contains(&d.id))
         .filter(|d| {
             release.compatible.is_empty()
-                || d.labels.get("device_type").is_some_and(|t| release.compatible.iter().any(|c| c == t))
+                || d.device_type.as_ref().is_some_and(|t| release.compatible.iter().any(|c| c == t))
         })
         .collect();
     let candidates = eligible

@@ -31,8 +31,9 @@ impl FromRequestParts<AppState> for DeviceCaller {
 
 /// Check in: report the running version and health; get the action to perform, if any.
 ///
-/// The common case — the device runs the version we know — is a cache hit and
-/// one indexed read; last-seen and health are written in batches. A changed
+/// The common case — the device runs the version we know — is answered from
+/// the caches (on PostgreSQL with one indexed read); last-seen and health are
+/// written in batches. A changed
 /// version takes the transactional path (`Store::checkin`), which also detects
 /// a device that rolled back on its own.
 #[utoipa::path(post, path = "/device/v1/checkin", request_body(content = Object, description = "CheckinRequest"),
@@ -68,12 +69,11 @@ pub async fn checkin(
         state.caches.saw(device, req.health.unwrap_or(DeviceHealth::Unknown));
         match state.caches.inbox(device) {
             Inbox::Empty => None,
+            Inbox::Known(a) => Some(*a),
             Inbox::Disabled => state.store.inflight_action(device).await?,
             Inbox::Maybe(generation) => {
                 let a = state.store.inflight_action(device).await?;
-                if a.is_none() {
-                    state.caches.inbox_clear(device, generation);
-                }
+                state.caches.inbox_found(device, generation, a.as_ref());
                 a
             }
         }
@@ -88,6 +88,8 @@ pub async fn checkin(
             other => other?,
         };
         state.caches.set_live(device, c.device.current_version.clone());
+        // The store may have failed the action the inbox holds: read it again next time.
+        state.caches.inbox_unknown(&[device]);
         // An install the device silently undid has just failed: the gate may move.
         state.driver_wake.notify_one();
         c.action
@@ -131,7 +133,12 @@ pub async fn status(
         } else if current_version.is_some() {
             state.caches.set_live(device, current_version);
         }
+        state.caches.inbox_reported(&action);
         state.driver_wake.notify_one();
+    } else if outcome == ReportOutcome::Ignored {
+        // The stored action moved on without this process following it (e.g. a
+        // timeout): what the inbox holds for the device may be stale.
+        state.caches.inbox_unknown(&[device]);
     }
     Ok(Json(StatusAck { action_id: action.id, outcome: name.to_string(), state: action.state }))
 }
