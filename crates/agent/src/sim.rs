@@ -104,6 +104,8 @@ impl SimStats {
 pub struct SimFleet {
     pub stats: Arc<SimStats>,
     pub device_ids: Vec<String>,
+    /// The devices' bearer tokens, in the order of `device_ids`.
+    pub device_tokens: Vec<String>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -172,6 +174,7 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::with_capacity(creds.len());
     let device_ids = creds.iter().map(|(id, _)| id.clone()).collect();
+    let device_tokens = creds.iter().map(|(_, tok)| tok.clone()).collect();
     for (i, (_, tok)) in creds.into_iter().enumerate() {
         let dev = SimDevice {
             client: DeviceClient::new(&base, &tok, http.clone()),
@@ -185,7 +188,7 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
         };
         tasks.push(tokio::spawn(dev.run(stopped.clone())));
     }
-    Ok(SimFleet { stats, device_ids, stop, tasks })
+    Ok(SimFleet { stats, device_ids, device_tokens, stop, tasks })
 }
 
 struct SimDevice {

@@ -6,7 +6,9 @@
 //!   /api/v1/devices` and `POST /device/v1/checkin`, each against a bare axum
 //!   handler served the same way, with the same load generator, in the same run.
 //! - `rollout`: a simulated fleet against a separate `otafleet serve` process:
-//!   wall time of a canary → 10% → 100% rollout.
+//!   wall time of a canary → 10% → 100% rollout; then, with the fleet stopped,
+//!   saturated check-ins/s of the fleet's devices (every request a different
+//!   device) against a bare axum handler in a separate process of its own.
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -50,6 +52,18 @@ pub enum BenchCmd {
         /// Database of the server (default: a temporary SQLite file).
         #[arg(long)]
         database_url: Option<String>,
+        /// Seconds per check-in throughput measurement after the rollout.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent keep-alive connections for the throughput measurement.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// A bare axum server (the yardstick `rollout` starts as a separate process).
+    #[command(hide = true)]
+    Bare {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
     },
     /// The FlashJob operator against the in-process fake Kubernetes API server.
     Flashjob {
@@ -149,10 +163,10 @@ where
     Ok(rate)
 }
 
-/// A bare axum server answering a small JSON document: the yardstick.
-async fn bare_server(big: axum::body::Bytes) -> Result<String> {
+/// The yardstick: a bare axum router answering small JSON documents.
+fn bare_router(big: axum::body::Bytes) -> axum::Router {
     use axum::routing::{get, post};
-    let app = axum::Router::new()
+    axum::Router::new()
         .route("/bare", get(|| async { axum::Json(json!({"ok": true})) }))
         .route(
             "/bare",
@@ -161,7 +175,12 @@ async fn bare_server(big: axum::body::Bytes) -> Result<String> {
         .route(
             "/bare/big",
             get(move || async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], big.clone()) }),
-        );
+        )
+}
+
+/// A bare axum server in this process.
+async fn bare_server(big: axum::body::Bytes) -> Result<String> {
+    let app = bare_router(big);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -250,41 +269,88 @@ async fn bench_http(seconds: u64, concurrency: usize, jobs: usize) -> Result<()>
     Ok(())
 }
 
+/// Starts this binary as a child process with `args`, and waits until it answers HTTP on `port`.
+async fn child(args: &[&str], port: u16, env: &[(&str, &str)]) -> Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.args(args).stdout(std::process::Stdio::null()).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting otafleet {}", args.join(" ")))?;
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("otafleet {} exited early: {status}", args.join(" "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("otafleet {} did not answer on port {port}", args.join(" "))
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc` (Linux;
+/// `None` elsewhere). `/proc` counts in USER_HZ, 100 per second on Linux.
+fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+}
+
+/// A load measurement against a child process, with the CPU time the child
+/// spent per request (microseconds), when it can be read.
+async fn load_child<F>(
+    label: &str,
+    seconds: u64,
+    concurrency: usize,
+    pid: Option<u32>,
+    make: F,
+) -> Result<(f64, Option<f64>)>
+where
+    F: Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let c0 = cpu_secs(pid);
+    let rate = load(label, seconds, concurrency, make).await?;
+    let per_req = match (c0, cpu_secs(pid)) {
+        (Some(a), Some(b)) => Some((b - a) / (rate * seconds as f64) * 1e6),
+        _ => None,
+    };
+    if let Some(us) = per_req {
+        println!("  {:<34} {us:>10.1} µs of server CPU per request", "");
+    }
+    Ok((rate, per_req))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 async fn bench_rollout(
     devices: usize,
     poll_ms: u64,
     max_connections: usize,
     database_url: Option<String>,
+    seconds: u64,
+    concurrency: usize,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let db = database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let admin = otafleet_server::new_secret("ota");
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &db,
-            "--poll-interval-secs",
-            &(poll_ms / 1000).max(1).to_string(),
-        ])
-        .env("OTAFLEET_ADMIN_TOKEN", &admin)
-        .env("OTAFLEET_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting otafleet serve")?;
+    let listen = format!("127.0.0.1:{port}");
+    let poll = (poll_ms / 1000).max(1).to_string();
+    let mut server = child(
+        &["serve", "--listen", &listen, "--database-url", &db, "--poll-interval-secs", &poll],
+        port,
+        &[("OTAFLEET_ADMIN_TOKEN", &admin), ("OTAFLEET_LOG", "warn")],
+    )
+    .await?;
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    for _ in 0..100 {
-        if http.get(&base).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let t_reg = Instant::now();
     let args = SimArgs {
         devices,
@@ -351,8 +417,38 @@ async fn bench_rollout(
     let checkins = fleet.stats.checkins.load(Ordering::Relaxed) - checkins0;
     println!("  rollout {state} in {wall:.1} s ({:.0} check-ins/s served meanwhile)", checkins as f64 / wall);
     println!("  fleet: {}", fleet.stats.line());
+    let tokens = Arc::new(fleet.device_tokens.clone());
     fleet.stop().await;
-    let _ = child.kill().await;
+    if state != "succeeded" {
+        bail!("rollout {id} ended {state}");
+    }
+
+    // Saturated check-ins, each request from the next device of the fleet,
+    // against a bare axum POST handler in a separate process of the same binary.
+    let bare_port = free_port()?;
+    let mut bare = child(&["bench", "bare", "--listen", &format!("127.0.0.1:{bare_port}")], bare_port, &[]).await?;
+    println!("check-ins: {concurrency} connections, {seconds} s each, {} devices in turn", tokens.len());
+    let (b, b_cpu) = load_child("bare axum POST (separate process)", seconds, concurrency, bare.id(), {
+        let u = format!("http://127.0.0.1:{bare_port}/bare");
+        move |c, i| c.post(&u).json(&json!({"current_version": "2.0.0", "health": "healthy", "i": i}))
+    })
+    .await?;
+    let _ = bare.kill().await;
+    let (chk, chk_cpu) = load_child("POST /device/v1/checkin", seconds, concurrency, server.id(), {
+        let (u, tokens) = (format!("{base}/device/v1/checkin"), tokens.clone());
+        move |c, i| {
+            c.post(&u)
+                .bearer_auth(&tokens[i as usize % tokens.len()])
+                .json(&json!({"current_version": "2.0.0", "health": "healthy"}))
+        }
+    })
+    .await?;
+    println!("  ratio check-ins / bare axum: {:.3} in req/s", chk / b);
+    if let (Some(b), Some(c)) = (b_cpu, chk_cpu) {
+        // The load generator shares the machine: CPU per request is the fairer measure.
+        println!("                               {:.3} in requests per server CPU second", b / c);
+    }
+    let _ = server.kill().await;
     Ok(())
 }
 
@@ -360,8 +456,13 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Plan { devices } => bench_plan(devices),
         BenchCmd::Http { seconds, concurrency, jobs } => bench_http(seconds, concurrency, jobs).await,
-        BenchCmd::Rollout { devices, poll_ms, max_connections, database_url } => {
-            bench_rollout(devices, poll_ms, max_connections, database_url).await
+        BenchCmd::Rollout { devices, poll_ms, max_connections, database_url, seconds, concurrency } => {
+            bench_rollout(devices, poll_ms, max_connections, database_url, seconds, concurrency).await
+        }
+        BenchCmd::Bare { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            axum::serve(listener, bare_router(axum::body::Bytes::from_static(b"{}"))).await?;
+            Ok(())
         }
         BenchCmd::Flashjob { uuids, max_flash_pods } => {
             let r = otafleet_k8s::bench::bench_flashjob(uuids, max_flash_pods).await?;
