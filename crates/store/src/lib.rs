@@ -15,6 +15,7 @@ mod devices;
 mod enroll;
 mod events;
 mod releases;
+mod report_writes;
 mod rollouts;
 mod sql;
 mod tokens;

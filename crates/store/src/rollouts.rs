@@ -9,6 +9,7 @@
 use crate::devices::{self, Device, DEVICE_COLS};
 use crate::events::{self, NewEvent};
 use crate::releases::Release;
+use crate::report_writes::ReportWrites;
 use crate::{now_ms, Backend, Result, RowExt, Store, StoreError};
 use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
 use otafleet_core::plan::Plan;
@@ -826,7 +827,9 @@ impl Store {
     ) -> Result<(ReportOutcome, Action)> {
         let mut tx = self.write_tx().await?;
         let a = load_action(&mut tx, report.action_id).await?;
-        let out = apply_report(&mut tx, device_id, report, a, now).await?;
+        let mut w = ReportWrites::new(self.backend);
+        let out = apply_report(&mut tx, &mut w, device_id, report, a, now).await?;
+        w.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -860,9 +863,10 @@ impl Store {
             }
         }
         let mut out = Vec::with_capacity(reports.len());
+        let mut w = ReportWrites::new(self.backend);
         for (device_id, report) in reports {
             let current = actions.get(&report.action_id).cloned();
-            match apply_report(&mut tx, *device_id, report, current, now).await {
+            match apply_report(&mut tx, &mut w, *device_id, report, current, now).await {
                 Ok((outcome, a)) => {
                     actions.insert(a.id, a.clone());
                     out.push(Ok((outcome, a)));
@@ -873,6 +877,7 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+        w.flush(&mut tx, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -880,11 +885,14 @@ impl Store {
 
 /// One status report inside a write transaction (see [`Store::report_status`]),
 /// given the action as it stands. Returns the action as it stands afterwards.
+/// Its writes go to `w`, which the caller flushes before committing; a failure
+/// report, which reads back what it writes, flushes `w` first.
 ///
 /// Invariant relied on by [`Store::report_statuses`]: every refusal (NotFound,
 /// Conflict) happens before this report's first write.
 async fn apply_report(
     tx: &mut Tx,
+    w: &mut ReportWrites,
     device_id: Uuid,
     report: &StatusReport,
     action: Option<Action>,
@@ -902,10 +910,11 @@ async fn apply_report(
             NewEvent::new("action.report_ignored", "device").device(device_id).action(a.id).rollout(a.rollout_id).data(
                 serde_json::json!({"state": a.state.as_str(), "reported": report.state.as_str(), "seq": report.seq}),
             );
-        events::insert(tx, now, &ev).await?;
+        w.event(ev);
         return Ok((ReportOutcome::Ignored, a));
     }
     let updated = if report.state == ActionState::Failed {
+        w.flush(tx, now).await?;
         let r = load_rollout(tx, a.rollout_id).await?;
         let msg = report.message.clone().unwrap_or_else(|| "device reported failure".into());
         fail_action(tx, &r, &a, &msg, "device", now).await?;
@@ -916,35 +925,48 @@ async fn apply_report(
             .await?;
         load_action(tx, a.id).await?.ok_or_else(|| StoreError::NotFound("action vanished".into()))?
     } else {
-        set_action_state(tx, &a, report.state, report.message.as_deref(), None, now, Some(report.seq)).await?;
-        Action {
-            state: report.state,
+        let to = report.state;
+        let updated = Action {
+            state: to,
             last_seq: report.seq,
             error: report.message.clone().or(a.error.clone()),
-            deadline: if report.state.is_in_flight() { a.deadline } else { None },
+            deadline: if to.is_in_flight() { a.deadline } else { None },
             updated_at: now,
             ..a.clone()
-        }
+        };
+        w.action(updated.clone());
+        w.event(action_event(&a, to, report.message.as_deref()));
+        updated
     };
-    if report.state == ActionState::Succeeded {
-        sqlx::query(
-            "UPDATE devices SET previous_version = CASE WHEN current_version = $1 THEN previous_version ELSE current_version END, \
-             current_version = $1, last_seen = $2 WHERE id = $3",
-        )
-        .bind(a.to_version.as_str())
-        .bind(now)
-        .bind(device_id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    } else if let Some(v) = &report.current_version {
-        sqlx::query("UPDATE devices SET current_version = $1, last_seen = $2 WHERE id = $3 AND (current_version IS NULL OR current_version <> $1)")
-            .bind(v.as_str())
-            .bind(now)
-            .bind(device_id.to_string())
-            .execute(&mut **tx)
-            .await?;
+    let device_write = if report.state == ActionState::Succeeded {
+        Some((true, a.to_version.as_str()))
+    } else {
+        report.current_version.as_deref().map(|v| (false, v))
+    };
+    if let Some((installed, version)) = device_write {
+        if w.has_device(device_id) {
+            w.flush(tx, now).await?;
+        }
+        if installed {
+            w.installed(device_id, version);
+        } else {
+            w.runs(device_id, version);
+        }
     }
     Ok((ReportOutcome::Applied, updated))
+}
+
+/// The event recording an action's move to `to`.
+fn action_event(a: &Action, to: ActionState, message: Option<&str>) -> NewEvent {
+    let mut data = serde_json::json!({"from": a.state.as_str(), "to": to.as_str(), "kind": a.kind.as_str(), "attempt": a.attempts});
+    if let Some(m) = message {
+        data["message"] = m.into();
+    }
+    NewEvent::new(&format!("action.{}", to.as_str()), "device")
+        .rollout(a.rollout_id)
+        .device(a.device_id)
+        .action(a.id)
+        .data(data)
 }
 
 /// Writes an action's new state with its event.
@@ -972,16 +994,7 @@ async fn set_action_state(
     .bind(last_seq)
     .execute(&mut **tx)
     .await?;
-    let mut data = serde_json::json!({"from": a.state.as_str(), "to": to.as_str(), "kind": a.kind.as_str(), "attempt": a.attempts});
-    if let Some(m) = message {
-        data["message"] = m.into();
-    }
-    let ev = NewEvent::new(&format!("action.{}", to.as_str()), "device")
-        .rollout(a.rollout_id)
-        .device(a.device_id)
-        .action(a.id)
-        .data(data);
-    events::insert(tx, now, &ev).await
+    events::insert(tx, now, &action_event(a, to, message)).await
 }
 
 /// A failed attempt: retried with backoff while retries remain and the rollout

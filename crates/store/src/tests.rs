@@ -319,6 +319,100 @@ async fn batched_reports_keep_each_outcome_and_refusals_leave_no_trace(s: Store)
     assert!(events.iter().all(|e| e.action_id != Some(b.id) || events_before.iter().any(|o| o.id == e.id)));
 }
 
+/// A batch stores exactly what the same reports store one by one: actions,
+/// devices and events (the batch buffers its writes; see `report_writes`).
+async fn batch_stores_what_one_by_one_stores(one: Store, batched: Store) {
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"],"retries":1,"backoff_secs":1}"#).unwrap();
+    let (r1, r2) = (make_rollout(&one, 4, spec.clone()).await, make_rollout(&batched, 4, spec).await);
+    drive(&one, r1.id, 1000).await;
+    drive(&batched, r2.id, 1000).await;
+    let q = |id| ActionQuery { rollout_id: Some(id), limit: 10, ..Default::default() };
+    let acts = one.list_actions(&q(r1.id)).await.unwrap();
+    assert_eq!(acts.len(), 4);
+    let (a, b, c, d) = (&acts[0], &acts[1], &acts[2], &acts[3]);
+    let with = |mut r: StatusReport, msg: Option<&str>, v: Option<&str>| {
+        r.message = msg.map(str::to_string);
+        r.current_version = v.map(str::to_string);
+        r
+    };
+    let reports = vec![
+        // a: every step, a message on one, versions on the way, success.
+        (a.device_id, with(report(a.id, 1, ActionState::Downloading), Some("fetching"), None)),
+        (a.device_id, with(report(a.id, 2, ActionState::Installing), None, Some("1.0.0"))),
+        (b.device_id, with(report(b.id, 1, ActionState::Downloading), None, Some("1.5.0"))),
+        (a.device_id, report(a.id, 3, ActionState::Verifying)),
+        (a.device_id, with(report(a.id, 4, ActionState::Succeeded), None, Some("2.0.0"))),
+        // b: a second device write in the batch, then a failure (retried: scheduled again).
+        (b.device_id, with(report(b.id, 2, ActionState::Installing), None, Some("1.6.0"))),
+        (b.device_id, with(report(b.id, 3, ActionState::Failed), Some("disk full"), Some("1.6.0"))),
+        // c: duplicate, stale and a report after the end.
+        (c.device_id, report(c.id, 2, ActionState::Installing)),
+        (c.device_id, report(c.id, 1, ActionState::Downloading)),
+        (c.device_id, report(c.id, 3, ActionState::Succeeded)),
+        (c.device_id, report(c.id, 4, ActionState::Downloading)),
+        // d: a step back is ignored.
+        (d.device_id, report(d.id, 1, ActionState::Verifying)),
+        (d.device_id, report(d.id, 2, ActionState::Downloading)),
+    ];
+    let mut seq_out = Vec::new();
+    for (dev, r) in &reports {
+        seq_out.push(one.report_status(*dev, r, 2000).await.map(|(o, a)| (o, a.state)).map_err(|e| e.to_string()));
+    }
+    let batch_out: Vec<_> = batched
+        .report_statuses(&reports, 2000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.map(|(o, a)| (o, a.state)).map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(seq_out, batch_out);
+    // Creation times are the wall clock's; everything after used the same `now`.
+    let actions = |v: Vec<Action>| v.into_iter().map(|a| Action { created_at: 0, ..a }).collect::<Vec<_>>();
+    assert_eq!(
+        actions(one.list_actions(&q(r1.id)).await.unwrap()),
+        actions(batched.list_actions(&q(r2.id)).await.unwrap())
+    );
+    for x in &acts {
+        let (d1, d2) = (one.get_device(x.device_id).await.unwrap(), batched.get_device(x.device_id).await.unwrap());
+        let key = |d: Option<Device>| d.map(|d| (d.current_version, d.previous_version, d.last_seen));
+        assert_eq!(key(d1), key(d2), "device {}", x.device_id);
+    }
+    let events = |s: Store, id| async move {
+        s.list_events(&EventQuery { rollout_id: Some(id), limit: 1000, ..Default::default() })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind != "rollout.created")
+            .map(|e| (e.at, e.kind, e.device_id, e.action_id, e.actor, e.data))
+            .collect::<Vec<_>>()
+    };
+    let (e1, e2) = (events(one.clone(), r1.id).await, events(batched.clone(), r2.id).await);
+    assert_eq!(e1, e2);
+    assert!(e1.iter().any(|e| e.1 == "action.report_ignored"));
+    let fetching = e1.iter().find(|e| e.1 == "action.downloading" && e.3 == Some(a.id)).unwrap();
+    assert_eq!((fetching.0, fetching.2, fetching.4.as_str()), (2000, Some(a.device_id), "device"));
+    assert_eq!(
+        fetching.5,
+        serde_json::json!({"from": "notified", "to": "downloading", "kind": "install", "attempt": 1, "message": "fetching"})
+    );
+    let b_now = one.get_action(b.id).await.unwrap().unwrap();
+    assert_eq!((b_now.state, b_now.error.as_deref()), (ActionState::Scheduled, Some("device: disk full")));
+    assert_eq!(one.get_device(a.device_id).await.unwrap().unwrap().previous_version.as_deref(), Some("1.0.0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_stores_what_one_by_one_stores_sqlite() {
+    let ((one, _d1), (batched, _d2)) = (sqlite().await, sqlite().await);
+    batch_stores_what_one_by_one_stores(one, batched).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_stores_what_one_by_one_stores_postgres() {
+    if let (Some(one), Some(batched)) = (postgres().await, postgres().await) {
+        batch_stores_what_one_by_one_stores(one, batched).await;
+    }
+}
+
 both!(failed_canary_is_rolled_back_and_timeouts_retry);
 async fn failed_canary_is_rolled_back_and_timeouts_retry(s: Store) {
     let spec: StrategySpec =
