@@ -94,10 +94,15 @@ impl Env {
         r.body["id"].as_i64().unwrap()
     }
 
+    /// Waits until the rollout rests in one of `states`. A rollout with a
+    /// rollback requested is not at rest before `rolled_back`: `failed` is
+    /// visible between the gate's decision and the rollback phase's end.
     fn wait_rollout(&self, id: i64, states: &[&str], secs: u64) -> Value {
         eventually(Duration::from_secs(secs), || {
             let r = self.h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
-            states.contains(&r["state"].as_str().unwrap_or("")).then_some(r)
+            let state = r["state"].as_str().unwrap_or("");
+            let resting = state == "rolled_back" || r["rollback_requested"] != true;
+            (resting && states.contains(&state)).then_some(r)
         })
     }
 

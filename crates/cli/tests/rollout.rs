@@ -17,10 +17,14 @@ fn rollout(h: &Http, id: i64) -> Value {
     h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body
 }
 
+/// Waits until the rollout rests in one of `states` (with a rollback
+/// requested, `failed` is only a step on the way to `rolled_back`).
 fn wait_state(h: &Http, id: i64, states: &[&str], secs: u64) -> Value {
     eventually(Duration::from_secs(secs), || {
         let r = rollout(h, id);
-        states.contains(&r["state"].as_str().unwrap_or("")).then_some(r)
+        let state = r["state"].as_str().unwrap_or("");
+        let resting = state == "rolled_back" || r["rollback_requested"] != true;
+        (resting && states.contains(&state)).then_some(r)
     })
 }
 
