@@ -139,6 +139,7 @@ impl Store {
                         // connection keeps more hot pages (16 MiB) than the default 2 MiB.
                         sqlx::query("PRAGMA mmap_size = 268435456").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA cache_size = -16384").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA wal_autocheckpoint = 16384").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
