@@ -5,7 +5,11 @@
 //! - API and device tokens → identity, kept 30 s (a deleted device is dropped at once).
 //! - The last known version of a device, kept 30 s: a check-in that reports the
 //!   same version needs no write transaction; its last-seen time and health are
-//!   queued here and written in one batch by [`Caches::flush_seen`].
+//!   queued here and written in one batch by [`Caches::flush_seen`]. A device
+//!   whose health is unchanged and whose last-seen time was written less than
+//!   one poll interval ago is not queued again: the stored time is then at
+//!   most two poll intervals and one flush old (devices count as online for
+//!   three), and a fleet polling every interval costs half the writes.
 //! - Releases by version: releases are immutable once created.
 //! - The rendered `GET /ota/jobs` body, validated by the newest event id
 //!   (every rollout change writes an event), also used as its ETag.
@@ -70,6 +74,10 @@ pub struct Caches {
     device_tokens: RwLock<HashMap<String, (Uuid, Instant)>>,
     devices: RwLock<HashMap<Uuid, Live>>,
     seen: Mutex<HashMap<Uuid, DeviceHealth>>,
+    /// What the last flush wrote for each device, and when.
+    written: Mutex<HashMap<Uuid, (DeviceHealth, Instant)>>,
+    /// How long a written last-seen time stands before a check-in rewrites it.
+    seen_resolution: Duration,
     releases: RwLock<HashMap<String, Release>>,
     jobs: Mutex<Option<(i64, axum::body::Bytes)>>,
 }
@@ -84,11 +92,13 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Caches {
     /// Caches for a database this process owns alone (SQLite: the inbox is
-    /// on and entries live longer) or shares with other replicas.
-    pub fn new(single_owner: bool) -> Self {
+    /// on and entries live longer) or shares with other replicas, for devices
+    /// told to check in every `poll_interval`.
+    pub fn new(single_owner: bool, poll_interval: Duration) -> Self {
         Caches {
             inbox: single_owner.then(Default::default),
             ttl: if single_owner { SINGLE_OWNER_TTL } else { TTL },
+            seen_resolution: poll_interval,
             ..Default::default()
         }
     }
@@ -207,12 +217,21 @@ impl Caches {
         write(&self.devices).remove(&id);
         write(&self.device_tokens).retain(|_, (d, _)| *d != id);
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         self.with_inbox(|m| m.remove(&id));
     }
 
     /// Queues a check-in's health for the next batch write of last-seen times.
     pub fn saw(&self, id: Uuid, health: DeviceHealth) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id, health);
+        let fresh = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|(h, at)| *h == health && at.elapsed() < self.seen_resolution);
+        if !fresh {
+            self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id, health);
+        }
     }
 
     /// Writes queued check-ins in one transaction, stamped with the flush time
@@ -227,7 +246,19 @@ impl Caches {
             by_health.entry(*h).or_default().push(*id);
         }
         let groups: Vec<(DeviceHealth, Vec<Uuid>)> = by_health.into_iter().collect();
-        store.touch_devices(&groups, otafleet_store::now_ms()).await?;
+        let at = Instant::now();
+        if let Err(e) = store.touch_devices(&groups, otafleet_store::now_ms()).await {
+            // Not written: queue them again unless a newer check-in did.
+            let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, h) in drained {
+                m.entry(id).or_insert(h);
+            }
+            return Err(e);
+        }
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, h) in &drained {
+            w.insert(*id, (*h, at));
+        }
         Ok(drained.len())
     }
 
@@ -256,6 +287,8 @@ impl Caches {
 mod tests {
     use super::*;
     use otafleet_core::{ActionKind, ActionState};
+
+    const POLL: Duration = Duration::from_secs(30);
 
     fn action(id: i64, device: Uuid, state: ActionState, seq: i64) -> Action {
         Action {
@@ -286,8 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn a_recently_written_check_in_is_not_written_again() {
+        let c = Caches::new(true, POLL);
+        let (d, e) = (Uuid::new_v4(), Uuid::new_v4());
+        let queued = |c: &Caches, id| c.seen.lock().unwrap().contains_key(&id);
+        c.written.lock().unwrap().insert(d, (DeviceHealth::Healthy, Instant::now()));
+        c.written.lock().unwrap().insert(e, (DeviceHealth::Healthy, Instant::now() - POLL));
+        c.saw(d, DeviceHealth::Healthy);
+        assert!(!queued(&c, d), "written just now, same health");
+        c.saw(d, DeviceHealth::Degraded);
+        assert!(queued(&c, d), "a health change is written at once");
+        c.saw(e, DeviceHealth::Healthy);
+        assert!(queued(&c, e), "written a poll interval ago");
+        c.forget_device(d);
+        assert!(!queued(&c, d) && !c.written.lock().unwrap().contains_key(&d));
+    }
+
+    #[test]
     fn shared_database_has_no_inbox() {
-        let c = Caches::new(false);
+        let c = Caches::new(false, POLL);
         let d = Uuid::new_v4();
         c.inbox_put(&[action(1, d, ActionState::Notified, 0)]);
         assert!(matches!(c.inbox(d), Inbox::Disabled));
@@ -296,7 +346,7 @@ mod tests {
 
     #[test]
     fn released_action_is_answered_then_followed_to_its_end() {
-        let c = Caches::new(true);
+        let c = Caches::new(true, POLL);
         let d = Uuid::new_v4();
         assert!(matches!(c.inbox(d), Inbox::Empty));
         c.inbox_put(&[action(7, d, ActionState::Notified, 0)]);
@@ -315,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_read_does_not_hide_a_release_made_meanwhile() {
-        let c = Caches::new(true);
+        let c = Caches::new(true, POLL);
         let d = Uuid::new_v4();
         c.inbox_add(&[d]);
         let Inbox::Maybe(g) = c.inbox(d) else { panic!("expected Maybe") };
@@ -328,7 +378,7 @@ mod tests {
 
     #[test]
     fn a_read_settles_an_unknown_entry() {
-        let c = Caches::new(true);
+        let c = Caches::new(true, POLL);
         let (idle, busy, done) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         c.inbox_add(&[idle, busy, done]);
         for (d, found) in [
@@ -346,7 +396,7 @@ mod tests {
 
     #[test]
     fn timeouts_and_deleted_devices_drop_what_is_known() {
-        let c = Caches::new(true);
+        let c = Caches::new(true, POLL);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         c.inbox_put(&[action(1, a, ActionState::Notified, 0), action(2, b, ActionState::Notified, 0)]);
         c.inbox_unknown(&[a]);

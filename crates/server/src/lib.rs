@@ -87,6 +87,7 @@ impl AppState {
     pub fn new(store: Store, config: Config) -> Self {
         // One process owns a SQLite database, so it may keep the check-in inbox.
         let inbox = store.backend() == otafleet_store::Backend::Sqlite;
+        let poll = std::time::Duration::from_secs(config.poll_interval_secs);
         let mqtt =
             config.mqtt.as_ref().map(|b| mqtt::Publisher::start(b, &format!("otafleet-{}", uuid::Uuid::new_v4())));
         AppState {
@@ -96,7 +97,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::new()),
             driver_wake: Arc::new(Notify::new()),
-            caches: Arc::new(cache::Caches::new(inbox)),
+            caches: Arc::new(cache::Caches::new(inbox, poll)),
         }
     }
 }
