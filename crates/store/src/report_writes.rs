@@ -20,6 +20,7 @@
 
 use crate::events::NewEvent;
 use crate::rollouts::Action;
+use crate::sql::{json_col, json_rows};
 use crate::{Backend, Result};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -75,21 +76,12 @@ impl ReportWrites {
         self.runs.push((device, version.to_string()));
     }
 
-    /// The `FROM` clause unpacking bound parameter `$n` as a JSON array into rows `j`.
     fn rows(&self, n: usize) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("json_each(${n}) j"),
-            Backend::Postgres => format!("jsonb_array_elements(${n}::text::jsonb) WITH ORDINALITY AS j(value, key)"),
-        }
+        json_rows(self.backend, n)
     }
 
-    /// Element `i` of a row's array, as text (or with `cast` on PostgreSQL).
     fn col(&self, i: usize, cast: Option<&str>) -> String {
-        match (self.backend, cast) {
-            (Backend::Sqlite, _) => format!("json_extract(j.value, '$[{i}]')"),
-            (Backend::Postgres, None) => format!("(j.value ->> {i})"),
-            (Backend::Postgres, Some(t)) => format!("(j.value ->> {i})::{t}"),
-        }
+        json_col(self.backend, i, cast)
     }
 
     /// Writes everything buffered, in the transaction, and empties the buffer.

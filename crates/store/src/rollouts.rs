@@ -10,7 +10,8 @@ use crate::devices::{self, Device, DEVICE_COLS};
 use crate::events::{self, NewEvent};
 use crate::releases::Release;
 use crate::report_writes::ReportWrites;
-use crate::{now_ms, Backend, Result, RowExt, Store, StoreError};
+use crate::sql::{json_col, json_rows};
+use crate::{now_ms, Result, RowExt, Store, StoreError};
 use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
 use otafleet_core::plan::Plan;
 use otafleet_core::protocol::StatusReport;
@@ -289,19 +290,16 @@ impl Store {
         // Set-based insert: the devices go in as one JSON array per statement
         // ([id, wave, position, from_version] each), unpacked by the database,
         // so 100,000 actions are a few statements rather than thousands of binds.
-        let unpack = match self.backend {
-            Backend::Sqlite => {
-                "SELECT $1, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), \
-                 'install', 'scheduled', json_extract(j.value, '$[3]'), $2, 0, 0, 0, $3, $3 FROM json_each($4) j"
-            }
-            Backend::Postgres => {
-                "SELECT $1, j.value ->> 0, (j.value ->> 1)::bigint, (j.value ->> 2)::bigint, 'install', 'scheduled', \
-                 j.value ->> 3, $2, 0, 0, 0, $3, $3 FROM jsonb_array_elements($4::text::jsonb) j"
-            }
-        };
+        let b = self.backend;
         let sql = format!(
             "INSERT INTO actions (rollout_id, device_id, wave, position, kind, state, from_version, to_version, \
-             attempts, last_seq, not_before, created_at, updated_at) {unpack}"
+             attempts, last_seq, not_before, created_at, updated_at) \
+             SELECT $1, {}, {}, {}, 'install', 'scheduled', {}, $2, 0, 0, 0, $3, $3 FROM {}",
+            json_col(b, 0, None),
+            json_col(b, 1, Some("bigint")),
+            json_col(b, 2, Some("bigint")),
+            json_col(b, 3, None),
+            json_rows(b, 4),
         );
         const CHUNK: usize = 20_000;
         let rows: Vec<(usize, i64, &Uuid)> = new

@@ -1,6 +1,7 @@
 //! A tiny SQL builder for dynamic filters with `$N` placeholders, which both
 //! SQLite and PostgreSQL understand through sqlx's `Any` driver.
 
+use crate::Backend;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::Any;
@@ -64,5 +65,25 @@ impl Sql {
             };
         }
         q
+    }
+}
+
+/// The `FROM` item that unpacks bound parameter `$n`, a JSON array of arrays,
+/// into rows `j` (in array order by `j.key`): set-based writes of many rows in
+/// one statement.
+pub(crate) fn json_rows(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("json_each(${n}) j"),
+        Backend::Postgres => format!("jsonb_array_elements(${n}::text::jsonb) WITH ORDINALITY AS j(value, key)"),
+    }
+}
+
+/// Element `i` of a [`json_rows`] row, as text (or with `cast` on PostgreSQL;
+/// SQLite keeps the JSON type: integers stay integers).
+pub(crate) fn json_col(backend: Backend, i: usize, cast: Option<&str>) -> String {
+    match (backend, cast) {
+        (Backend::Sqlite, _) => format!("json_extract(j.value, '$[{i}]')"),
+        (Backend::Postgres, None) => format!("(j.value ->> {i})"),
+        (Backend::Postgres, Some(t)) => format!("(j.value ->> {i})::{t}"),
     }
 }
