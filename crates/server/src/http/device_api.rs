@@ -33,9 +33,8 @@ impl FromRequestParts<AppState> for DeviceCaller {
 ///
 /// The common case — the device runs the version we know — is answered from
 /// the caches (on PostgreSQL with one indexed read); last-seen and health are
-/// written in batches. A changed
-/// version takes the transactional path (`Store::checkin`), which also detects
-/// a device that rolled back on its own.
+/// written in batches. A changed version takes the transactional path
+/// (`Store::checkin`), which also detects a device that rolled back on its own.
 #[utoipa::path(post, path = "/device/v1/checkin", request_body(content = Object, description = "CheckinRequest"),
     responses((status = 200, description = "CheckinResponse"), (status = 401, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "device")]
