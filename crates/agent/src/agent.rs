@@ -513,29 +513,9 @@ pub async fn main(args: AgentArgs) -> Result<()> {
     println!("otafleet-agent running as device {}", agent.device_id());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        otafleet_rt::shutdown_signal().await;
         tracing::info!("stopping after the current step");
         let _ = stop_tx.send(true);
     });
     agent.run(stop_rx).await
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

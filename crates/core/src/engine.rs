@@ -147,15 +147,51 @@ pub fn decide(s: &Snapshot<'_>, now: Millis) -> Decision {
     }
 }
 
+/// What a wave's health gate says about its counts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Enough devices succeeded: the wave may bake, then the next one starts.
+    Pass,
+    /// Too many failed (or too few can still succeed): the rollout fails.
+    Fail(String),
+    /// Not decided yet: devices are still scheduled or in flight.
+    Wait,
+}
+
+/// The health gate of one wave: the same rule for device rollouts, `otafleet
+/// update` and `otafleet flash`. The failure threshold applies at any moment
+/// (`failure_threshold: 0` means one failure fails the wave); the success
+/// threshold once every device of the wave was released (`all_released`), and
+/// a wave that can no longer reach it — nothing in flight — fails.
+pub fn verdict(gate: &Gate, wave: usize, c: &WaveCounts, all_released: bool) -> Verdict {
+    let failure_rate = rate(c.failed, c.total);
+    if c.total > 0 && failure_rate > gate.failure_threshold {
+        return Verdict::Fail(format!(
+            "wave {wave} failure rate {failure_rate:.3} ({} of {}) exceeded the failure threshold {}",
+            c.failed, c.total, gate.failure_threshold
+        ));
+    }
+    if !all_released {
+        return Verdict::Wait;
+    }
+    let success_rate = rate(c.succeeded, c.total);
+    if success_rate >= gate.success_threshold {
+        Verdict::Pass
+    } else if c.in_flight == 0 {
+        Verdict::Fail(format!(
+            "wave {wave} success rate {success_rate:.3} ({} of {}) is below the success threshold {}",
+            c.succeeded, c.total, gate.success_threshold
+        ))
+    } else {
+        Verdict::Wait
+    }
+}
+
 fn failure_gate(s: &Snapshot<'_>) -> Option<Decision> {
-    let r = report(s);
-    (s.current.total > 0 && r.failure_rate > r.failure_threshold).then(|| Decision::Fail {
-        reason: format!(
-            "wave {} failure rate {:.3} ({} of {}) exceeded the failure threshold {}",
-            s.wave, r.failure_rate, r.failed, r.total, r.failure_threshold
-        ),
-        report: r,
-    })
+    match verdict(&s.strategy.gate, s.wave, &s.current, false) {
+        Verdict::Fail(reason) => Some(Decision::Fail { reason, report: report(s) }),
+        _ => None,
+    }
 }
 
 fn running(s: &Snapshot<'_>, now: Millis) -> Decision {
@@ -190,15 +226,11 @@ fn running(s: &Snapshot<'_>, now: Millis) -> Decision {
     }
     let r = report(s);
     match s.gate_passed_at {
-        None if r.success_rate >= r.success_threshold => Decision::GatePassed { report: r },
-        None if c.in_flight == 0 => Decision::Fail {
-            reason: format!(
-                "wave {} success rate {:.3} ({} of {}) is below the success threshold {}",
-                s.wave, r.success_rate, r.succeeded, r.total, r.success_threshold
-            ),
-            report: r,
+        None => match verdict(&st.gate, s.wave, &c, true) {
+            Verdict::Pass => Decision::GatePassed { report: r },
+            Verdict::Fail(reason) => Decision::Fail { reason, report: r },
+            Verdict::Wait => IDLE,
         },
-        None => IDLE,
         Some(passed) => {
             let bake_end = passed + st.gate.bake_time_secs as i64 * 1000;
             if !s.promote && now < bake_end {

@@ -7,6 +7,8 @@
 //! the deterministic simulator.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod duration;
 pub mod engine;
 pub mod model;
 pub mod plan;
@@ -17,7 +19,7 @@ pub mod window;
 
 pub use model::{ActionKind, ActionState, DeviceHealth, RolloutState, TransitionError};
 pub use selector::Selector;
-pub use strategy::{Gate, Step, Strategy, StrategySpec, Wave};
+pub use strategy::{Gate, Preset, Step, Strategy, StrategySpec};
 
 /// Unix time in milliseconds. The core never reads a clock; callers pass `now`.
 pub type Millis = i64;

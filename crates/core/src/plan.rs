@@ -67,7 +67,7 @@ pub fn plan(mut candidates: Vec<Candidate>, strategy: &Strategy) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::{StrategySpec, Wave};
+    use crate::strategy::{Preset, StrategySpec};
     use proptest::prelude::{any, prop_assert, prop_assert_eq, prop_oneof, proptest, Strategy as _};
 
     fn fleet(n: u128, offline_every: u128) -> Vec<Candidate> {
@@ -93,10 +93,10 @@ mod tests {
 
     #[test]
     fn presets() {
-        let blue = StrategySpec::preset(Wave::Blue).resolve(1).unwrap();
+        let blue = StrategySpec::preset(Preset::Blue).resolve(1).unwrap();
         assert_eq!(plan(fleet(10, 0), &blue).waves, vec![plan(fleet(10, 0), &blue).waves[0].clone()]);
         assert_eq!(plan(fleet(10, 0), &blue).device_count(), 2);
-        let canary = StrategySpec::preset(Wave::Canary).resolve(1).unwrap();
+        let canary = StrategySpec::preset(Preset::Canary).resolve(1).unwrap();
         assert_eq!(plan(fleet(10, 0), &canary).device_count(), 1);
         assert_eq!(plan(vec![], &canary).waves.len(), 0);
     }

@@ -9,45 +9,49 @@ use crate::window::Window;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
-/// The wave vocabulary of the original tracker; `custom` for explicit steps.
+/// The preset a rollout was asked for: the original tracker's wave vocabulary
+/// (`canary`, `blue`, `green`), or `custom` for explicit steps. Not to be confused
+/// with a wave *index* (`current_wave`, `actions.wave`): a preset plans one or
+/// more waves. The tracker API and the stored JSON of old rollouts call it `wave`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Wave {
+pub enum Preset {
     Canary,
     Blue,
     Green,
     Custom,
 }
 
-impl Wave {
+impl Preset {
     pub fn as_str(self) -> &'static str {
         match self {
-            Wave::Canary => "canary",
-            Wave::Blue => "blue",
-            Wave::Green => "green",
-            Wave::Custom => "custom",
+            Preset::Canary => "canary",
+            Preset::Blue => "blue",
+            Preset::Green => "green",
+            Preset::Custom => "custom",
         }
     }
 }
 
-impl fmt::Display for Wave {
+impl fmt::Display for Preset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for Wave {
+impl FromStr for Preset {
     type Err = StrategyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "canary" => Ok(Wave::Canary),
-            "blue" => Ok(Wave::Blue),
-            "green" => Ok(Wave::Green),
-            "custom" => Ok(Wave::Custom),
+            "canary" => Ok(Preset::Canary),
+            "blue" => Ok(Preset::Blue),
+            "green" => Ok(Preset::Green),
+            "custom" => Ok(Preset::Custom),
             other => Err(StrategyError::new(
-                "wave",
-                format!("unknown wave '{other}', expected one of: canary, blue, green, custom"),
+                "preset",
+                format!("unknown preset '{other}', expected one of: canary, blue, green, custom"),
             )),
         }
     }
@@ -169,16 +173,16 @@ impl Default for Gate {
 impl Gate {
     /// Delay before attempt `attempt + 1` (attempt counts from 1).
     pub fn backoff_ms(&self, attempt: u32) -> i64 {
-        let exp = attempt.saturating_sub(1).min(20);
-        let secs = self.backoff_secs.saturating_mul(1u64 << exp).min(3600);
-        secs as i64 * 1000
+        let b = crate::backoff::Backoff::new(Duration::from_secs(self.backoff_secs), Duration::from_secs(3600));
+        b.delay(attempt).as_millis() as i64
     }
 }
 
 /// A validated strategy, stored with the rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Strategy {
-    pub wave: Wave,
+    #[serde(alias = "wave")]
+    pub preset: Preset,
     /// Cumulative sizes of the waves, relative to the rollout's eligible devices.
     pub steps: Vec<Step>,
     pub gate: Gate,
@@ -236,7 +240,9 @@ impl StrategyError {
 pub struct StrategySpec {
     /// `canary` (1 device), `blue` (`count`/`percent`, default 2), `green` (all), or
     /// `custom` (requires `steps`). Defaults to `custom` when steps are given, else `green`.
-    pub wave: Option<Wave>,
+    /// The API also accepts it as `wave`, the original tracker's word.
+    #[serde(alias = "wave")]
+    pub preset: Option<Preset>,
     pub count: Option<u64>,
     pub percent: Option<f64>,
     pub steps: Option<Vec<Step>>,
@@ -259,31 +265,32 @@ pub struct StrategySpec {
 pub const BLUE_DEFAULT_COUNT: u64 = 2;
 
 impl StrategySpec {
-    pub fn preset(wave: Wave) -> Self {
-        StrategySpec { wave: Some(wave), ..Default::default() }
+    pub fn preset(preset: Preset) -> Self {
+        StrategySpec { preset: Some(preset), ..Default::default() }
     }
 
     /// Validates and fills defaults. `default_seed` is used when no seed is given
-    /// (the server passes the rollout id so plans are reproducible).
+    /// (the server passes a random one and stores the resolved seed with the
+    /// rollout, so its plan can be reproduced).
     pub fn resolve(&self, default_seed: u64) -> Result<Strategy, StrategyError> {
-        let wave = match (self.wave, &self.steps) {
+        let preset = match (self.preset, &self.steps) {
             (Some(w), _) => w,
-            (None, Some(_)) => Wave::Custom,
-            (None, None) => Wave::Green,
+            (None, Some(_)) => Preset::Custom,
+            (None, None) => Preset::Green,
         };
         if self.count.is_some() && self.percent.is_some() {
             return Err(StrategyError::new("count", "give either count or percent, not both"));
         }
-        if (self.count.is_some() || self.percent.is_some()) && wave != Wave::Blue {
+        if (self.count.is_some() || self.percent.is_some()) && preset != Preset::Blue {
             let f = if self.count.is_some() { "count" } else { "percent" };
             return Err(StrategyError::new(f, "count and percent apply to the blue wave only"));
         }
-        if self.steps.is_some() && wave != Wave::Custom {
-            return Err(StrategyError::new("steps", format!("steps cannot be combined with the {wave} preset")));
+        if self.steps.is_some() && preset != Preset::Custom {
+            return Err(StrategyError::new("steps", format!("steps cannot be combined with the {preset} preset")));
         }
-        let steps = match wave {
-            Wave::Canary => vec![Step::Count(1)],
-            Wave::Blue => match (self.count, self.percent) {
+        let steps = match preset {
+            Preset::Canary => vec![Step::Count(1)],
+            Preset::Blue => match (self.count, self.percent) {
                 (Some(0), _) => return Err(StrategyError::new("count", "must be at least 1")),
                 (Some(n), _) => vec![Step::Count(n)],
                 (_, Some(p)) if !(p > 0.0 && p <= 100.0) => {
@@ -292,8 +299,8 @@ impl StrategySpec {
                 (_, Some(p)) => vec![Step::Percent(p)],
                 _ => vec![Step::Count(BLUE_DEFAULT_COUNT)],
             },
-            Wave::Green => vec![Step::Percent(100.0)],
-            Wave::Custom => {
+            Preset::Green => vec![Step::Percent(100.0)],
+            Preset::Custom => {
                 let steps = self.steps.clone().ok_or_else(|| {
                     StrategyError::new("steps", "a custom strategy needs steps, e.g. [1, \"10%\", \"100%\"]")
                 })?;
@@ -330,14 +337,14 @@ impl StrategySpec {
             },
             backoff_secs: self.backoff_secs.unwrap_or(d.backoff_secs),
         };
-        const DAY: u64 = 86_400 * 30;
+        const THIRTY_DAYS: u64 = 86_400 * 30;
         for (name, v) in [
             ("bake_time_secs", gate.bake_time_secs),
             ("timeout_secs", gate.timeout_secs),
             ("backoff_secs", gate.backoff_secs),
             ("batch_delay_secs", self.batch_delay_secs.unwrap_or(0)),
         ] {
-            if v > DAY {
+            if v > THIRTY_DAYS {
                 return Err(StrategyError::new(name, "at most 30 days"));
             }
         }
@@ -348,7 +355,7 @@ impl StrategySpec {
             .map(|w| w.parse::<Window>().map_err(|e| StrategyError::new("windows", e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Strategy {
-            wave,
+            preset,
             steps,
             gate,
             batch_size: self.batch_size.unwrap_or(0),
@@ -367,11 +374,11 @@ mod tests {
 
     #[test]
     fn presets_resolve_like_the_original_tracker() {
-        let c = StrategySpec::preset(Wave::Canary).resolve(1).unwrap();
+        let c = StrategySpec::preset(Preset::Canary).resolve(1).unwrap();
         assert_eq!(c.steps, vec![Step::Count(1)]);
-        let b = StrategySpec::preset(Wave::Blue).resolve(1).unwrap();
+        let b = StrategySpec::preset(Preset::Blue).resolve(1).unwrap();
         assert_eq!(b.steps, vec![Step::Count(2)]);
-        let g = StrategySpec::preset(Wave::Green).resolve(1).unwrap();
+        let g = StrategySpec::preset(Preset::Green).resolve(1).unwrap();
         assert_eq!(g.steps, vec![Step::Percent(100.0)]);
         assert!(g.auto_rollback);
     }
@@ -380,7 +387,7 @@ mod tests {
     fn steps_parse_from_json() {
         let spec: StrategySpec = serde_json::from_str(r#"{"steps":[1,"10%","50%","100%"],"max_parallel":5}"#).unwrap();
         let s = spec.resolve(7).unwrap();
-        assert_eq!(s.wave, Wave::Custom);
+        assert_eq!(s.preset, Preset::Custom);
         assert_eq!(s.steps, vec![Step::Count(1), Step::Percent(10.0), Step::Percent(50.0), Step::Percent(100.0)]);
         assert_eq!(s.seed, 7);
         assert_eq!(serde_json::to_value(&s.steps).unwrap(), serde_json::json!([1, "10%", "50%", "100%"]));

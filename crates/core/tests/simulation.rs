@@ -12,7 +12,7 @@
 
 use otafleet_core::engine::{self, Decision, Retry, RollbackCounts, Snapshot, WaveCounts};
 use otafleet_core::plan::{self, Candidate};
-use otafleet_core::{ActionKind, ActionState, Millis, RolloutState, Step, Strategy, StrategySpec, Wave};
+use otafleet_core::{ActionKind, ActionState, Millis, Preset, RolloutState, Step, Strategy, StrategySpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
@@ -809,16 +809,16 @@ fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 fn random_strategy(rng: &mut ChaCha8Rng) -> Strategy {
     let mut spec = StrategySpec::default();
     match rng.gen_range(0..10) {
-        0 => spec.wave = Some(Wave::Canary),
+        0 => spec.preset = Some(Preset::Canary),
         1 => {
-            spec.wave = Some(Wave::Blue);
+            spec.preset = Some(Preset::Blue);
             if rng.gen_bool(0.5) {
                 spec.count = Some(rng.gen_range(1..=10));
             } else {
                 spec.percent = Some(rng.gen_range(1..=100) as f64);
             }
         }
-        2 => spec.wave = Some(Wave::Green),
+        2 => spec.preset = Some(Preset::Green),
         _ => {
             let k = rng.gen_range(1..=4);
             let mut steps: Vec<Step> = (0..k)

@@ -112,28 +112,10 @@ pub fn print_crd() -> anyhow::Result<()> {
 pub async fn run_operator(args: OperatorArgs) -> anyhow::Result<()> {
     let handle = start_operator(args).await?;
     tokio::select! {
-        _ = shutdown_signal() => info!("shutting down"),
+        _ = otafleet_rt::shutdown_signal() => info!("shutting down"),
         _ = handle.stopped() => {}
     }
     handle.stop().await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
 /// A running operator.

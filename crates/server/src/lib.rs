@@ -163,7 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let driver = tokio::spawn(driver::run(state.clone(), driver_stopped));
         let signal = async move {
             tokio::select! {
-                _ = shutdown_signal() => {}
+                _ = otafleet_rt::shutdown_signal() => {}
                 _ = stopped.wait_for(|s| *s) => {}
             }
             tracing::info!("shutting down: finishing in-flight requests");
@@ -184,27 +184,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Ok(())
     });
     Ok(Running { addr, bootstrap_token, stop, task })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }
 
 /// A database URL with any password replaced, for logs.

@@ -15,7 +15,7 @@ use crate::{now_ms, Result, RowExt, Store, StoreError};
 use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
 use otafleet_core::plan::Plan;
 use otafleet_core::protocol::StatusReport;
-use otafleet_core::{ActionKind, ActionState, DeviceHealth, RolloutState, Strategy};
+use otafleet_core::{ActionKind, ActionState, DeviceHealth, Preset, RolloutState, Strategy};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use std::collections::HashMap;
@@ -38,7 +38,8 @@ pub struct Rollout {
     pub version: String,
     /// `deploy`, or `rollback` for a rollout back to an earlier version.
     pub kind: String,
-    pub wave: String,
+    /// The preset asked for (`canary`, `blue`, `green`, `custom`).
+    pub preset: Preset,
     pub target: Target,
     pub strategy: Strategy,
     pub state: RolloutState,
@@ -133,7 +134,7 @@ pub enum ReportOutcome {
     Ignored,
 }
 
-const ROLLOUT_COLS: &str = "id, release_id, version, kind, wave, target, strategy, state, current_wave, waves, start_at, \
+const ROLLOUT_COLS: &str = "id, release_id, version, kind, preset, target, strategy, state, current_wave, waves, start_at, \
      gate_passed_at, last_release_at, promote, rollback_requested, reason, created_by, created_at, updated_at, finished_at";
 const ACTION_COLS: &str =
     "id, rollout_id, device_id, wave, position, kind, state, from_version, to_version, attempts, \
@@ -150,7 +151,7 @@ fn rollout_from_row(r: &AnyRow) -> Result<Rollout> {
         release_id: r.i64("release_id")?,
         version: r.string("version")?,
         kind: r.string("kind")?,
-        wave: r.string("wave")?,
+        preset: r.parsed("preset")?,
         target: r.json("target")?,
         strategy: r.json("strategy")?,
         state: r.parsed("state")?,
@@ -270,14 +271,14 @@ impl Store {
         let strategy = serde_json::to_string(&new.strategy).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let waves = new.plan.waves.len() as i64;
         let row = sqlx::query(
-            "INSERT INTO rollouts (release_id, version, kind, wave, target, strategy, state, current_wave, waves, start_at, \
+            "INSERT INTO rollouts (release_id, version, kind, preset, target, strategy, state, current_wave, waves, start_at, \
              promote, rollback_requested, created_by, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, 0, 0, $9, $10, $10) RETURNING id",
         )
         .bind(new.release.id)
         .bind(new.release.version.as_str())
         .bind(new.kind)
-        .bind(new.strategy.wave.as_str())
+        .bind(new.strategy.preset.as_str())
         .bind(target)
         .bind(strategy)
         .bind(waves)
@@ -323,7 +324,7 @@ impl Store {
         }
         let sizes: Vec<usize> = new.plan.waves.iter().map(Vec::len).collect();
         let ev = NewEvent::new("rollout.created", new.actor).rollout(id).data(serde_json::json!({
-            "version": new.release.version, "kind": new.kind, "wave": new.strategy.wave.as_str(),
+            "version": new.release.version, "kind": new.kind, "preset": new.strategy.preset.as_str(),
             "target": new.target, "waves": sizes,
         }));
         events::insert(&mut tx, now, &ev).await?;
@@ -355,7 +356,7 @@ impl Store {
     /// Every rollout as the original tracker's job list: (id, version, wave, kind, state, created_at), newest first.
     pub async fn list_jobs(&self) -> Result<Vec<(i64, String, String, String, RolloutState, i64)>> {
         let rows = sqlx::query(
-            "SELECT id, version, wave, kind, state, created_at FROM rollouts ORDER BY created_at DESC, id DESC",
+            "SELECT id, version, preset, kind, state, created_at FROM rollouts ORDER BY created_at DESC, id DESC",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -364,7 +365,7 @@ impl Store {
                 Ok((
                     r.i64("id")?,
                     r.string("version")?,
-                    r.string("wave")?,
+                    r.string("preset")?,
                     r.string("kind")?,
                     r.parsed("state")?,
                     r.i64("created_at")?,

@@ -5,7 +5,7 @@ use super::*;
 use otafleet_core::engine::Decision;
 use otafleet_core::plan::{plan, Candidate};
 use otafleet_core::protocol::StatusReport;
-use otafleet_core::{ActionState, RolloutState, Selector, StrategySpec, Wave};
+use otafleet_core::{ActionState, Preset, RolloutState, Selector, StrategySpec};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -497,5 +497,5 @@ async fn abort_rolls_back_updated_devices(s: Store) {
     assert_eq!(drive(&s, r.id, 70).await, vec![Decision::FinishRollback]);
     assert_eq!(s.get_rollout(r.id).await.unwrap().unwrap().state, RolloutState::RolledBack);
     assert_eq!(s.get_device(rbs[0].device_id).await.unwrap().unwrap().current_version.as_deref(), Some("1.0.0"));
-    let _ = Wave::Canary;
+    let _ = Preset::Canary;
 }

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use otafleet_core::{RolloutState, StrategySpec, Wave};
+use otafleet_core::{Preset, RolloutState, StrategySpec};
 use otafleet_store::{Role, Target};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -59,11 +59,11 @@ fn check(state: &AppState, caller: &Caller, role: Role) -> ApiResult<()> {
     }
 }
 
-fn parse_wave(w: Option<&str>, default: Wave) -> ApiResult<Wave> {
+fn parse_wave(w: Option<&str>, default: Preset) -> ApiResult<Preset> {
     match w {
         None => Ok(default),
-        Some(w) => match w.parse::<Wave>() {
-            Ok(Wave::Custom) | Err(_) => {
+        Some(w) => match w.parse::<Preset>() {
+            Ok(Preset::Custom) | Err(_) => {
                 Err(ApiError::invalid("wave", format!("unknown wave '{w}', expected canary, blue or green")))
             }
             Ok(w) => Ok(w),
@@ -117,7 +117,7 @@ pub async fn deploy(
 ) -> ApiResult<Json<DeployResponse>> {
     check(&state, &caller, Role::Operator)?;
     non_empty_version(&q.version)?;
-    let wave = parse_wave(q.wave.as_deref(), Wave::Canary)?;
+    let wave = parse_wave(q.wave.as_deref(), Preset::Canary)?;
     let r = service::create_rollout(
         &state,
         CreateRollout {
@@ -130,7 +130,12 @@ pub async fn deploy(
         },
     )
     .await?;
-    Ok(Json(DeployResponse { job_id: r.id, version: r.version, status: job_status(&r.kind, r.state), wave: r.wave }))
+    Ok(Json(DeployResponse {
+        job_id: r.id,
+        version: r.version,
+        status: job_status(&r.kind, r.state),
+        wave: r.preset.as_str().to_string(),
+    }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -253,7 +258,7 @@ pub async fn rollback(
 ) -> ApiResult<Json<RollbackResponse>> {
     check(&state, &caller, Role::Operator)?;
     non_empty_version(&q.version)?;
-    let wave = parse_wave(q.wave.as_deref(), Wave::Green)?;
+    let wave = parse_wave(q.wave.as_deref(), Preset::Green)?;
     let r = service::create_rollout(
         &state,
         CreateRollout {
@@ -301,9 +306,9 @@ mod tests {
 
     #[test]
     fn waves_of_the_tracker_only() {
-        assert_eq!(parse_wave(None, Wave::Canary).unwrap(), Wave::Canary);
-        assert_eq!(parse_wave(Some("blue"), Wave::Canary).unwrap(), Wave::Blue);
-        assert_eq!(parse_wave(Some("custom"), Wave::Canary).unwrap_err().field.as_deref(), Some("wave"));
-        assert_eq!(parse_wave(Some("purple"), Wave::Canary).unwrap_err().field.as_deref(), Some("wave"));
+        assert_eq!(parse_wave(None, Preset::Canary).unwrap(), Preset::Canary);
+        assert_eq!(parse_wave(Some("blue"), Preset::Canary).unwrap(), Preset::Blue);
+        assert_eq!(parse_wave(Some("custom"), Preset::Canary).unwrap_err().field.as_deref(), Some("wave"));
+        assert_eq!(parse_wave(Some("purple"), Preset::Canary).unwrap_err().field.as_deref(), Some("wave"));
     }
 }

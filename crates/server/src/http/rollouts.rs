@@ -53,7 +53,9 @@ pub struct RolloutView {
     pub version: String,
     /// `deploy` or `rollback`.
     pub kind: String,
-    /// `canary`, `blue`, `green` or `custom`.
+    /// The preset asked for: `canary`, `blue`, `green` or `custom`.
+    pub preset: String,
+    /// The same preset under the original tracker's word; kept for existing clients.
     pub wave: String,
     #[schema(value_type = Object)]
     pub target: Target,
@@ -84,7 +86,8 @@ impl RolloutView {
             release_id: r.release_id,
             version: r.version,
             kind: r.kind,
-            wave: r.wave,
+            preset: r.preset.as_str().to_string(),
+            wave: r.preset.as_str().to_string(),
             target: r.target,
             strategy: r.strategy,
             state: r.state.as_str().to_string(),
