@@ -35,8 +35,12 @@ pub struct RollbackCounts {
     pub requested: bool,
     /// Devices whose install succeeded and that have no rollback action yet.
     pub missing: u64,
-    /// Rollback actions not finished.
+    /// Rollback actions not finished (scheduled or in flight).
     pub open: u64,
+    /// Scheduled rollback actions allowed to start now (a retry's backoff elapsed).
+    pub ready: u64,
+    /// Earliest time a scheduled rollback action becomes ready.
+    pub next_ready_at: Option<Millis>,
 }
 
 /// What the engine needs to know about a rollout at one instant.
@@ -94,6 +98,8 @@ pub enum Decision {
     Fail { reason: String, report: GateReport },
     /// Create rollback actions for updated devices.
     CreateRollbacks { count: u64 },
+    /// Hand `count` ready rollback actions (new, or retries after a failure) to their devices.
+    ReleaseRollbacks { count: u64 },
     /// Every updated device was rolled back (or reported failed): `→ rolled_back`.
     FinishRollback,
 }
@@ -137,10 +143,12 @@ pub fn decide(s: &Snapshot<'_>, now: Millis) -> Decision {
         Failed | Aborted | Succeeded if s.rollback.requested => {
             if s.rollback.missing > 0 {
                 Decision::CreateRollbacks { count: s.rollback.missing }
+            } else if s.rollback.ready > 0 {
+                Decision::ReleaseRollbacks { count: s.rollback.ready }
             } else if s.rollback.open == 0 && s.in_flight_total == 0 {
                 Decision::FinishRollback
             } else {
-                IDLE
+                Decision::Idle { wake_at: s.rollback.next_ready_at.filter(|t| *t > now) }
             }
         }
         Failed | Aborted | Succeeded | RolledBack => IDLE,
@@ -259,8 +267,10 @@ pub enum Retry {
     GiveUp,
 }
 
-pub fn after_failure(attempts: u32, gate: &Gate, rollout_active: bool, now: Millis) -> Retry {
-    if rollout_active && attempts <= gate.retries {
+/// Whether to retry an action that failed after `attempts` attempts; `allowed`
+/// is whether a retry may happen at all (see [`crate::effects::action_failure`]).
+pub fn after_failure(attempts: u32, gate: &Gate, allowed: bool, now: Millis) -> Retry {
+    if allowed && attempts <= gate.retries {
         Retry::Again { not_before: now + gate.backoff_ms(attempts) }
     } else {
         Retry::GiveUp
@@ -403,11 +413,16 @@ mod tests {
         let st = strategy(r#"{"wave":"green"}"#);
         let mut s = snap(&st, RolloutState::Failed, counts(4, 0, 0, 2, 2));
         assert_eq!(decide(&s, 0), IDLE);
-        s.rollback = RollbackCounts { requested: true, missing: 2, open: 0 };
+        s.rollback = RollbackCounts { requested: true, missing: 2, ..RollbackCounts::default() };
         assert_eq!(decide(&s, 0), Decision::CreateRollbacks { count: 2 });
-        s.rollback = RollbackCounts { requested: true, missing: 0, open: 2 };
+        s.rollback = RollbackCounts { requested: true, missing: 0, open: 2, ready: 2, next_ready_at: None };
+        assert_eq!(decide(&s, 0), Decision::ReleaseRollbacks { count: 2 });
+        s.rollback.ready = 0;
         assert_eq!(decide(&s, 0), IDLE);
-        s.rollback.open = 0;
+        // A failed rollback waits for its retry's backoff, then is released again.
+        s.rollback.next_ready_at = Some(5_000);
+        assert_eq!(decide(&s, 0), Decision::Idle { wake_at: Some(5_000) });
+        s.rollback = RollbackCounts { requested: true, ..RollbackCounts::default() };
         assert_eq!(decide(&s, 0), Decision::FinishRollback);
     }
 

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod duration;
+pub mod effects;
 pub mod engine;
 pub mod model;
 pub mod plan;
@@ -17,7 +18,7 @@ pub mod selector;
 pub mod strategy;
 pub mod window;
 
-pub use model::{ActionKind, ActionState, DeviceHealth, RolloutState, TransitionError};
+pub use model::{ActionKind, ActionState, DeviceHealth, EventKind, RolloutKind, RolloutState, TransitionError};
 pub use selector::Selector;
 pub use strategy::{Gate, Preset, Step, Strategy, StrategySpec};
 

@@ -1,6 +1,9 @@
-//! The states of rollouts and per-device actions, and the only legal moves
-//! between them. Storage and HTTP go through [`RolloutState::transition`] and
-//! [`ActionState::transition`]; nothing writes a state without asking here.
+//! The states of rollouts and per-device actions, the only legal moves between
+//! them, and the typed vocabularies stored as text (`kind` columns, event
+//! kinds). A state is written only as part of an [`effects`](crate::effects)
+//! value, which checks [`RolloutState::transition`] / [`ActionState::transition`]
+//! when it is computed; the store's SQL lists of states are generated from
+//! these enums ([`ActionState::sql_list`]).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -27,14 +30,24 @@ pub struct ParseEnumError {
 macro_rules! str_enum {
     ($(#[$m:meta])* $name:ident, $what:literal, { $($variant:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name { $($variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $s),+ }
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
             }
         }
         impl fmt::Display for $name {
@@ -183,12 +196,108 @@ impl ActionState {
     }
 }
 
+impl ActionState {
+    /// `('a', 'b', …)` of the states `keep` selects, for SQL `IN` lists, so
+    /// queries never spell a state set by hand.
+    pub fn sql_list(keep: impl Fn(ActionState) -> bool) -> String {
+        let names: Vec<String> =
+            ActionState::ALL.iter().filter(|s| keep(**s)).map(|s| format!("'{}'", s.as_str())).collect();
+        format!("({})", names.join(", "))
+    }
+}
+
+impl RolloutState {
+    /// `('a', 'b', …)` of the states `keep` selects, for SQL `IN` lists.
+    pub fn sql_list(keep: impl Fn(RolloutState) -> bool) -> String {
+        let names: Vec<String> =
+            RolloutState::ALL.iter().filter(|s| keep(**s)).map(|s| format!("'{}'", s.as_str())).collect();
+        format!("({})", names.join(", "))
+    }
+}
+
 str_enum!(
     /// What an action asks the device to do.
     ActionKind, "action kind", {
     Install => "install",
     Rollback => "rollback",
 });
+
+str_enum!(
+    /// What a rollout is for: going to a release, or back to an earlier one
+    /// (the tracker's `POST /ota/rollback`).
+    RolloutKind, "rollout kind", {
+    Deploy => "deploy",
+    Rollback => "rollback",
+});
+
+str_enum!(
+    /// The kind of an event in the audit log (`events.kind`).
+    EventKind, "event kind", {
+    RolloutCreated => "rollout.created",
+    RolloutPending => "rollout.pending",
+    RolloutRunning => "rollout.running",
+    RolloutPaused => "rollout.paused",
+    RolloutSucceeded => "rollout.succeeded",
+    RolloutFailed => "rollout.failed",
+    RolloutAborted => "rollout.aborted",
+    RolloutRolledBack => "rollout.rolled_back",
+    RolloutReleased => "rollout.released",
+    RolloutGatePassed => "rollout.gate_passed",
+    RolloutWaveStarted => "rollout.wave_started",
+    RolloutPromoted => "rollout.promoted",
+    RolloutRollbackRequested => "rollout.rollback_requested",
+    RolloutRollbacksCreated => "rollout.rollbacks_created",
+    ActionScheduled => "action.scheduled",
+    ActionNotified => "action.notified",
+    ActionDownloading => "action.downloading",
+    ActionInstalling => "action.installing",
+    ActionVerifying => "action.verifying",
+    ActionSucceeded => "action.succeeded",
+    ActionFailed => "action.failed",
+    ActionRolledBack => "action.rolled_back",
+    ActionSkipped => "action.skipped",
+    ActionReportIgnored => "action.report_ignored",
+    // Written by earlier versions for a retried rollback (now `action.scheduled`).
+    ActionRetried => "action.retried",
+    DeviceRegistered => "device.registered",
+    DeviceLabelsUpdated => "device.labels_updated",
+    DeviceDeleted => "device.deleted",
+    DeviceVersionChanged => "device.version_changed",
+    ReleaseCreated => "release.created",
+    ReleaseArtifactAdded => "release.artifact_added",
+});
+
+impl EventKind {
+    /// `rollout.<state>`: a rollout entered `s`.
+    pub fn for_rollout_state(s: RolloutState) -> EventKind {
+        use RolloutState::*;
+        match s {
+            Pending => EventKind::RolloutPending,
+            Running => EventKind::RolloutRunning,
+            Paused => EventKind::RolloutPaused,
+            Succeeded => EventKind::RolloutSucceeded,
+            Failed => EventKind::RolloutFailed,
+            Aborted => EventKind::RolloutAborted,
+            RolledBack => EventKind::RolloutRolledBack,
+        }
+    }
+
+    /// `action.<state>`: an action entered `s`.
+    pub fn for_action_state(s: ActionState) -> EventKind {
+        use ActionState::*;
+        match s {
+            Scheduled => EventKind::ActionScheduled,
+            Notified => EventKind::ActionNotified,
+            Downloading => EventKind::ActionDownloading,
+            Installing => EventKind::ActionInstalling,
+            Verifying => EventKind::ActionVerifying,
+            Succeeded => EventKind::ActionSucceeded,
+            Failed => EventKind::ActionFailed,
+            RolledBack => EventKind::ActionRolledBack,
+            Skipped => EventKind::ActionSkipped,
+        }
+    }
+}
 
 str_enum!(
     /// Health as last reported by a device (or unknown).
@@ -238,6 +347,24 @@ mod tests {
                 assert_eq!(s.can_transition_to(*t), drift, "{s} -> {t}");
             }
         }
+    }
+
+    #[test]
+    fn state_events_and_sql_lists_come_from_the_enums() {
+        for s in RolloutState::ALL {
+            assert_eq!(EventKind::for_rollout_state(*s).as_str(), format!("rollout.{s}"));
+        }
+        for s in ActionState::ALL {
+            assert_eq!(EventKind::for_action_state(*s).as_str(), format!("action.{s}"));
+        }
+        assert_eq!(
+            ActionState::sql_list(ActionState::is_in_flight),
+            "('notified', 'downloading', 'installing', 'verifying')"
+        );
+        assert_eq!(RolloutState::sql_list(RolloutState::is_active), "('pending', 'running', 'paused')");
+        assert_eq!(serde_json::to_string(&EventKind::RolloutGatePassed).unwrap(), "\"rollout.gate_passed\"");
+        assert_eq!(serde_json::from_str::<RolloutKind>("\"rollback\"").unwrap(), RolloutKind::Rollback);
+        assert!(serde_json::from_str::<RolloutKind>("\"bogus\"").is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! * `OTAFLEET_SIM_SEED=N` — replay one seed with a step-by-step trace:
 //!   `OTAFLEET_SIM_SEED=N cargo test -p otafleet-core --test simulation -- --nocapture`
 
-use otafleet_core::engine::{self, Decision, Retry, RollbackCounts, Snapshot, WaveCounts};
+use otafleet_core::effects;
+use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
 use otafleet_core::plan::{self, Candidate};
 use otafleet_core::{ActionKind, ActionState, Millis, Preset, RolloutState, Step, Strategy, StrategySpec};
 use rand::{Rng, SeedableRng};
@@ -122,6 +123,8 @@ struct Sim {
     decisions: Vec<(Millis, Decision)>,
     state_log: Vec<(Millis, RolloutState)>,
     ticks: u64,
+    /// Failed rollback actions scheduled again (the path the store takes too).
+    rollback_retries: u64,
 }
 
 type SimResult<T = ()> = Result<T, String>;
@@ -176,6 +179,7 @@ impl Sim {
             decisions: Vec::new(),
             state_log: vec![(start, RolloutState::Pending)],
             ticks: 0,
+            rollback_retries: 0,
         }
     }
 
@@ -214,7 +218,7 @@ impl Sim {
         let mut current = WaveCounts::default();
         let mut in_flight_total = 0;
         let mut next_ready_at: Option<Millis> = None;
-        let mut rollback = RollbackCounts { requested: self.rollback_requested, missing: 0, open: 0 };
+        let mut rollback = RollbackCounts { requested: self.rollback_requested, ..RollbackCounts::default() };
         for a in &self.actions {
             match a.kind {
                 ActionKind::Install => {
@@ -246,6 +250,14 @@ impl Sim {
                     if !a.state.is_terminal() {
                         rollback.open += 1;
                     }
+                    if a.state == ActionState::Scheduled {
+                        if a.not_before <= now {
+                            rollback.ready += 1;
+                        } else {
+                            rollback.next_ready_at =
+                                Some(rollback.next_ready_at.map_or(a.not_before, |t| t.min(a.not_before)));
+                        }
+                    }
                 }
             }
         }
@@ -274,9 +286,8 @@ impl Sim {
         Ok(())
     }
 
-    fn notify(&mut self, i: usize, now: Millis) -> SimResult {
+    fn notify(&mut self, i: usize, deadline: Millis, now: Millis) -> SimResult {
         self.set_action(i, ActionState::Notified)?;
-        let deadline = engine::deadline(&self.strategy.gate, now);
         let a = &mut self.actions[i];
         a.attempts += 1;
         a.deadline = deadline;
@@ -348,22 +359,24 @@ impl Sim {
         }
     }
 
-    /// A failure (reported or timed out) of an in-flight action.
+    /// A failure (reported or timed out) of an in-flight action: what
+    /// `effects::action_failure` says, exactly as the store applies it.
     fn action_failed(&mut self, i: usize, now: Millis, why: &str) -> SimResult {
-        let active = self.state.is_active();
-        let r = engine::after_failure(self.actions[i].attempts, &self.strategy.gate, active, now);
-        self.log(|| format!("action {i} {why} after {} attempt(s): {r:?}", self.actions[i].attempts));
-        match r {
-            Retry::Again { not_before } => {
-                if not_before < now {
-                    return Err(format!("after_failure scheduled a retry in the past ({not_before} < {now})"));
-                }
-                self.set_action(i, ActionState::Scheduled)?;
-                self.actions[i].not_before = not_before;
+        let a = &self.actions[i];
+        let facts = effects::ActionFacts { kind: a.kind, state: a.state, attempts: a.attempts };
+        let change = effects::action_failure(facts, self.state, &self.strategy.gate, why, "simulated", now)
+            .map_err(|e| format!("action {i}: {e}"))?;
+        self.log(|| format!("action {i} {why} after {} attempt(s): -> {}", facts.attempts, change.state));
+        if let Some(not_before) = change.not_before {
+            if not_before < now {
+                return Err(format!("action_failure scheduled a retry in the past ({not_before} < {now})"));
             }
-            Retry::GiveUp => self.set_action(i, ActionState::Failed)?,
+            self.actions[i].not_before = not_before;
         }
-        Ok(())
+        if change.state == ActionState::Scheduled && facts.kind == ActionKind::Rollback {
+            self.rollback_retries += 1;
+        }
+        self.set_action(i, change.state)
     }
 
     fn handle(&mut self, ev: Ev, now: Millis) -> SimResult {
@@ -386,18 +399,18 @@ impl Sim {
             }
             Ev::Operator(op) => {
                 self.log(|| format!("operator: {op:?} (state {})", self.state));
-                match op {
-                    Op::Pause if self.state == RolloutState::Running => self.set_state(RolloutState::Paused)?,
-                    Op::Resume if self.state == RolloutState::Paused => self.set_state(RolloutState::Running)?,
-                    Op::Abort if self.state.can_transition_to(RolloutState::Aborted) => {
-                        self.set_state(RolloutState::Aborted)?;
-                        self.skip_scheduled_installs()?;
-                        self.rollback_requested = self.strategy.auto_rollback;
-                    }
-                    Op::Promote if matches!(self.state, RolloutState::Running | RolloutState::Paused) => {
-                        self.promote = true
-                    }
-                    _ => self.log(|| "  (rejected: not applicable in this state)".into()),
+                let command = match op {
+                    Op::Pause => effects::Command::SetState { to: RolloutState::Paused, reason: None },
+                    Op::Resume => effects::Command::SetState { to: RolloutState::Running, reason: None },
+                    Op::Abort => effects::Command::SetState { to: RolloutState::Aborted, reason: Some("operator") },
+                    Op::Promote => effects::Command::Promote,
+                };
+                // Resume only undoes a pause (the API's resume is the same command).
+                let applicable = !matches!(op, Op::Resume) || self.state == RolloutState::Paused;
+                match effects::command(self.facts(), command, now) {
+                    Ok(e) if applicable => self.apply_effects(&e, now)?,
+                    Ok(_) => self.log(|| "  (rejected: not paused)".into()),
+                    Err(e) => self.log(|| format!("  (rejected: {e})")),
                 }
             }
         }
@@ -413,93 +426,120 @@ impl Sim {
         Ok(())
     }
 
+    fn facts(&self) -> effects::RolloutFacts {
+        effects::RolloutFacts {
+            state: self.state,
+            current_wave: self.wave,
+            rollback_requested: self.rollback_requested,
+            auto_rollback: self.strategy.auto_rollback,
+        }
+    }
+
     fn apply(&mut self, d: &Decision, now: Millis) -> SimResult {
         self.decisions.push((now, d.clone()));
+        let e = effects::decision(&self.snapshot(now), d, now);
+        if !matches!(d, Decision::Idle { .. }) && e == effects::Effects::default() {
+            return Err(format!("{d:?} changed nothing"));
+        }
         match d {
-            Decision::Idle { .. } => {}
-            Decision::Start => {
-                self.set_state(RolloutState::Running)?;
-                self.wave = 0;
-            }
-            Decision::Release { count } => {
-                if *count == 0 {
-                    return Err("engine returned Release{0}".into());
-                }
+            Decision::Release { count: 0 } => return Err("engine returned Release{0}".into()),
+            Decision::Release { .. } => {
                 for w in 0..self.wave {
                     if self.gates[w].is_none() {
                         return Err(format!("release in wave {} before wave {w} passed its gate", self.wave));
                     }
                 }
-                let picked: Vec<usize> = (0..self.actions.len())
-                    .filter(|&i| {
-                        let a = &self.actions[i];
-                        a.kind == ActionKind::Install
-                            && a.wave == self.wave
-                            && a.state == ActionState::Scheduled
-                            && a.not_before <= now
-                    })
-                    .take(*count as usize)
-                    .collect();
-                if (picked.len() as u64) < *count {
-                    return Err(format!("Release{{{count}}} but only {} actions are ready", picked.len()));
-                }
-                debug_assert!(picked.windows(2).all(|p| self.actions[p[0]].pos < self.actions[p[1]].pos));
-                for i in picked {
-                    self.notify(i, now)?;
-                    self.releases.push((now, i));
-                }
-                self.last_release_at = Some(now);
             }
-            Decision::GatePassed { .. } => {
-                self.gate_passed_at = Some(now);
-                self.gates[self.wave] = Some(now);
+            Decision::NextWave { from } if *from != self.wave => {
+                return Err(format!("NextWave{{from: {from}}} but the current wave is {}", self.wave));
             }
-            Decision::NextWave { from } => {
-                if *from != self.wave {
-                    return Err(format!("NextWave{{from: {from}}} but the current wave is {}", self.wave));
-                }
-                self.wave += 1;
-                self.gate_passed_at = None;
-                self.promote = false;
-                self.last_release_at = None;
-            }
-            Decision::Succeed { .. } => self.set_state(RolloutState::Succeeded)?,
-            Decision::Fail { .. } => {
-                self.set_state(RolloutState::Failed)?;
-                self.skip_scheduled_installs()?;
-                self.rollback_requested = self.strategy.auto_rollback;
-            }
-            Decision::CreateRollbacks { count } => {
-                let mut created = 0;
-                for i in 0..self.actions.len() {
-                    let a = &self.actions[i];
-                    if a.kind == ActionKind::Install
-                        && a.state == ActionState::Succeeded
-                        && self.rollback_of[a.device].is_none()
-                    {
-                        let device = a.device;
-                        let wave = a.wave;
-                        let j = self.actions.len();
-                        self.actions.push(Action {
-                            device,
-                            wave,
-                            kind: ActionKind::Rollback,
-                            state: ActionState::Scheduled,
-                            attempts: 0,
-                            not_before: now,
-                            deadline: 0,
-                            pos: j,
-                        });
-                        self.rollback_of[device] = Some(j);
-                        self.notify(j, now)?;
-                        created += 1;
+            _ => {}
+        }
+        self.apply_effects(&e, now)
+    }
+
+    /// Applies effects to the in-memory rows: the simulator's counterpart of
+    /// the store's `apply_effects`, deciding nothing itself.
+    fn apply_effects(&mut self, e: &effects::Effects, now: Millis) -> SimResult {
+        let r = &e.rollout;
+        if let Some(to) = r.state {
+            self.set_state(to)?;
+        }
+        if let Some(b) = r.rollback_requested {
+            self.rollback_requested = b;
+        }
+        if r.advance_wave {
+            self.wave += 1;
+            self.gate_passed_at = None;
+            self.promote = false;
+            self.last_release_at = None;
+        }
+        if let Some(t) = r.gate_passed_at {
+            self.gate_passed_at = Some(t);
+            self.gates[self.wave] = Some(t);
+        }
+        if let Some(t) = r.last_release_at {
+            self.last_release_at = Some(t);
+        }
+        if let Some(p) = r.promote {
+            self.promote = p;
+        }
+        for change in &e.actions {
+            match change {
+                effects::ActionsChange::Release { kind, wave, count, deadline } => {
+                    let mut picked: Vec<usize> = (0..self.actions.len())
+                        .filter(|&i| {
+                            let a = &self.actions[i];
+                            a.kind == *kind
+                                && wave.is_none_or(|w| a.wave == w)
+                                && a.state == ActionState::Scheduled
+                                && a.not_before <= now
+                        })
+                        .collect();
+                    picked.sort_by_key(|&i| self.actions[i].pos);
+                    picked.truncate(*count as usize);
+                    if (picked.len() as u64) < *count {
+                        return Err(format!("Release{{{count}}} but only {} actions are ready", picked.len()));
+                    }
+                    for i in picked {
+                        self.notify(i, *deadline, now)?;
+                        if *kind == ActionKind::Install {
+                            self.releases.push((now, i));
+                        }
                     }
                 }
-                if created != *count {
-                    return Err(format!("CreateRollbacks{{{count}}} but {created} devices needed one"));
+                effects::ActionsChange::SkipScheduledInstalls { .. } => self.skip_scheduled_installs()?,
+                effects::ActionsChange::CreateRollbacks => {
+                    let mut created = 0;
+                    for i in 0..self.actions.len() {
+                        let a = &self.actions[i];
+                        if a.kind == ActionKind::Install
+                            && a.state == ActionState::Succeeded
+                            && self.rollback_of[a.device].is_none()
+                        {
+                            let (device, wave) = (a.device, a.wave);
+                            let j = self.actions.len();
+                            self.actions.push(Action {
+                                device,
+                                wave,
+                                kind: ActionKind::Rollback,
+                                state: ActionState::Scheduled,
+                                attempts: 0,
+                                not_before: now,
+                                deadline: 0,
+                                pos: j,
+                            });
+                            self.rollback_of[device] = Some(j);
+                            created += 1;
+                        }
+                    }
+                    if let Some(Decision::CreateRollbacks { count }) = self.decisions.last().map(|(_, d)| d) {
+                        if created != *count {
+                            return Err(format!("CreateRollbacks{{{count}}} but {created} devices needed one"));
+                        }
+                    }
                 }
             }
-            Decision::FinishRollback => self.set_state(RolloutState::RolledBack)?,
         }
         Ok(())
     }
@@ -787,6 +827,11 @@ fn check_legal(s: &Snapshot<'_>, now: Millis, d: &Decision) -> Result<(), String
             need(ended && s.rollback.requested, "rollbacks without a request")?;
             need(*count > 0 && *count == s.rollback.missing, "rollback count differs from the devices missing one")
         }
+        Decision::ReleaseRollbacks { count } => {
+            need(ended && s.rollback.requested, "rollback release without a request")?;
+            need(s.rollback.missing == 0, "rollback release before every rollback was created")?;
+            need(*count > 0 && *count == s.rollback.ready, "rollback release count differs from the ready ones")
+        }
         Decision::FinishRollback => {
             transition(RolledBack)?;
             need(ended && s.rollback.requested, "finish rollback without a request")?;
@@ -961,7 +1006,7 @@ fn simulation_many_seeds() {
                 scope.spawn(move || {
                     (0..runs)
                         .filter(|s| s % threads == t)
-                        .map(|seed| (seed, run_seed(seed, false).map(|sim| (sim.state, sim.ticks))))
+                        .map(|seed| (seed, run_seed(seed, false).map(|sim| (sim.state, sim.rollback_retries))))
                         .collect::<Vec<_>>()
                 })
             })
@@ -972,13 +1017,20 @@ fn simulation_many_seeds() {
     all.sort_by_key(|(s, _)| *s);
     let mut by_state = std::collections::BTreeMap::new();
     let mut failures = Vec::new();
+    let mut rollback_retries = 0u64;
     for (seed, r) in &all {
         match r {
-            Ok((state, _)) => *by_state.entry(state.as_str()).or_insert(0u64) += 1,
+            Ok((state, retries)) => {
+                *by_state.entry(state.as_str()).or_insert(0u64) += 1;
+                rollback_retries += retries;
+            }
             Err(e) => failures.push((*seed, e.clone())),
         }
     }
-    println!("{runs} seeded runs in {:.2?} on {threads} threads; outcomes {by_state:?}", t0.elapsed());
+    println!(
+        "{runs} seeded runs in {:.2?} on {threads} threads; outcomes {by_state:?}; failed rollbacks retried: {rollback_retries}",
+        t0.elapsed()
+    );
     if let Some((seed, e)) = failures.first() {
         let more = failures.iter().skip(1).take(9).map(|(s, e)| format!("  seed {s}: {e}\n")).collect::<String>();
         panic!(
@@ -992,6 +1044,7 @@ fn simulation_many_seeds() {
         for s in ["succeeded", "rolled_back", "failed"] {
             assert!(by_state.get(s).copied().unwrap_or(0) > 0, "no run ended {s}: the generator lost coverage");
         }
+        assert!(rollback_retries > 0, "no failed rollback was retried: the generator lost coverage");
     }
 }
 
@@ -1149,9 +1202,14 @@ fn every_decision_is_legal_for_every_small_snapshot() {
                                 for promote in [false, true] {
                                     for extra_in_flight in [0, 1] {
                                         for last_release_at in [None, Some(nows[0] - 5_000)] {
-                                            for (requested, missing, open) in
-                                                [(false, 0, 0), (true, 0, 0), (true, 1, 0), (true, 0, 1), (true, 2, 1)]
-                                            {
+                                            for (requested, missing, open, rb_ready) in [
+                                                (false, 0, 0, 0),
+                                                (true, 0, 0, 0),
+                                                (true, 1, 0, 0),
+                                                (true, 0, 1, 0),
+                                                (true, 0, 1, 1),
+                                                (true, 2, 1, 0),
+                                            ] {
                                                 for start_at in [None, Some(nows[0] + 1)] {
                                                     if !reachable(
                                                         state,
@@ -1184,7 +1242,13 @@ fn every_decision_is_legal_for_every_small_snapshot() {
                                                         },
                                                         in_flight_total: in_flight + extra_in_flight,
                                                         next_ready_at: (ready < scheduled).then_some(nows[1] + 1),
-                                                        rollback: RollbackCounts { requested, missing, open },
+                                                        rollback: RollbackCounts {
+                                                            requested,
+                                                            missing,
+                                                            open,
+                                                            ready: rb_ready,
+                                                            next_ready_at: (open > rb_ready).then_some(nows[1] + 1),
+                                                        },
                                                     };
                                                     for now in nows {
                                                         let d = engine::decide(&s, now);
