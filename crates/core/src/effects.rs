@@ -161,19 +161,20 @@ pub fn decision(s: &Snapshot<'_>, d: &Decision, now: Millis) -> Effects {
             ..Effects::default()
         }
         .event(EventKind::RolloutGatePassed, serde_json::to_value(report).unwrap_or_default()),
-        Decision::NextWave { from } => Effects {
-            rollout: RolloutChange { advance_wave: true, ..RolloutChange::default() },
-            ..Effects::default()
+        Decision::NextWave { from } => {
+            Effects { rollout: RolloutChange { advance_wave: true, ..RolloutChange::default() }, ..Effects::default() }
+                .event(EventKind::RolloutWaveStarted, json!({"wave": from + 1}))
         }
-        .event(EventKind::RolloutWaveStarted, json!({"wave": from + 1})),
         Decision::Succeed { report } => {
             legal(RolloutState::Succeeded, None, Some(serde_json::to_value(report).unwrap_or_default()))
         }
         Decision::Fail { reason, report } => {
             legal(RolloutState::Failed, Some(reason), Some(serde_json::to_value(report).unwrap_or_default()))
         }
-        Decision::CreateRollbacks { count } => Effects { actions: vec![ActionsChange::CreateRollbacks], ..Effects::default() }
-            .event(EventKind::RolloutRollbacksCreated, json!({"count": count})),
+        Decision::CreateRollbacks { count } => {
+            Effects { actions: vec![ActionsChange::CreateRollbacks], ..Effects::default() }
+                .event(EventKind::RolloutRollbacksCreated, json!({"count": count}))
+        }
         Decision::ReleaseRollbacks { count } => Effects {
             actions: vec![ActionsChange::Release {
                 kind: ActionKind::Rollback,
@@ -204,9 +205,9 @@ pub enum Command<'a> {
 pub enum CommandError {
     #[error(transparent)]
     Transition(#[from] TransitionError),
-    #[error("the rollout is {0}; only a running or paused rollout can be promoted")]
+    #[error("is {0}; only a running or paused rollout can be promoted")]
     NotPromotable(RolloutState),
-    #[error("the rollout is already rolled back or rolling back")]
+    #[error("is already rolled back or rolling back")]
     AlreadyRollingBack,
 }
 
@@ -218,8 +219,11 @@ pub fn command(r: RolloutFacts, c: Command<'_>, now: Millis) -> Result<Effects, 
             if !matches!(r.state, RolloutState::Running | RolloutState::Paused) {
                 return Err(CommandError::NotPromotable(r.state));
             }
-            Ok(Effects { rollout: RolloutChange { promote: Some(true), ..RolloutChange::default() }, ..Effects::default() }
-                .event(EventKind::RolloutPromoted, json!({"wave": r.current_wave})))
+            Ok(Effects {
+                rollout: RolloutChange { promote: Some(true), ..RolloutChange::default() },
+                ..Effects::default()
+            }
+            .event(EventKind::RolloutPromoted, json!({"wave": r.current_wave})))
         }
         Command::Rollback => {
             if r.state == RolloutState::RolledBack || r.rollback_requested {

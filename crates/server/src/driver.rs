@@ -40,6 +40,7 @@ fn decision_name(d: &Decision) -> &'static str {
         Decision::Succeed { .. } => "succeed",
         Decision::Fail { .. } => "fail",
         Decision::CreateRollbacks { .. } => "create_rollbacks",
+        Decision::ReleaseRollbacks { .. } => "release_rollbacks",
         Decision::FinishRollback => "finish_rollback",
     }
 }
@@ -192,7 +193,7 @@ mod tests {
             &state,
             CreateRollout {
                 release: ReleaseRef::EnsureVersion("2.0.0".into()),
-                kind: "deploy",
+                kind: otafleet_core::RolloutKind::Deploy,
                 target: Target::Selector(String::new()),
                 strategy: serde_json::from_str(r#"{"steps":[1,"100%"]}"#).unwrap(),
                 start_at: None,

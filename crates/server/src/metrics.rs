@@ -105,7 +105,7 @@ impl Metrics {
     pub async fn render(&self, store: &Store) -> Result<String, otafleet_store::StoreError> {
         let states = store.rollout_state_counts().await?;
         let health = store.device_health_counts().await?;
-        let updated = store.count_updated_devices().await?;
+        let updated = store.count_succeeded_installs().await?;
         let last = store.last_rollout_activity().await?;
         let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let (mut pending, mut ok, mut total) = (0, 0, 0);

@@ -20,7 +20,7 @@ pub enum ReleaseRef {
 pub struct CreateRollout {
     pub release: ReleaseRef,
     /// `deploy` or `rollback`.
-    pub kind: &'static str,
+    pub kind: otafleet_core::RolloutKind,
     pub target: Target,
     pub strategy: StrategySpec,
     pub start_at: Option<i64>,

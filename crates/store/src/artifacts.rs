@@ -6,6 +6,7 @@
 use crate::events::{self, NewEvent};
 use crate::releases::Artifact;
 use crate::{now_ms, Release, Result, Store, StoreError};
+use otafleet_core::EventKind;
 
 impl Store {
     /// Adds the artifact to the release, replacing one of the same name.
@@ -43,7 +44,7 @@ impl Store {
         .bind(artifact.signature.clone())
         .execute(&mut *tx)
         .await?;
-        let ev = NewEvent::new("release.artifact_added", actor).data(serde_json::json!({
+        let ev = NewEvent::new(EventKind::ReleaseArtifactAdded, actor).data(serde_json::json!({
             "release_id": release_id, "name": artifact.name, "size": artifact.size, "sha256": artifact.sha256,
         }));
         events::insert(&mut tx, now, &ev).await?;

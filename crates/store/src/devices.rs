@@ -6,6 +6,7 @@ use crate::sql::Sql;
 use crate::tokens::hash_token;
 use crate::{conflict_or, now_ms, Result, RowExt, Store, StoreError};
 use otafleet_core::selector::{Labels, Requirement};
+use otafleet_core::EventKind;
 use otafleet_core::{DeviceHealth, Selector};
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -168,7 +169,7 @@ impl Store {
         } else {
             serde_json::json!({"count": devices.len()})
         };
-        let mut ev = NewEvent::new("device.registered", actor).data(data);
+        let mut ev = NewEvent::new(EventKind::DeviceRegistered, actor).data(data);
         if devices.len() == 1 {
             ev = ev.device(devices[0].id);
         }
@@ -259,7 +260,9 @@ impl Store {
             return Ok(None);
         }
         write_labels(&mut tx, &id.to_string(), labels).await?;
-        let ev = NewEvent::new("device.labels_updated", actor).device(id).data(serde_json::json!({ "labels": labels }));
+        let ev = NewEvent::new(EventKind::DeviceLabelsUpdated, actor)
+            .device(id)
+            .data(serde_json::json!({ "labels": labels }));
         events::insert(&mut tx, now, &ev).await?;
         let row = sqlx::query(&format!("SELECT {DEVICE_COLS} FROM devices d WHERE d.id = $1"))
             .bind(id.to_string())
@@ -292,7 +295,7 @@ impl Store {
         if n == 0 {
             return Ok(false);
         }
-        events::insert(&mut tx, now, &NewEvent::new("device.deleted", actor).device(id)).await?;
+        events::insert(&mut tx, now, &NewEvent::new(EventKind::DeviceDeleted, actor).device(id)).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -4,13 +4,14 @@
 
 use crate::sql::Sql;
 use crate::{Result, RowExt, Store};
+use otafleet_core::EventKind;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub kind: String,
+    pub kind: EventKind,
     pub rollout_id: Option<i64>,
     pub device_id: Option<Uuid>,
     pub action_id: Option<i64>,
@@ -19,12 +20,14 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    pub fn new(kind: &str, actor: &str) -> Self {
+    pub fn new(kind: EventKind, actor: &str) -> Self {
         NewEvent {
-            kind: kind.to_string(),
+            kind,
+            rollout_id: None,
+            device_id: None,
+            action_id: None,
             actor: actor.to_string(),
             data: serde_json::Value::Null,
-            ..Default::default()
         }
     }
     pub fn rollout(mut self, id: i64) -> Self {

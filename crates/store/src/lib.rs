@@ -6,7 +6,7 @@
 //! milliseconds, UUIDs and JSON are text, placeholders are `$N`. The two schema
 //! dialects live side by side in `migrations/{sqlite,postgres}` and are embedded
 //! in the binary. Every state transition is written together with its event in
-//! one transaction (see `rollouts.rs`); SQLite write transactions use
+//! one transaction (see `rollouts/`); SQLite write transactions use
 //! `BEGIN IMMEDIATE` so concurrent writers wait instead of failing.
 #![forbid(unsafe_code)]
 
@@ -15,7 +15,6 @@ mod devices;
 mod enroll;
 mod events;
 mod releases;
-mod report_writes;
 mod rollouts;
 mod sql;
 mod tokens;
@@ -25,7 +24,8 @@ pub use enroll::{EnrollRefusal, EnrollmentToken, NewEnrollmentToken};
 pub use events::{Event, EventQuery, NewEvent};
 pub use releases::{Artifact, NewArtifact, NewRelease, Release};
 pub use rollouts::{
-    Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, Target, WaveProgress,
+    Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, RolloutSummary, Target,
+    WaveProgress,
 };
 pub use tokens::{hash_token, Role, TokenRecord};
 
@@ -80,16 +80,18 @@ pub struct Store {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 3] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 4] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/sqlite/0003_action_counts.sql")),
+            (4, "preset", include_str!("../migrations/sqlite/0004_preset.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
             (2, "agent", include_str!("../migrations/postgres/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/postgres/0003_action_counts.sql")),
+            (4, "preset", include_str!("../migrations/postgres/0004_preset.sql")),
         ],
     };
     Migrator {

@@ -3,6 +3,7 @@
 
 use crate::events::{self, NewEvent};
 use crate::{conflict_or, now_ms, Result, RowExt, Store, StoreError};
+use otafleet_core::EventKind;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
@@ -106,8 +107,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        let ev =
-            NewEvent::new("release.created", actor).data(serde_json::json!({"release_id": id, "version": new.version}));
+        let ev = NewEvent::new(EventKind::ReleaseCreated, actor)
+            .data(serde_json::json!({"release_id": id, "version": new.version}));
         events::insert(&mut tx, now, &ev).await?;
         tx.commit().await?;
         Ok(Release {

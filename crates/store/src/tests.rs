@@ -175,7 +175,7 @@ async fn make_rollout(s: &Store, n: u128, spec: StrategySpec) -> Rollout {
     let from_versions = devices.iter().map(|d| (d.id, d.current_version.clone())).collect();
     s.create_rollout(NewRollout {
         release: &release,
-        kind: "deploy",
+        kind: otafleet_core::RolloutKind::Deploy,
         target: Target::Selector("device_type=esp32".into()),
         strategy,
         start_at: None,
@@ -270,7 +270,7 @@ async fn rollout_runs_through_waves_with_idempotent_reports(s: Store) {
     assert_eq!(r.state, RolloutState::Succeeded);
     let p = s.wave_progress(r.id).await.unwrap();
     assert_eq!((p[0].succeeded, p[1].succeeded), (1, 3));
-    assert_eq!(s.count_updated_devices().await.unwrap(), 4);
+    assert_eq!(s.count_succeeded_installs().await.unwrap(), 4);
     // Succeeded is final for operator moves.
     assert!(matches!(s.set_rollout_state(r.id, RolloutState::Running, None, "t").await, Err(StoreError::Conflict(_))));
 }
@@ -480,11 +480,14 @@ async fn abort_rolls_back_updated_devices(s: Store) {
     s.report_status(acts[0].device_id, &report(acts[0].id, 1, ActionState::Succeeded), 10).await.unwrap();
     s.set_rollout_state(r.id, RolloutState::Aborted, Some("operator"), "t").await.unwrap();
     let ds = drive(&s, r.id, 20).await;
-    assert_eq!(ds, vec![Decision::CreateRollbacks { count: 1 }]);
+    assert_eq!(ds, vec![Decision::CreateRollbacks { count: 1 }, Decision::ReleaseRollbacks { count: 1 }]);
     // The two other devices are still in flight; one finishes after the abort and is rolled back too.
     s.report_status(acts[1].device_id, &report(acts[1].id, 1, ActionState::Succeeded), 30).await.unwrap();
     s.report_status(acts[2].device_id, &report(acts[2].id, 1, ActionState::Failed), 30).await.unwrap();
-    assert_eq!(drive(&s, r.id, 40).await, vec![Decision::CreateRollbacks { count: 1 }]);
+    assert_eq!(
+        drive(&s, r.id, 40).await,
+        vec![Decision::CreateRollbacks { count: 1 }, Decision::ReleaseRollbacks { count: 1 }]
+    );
     let rbs = s.list_actions(&ActionQuery { rollout_id: Some(r.id), limit: 10, ..Default::default() }).await.unwrap();
     let rbs: Vec<_> = rbs.into_iter().filter(|a| a.kind == otafleet_core::ActionKind::Rollback).collect();
     assert_eq!(rbs.len(), 2);
@@ -498,4 +501,48 @@ async fn abort_rolls_back_updated_devices(s: Store) {
     assert_eq!(s.get_rollout(r.id).await.unwrap().unwrap().state, RolloutState::RolledBack);
     assert_eq!(s.get_device(rbs[0].device_id).await.unwrap().unwrap().current_version.as_deref(), Some("1.0.0"));
     let _ = Preset::Canary;
+}
+
+both!(failed_rollback_is_retried_through_scheduled_then_left_for_an_operator);
+async fn failed_rollback_is_retried_through_scheduled_then_left_for_an_operator(s: Store) {
+    // One retry, 1 s backoff: the first failed rollback is scheduled again and
+    // released after the backoff; the second failure gives up.
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"],"retries":1,"backoff_secs":1}"#).unwrap();
+    let r = make_rollout(&s, 1, spec).await;
+    drive(&s, r.id, 0).await;
+    let install =
+        s.list_actions(&ActionQuery { rollout_id: Some(r.id), limit: 10, ..Default::default() }).await.unwrap();
+    s.report_status(install[0].device_id, &report(install[0].id, 1, ActionState::Succeeded), 10).await.unwrap();
+    s.rollback_rollout(r.id, "t").await.unwrap();
+    let ds = drive(&s, r.id, 20).await;
+    assert_eq!(ds, vec![Decision::CreateRollbacks { count: 1 }, Decision::ReleaseRollbacks { count: 1 }]);
+    let rollback =
+        |acts: Vec<Action>| acts.into_iter().find(|a| a.kind == otafleet_core::ActionKind::Rollback).unwrap();
+    let rb = rollback(
+        s.list_actions(&ActionQuery { rollout_id: Some(r.id), limit: 10, ..Default::default() }).await.unwrap(),
+    );
+    assert_eq!((rb.state, rb.attempts), (ActionState::Notified, 1));
+    s.report_status(rb.device_id, &report(rb.id, 1, ActionState::Failed), 30).await.unwrap();
+    let rb = s.get_action(rb.id).await.unwrap().unwrap();
+    assert_eq!(rb.state, ActionState::Scheduled, "a failed rollback goes back through scheduled, a legal move");
+    assert_eq!(rb.not_before, 1_030);
+    assert_eq!(drive(&s, r.id, 500).await, Vec::<Decision>::new(), "the retry waits for its backoff");
+    assert_eq!(drive(&s, r.id, 1_030).await, vec![Decision::ReleaseRollbacks { count: 1 }]);
+    let rb = s.get_action(rb.id).await.unwrap().unwrap();
+    assert_eq!((rb.state, rb.attempts), (ActionState::Notified, 2));
+    s.report_status(rb.device_id, &report(rb.id, 2, ActionState::Failed), 1_100).await.unwrap();
+    let rb = s.get_action(rb.id).await.unwrap().unwrap();
+    assert_eq!(rb.state, ActionState::Failed, "out of retries");
+    let failed = s
+        .list_events(&EventQuery {
+            rollout_id: Some(r.id),
+            kind: Some("action.failed".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.last().unwrap().data["needs_operator"], true);
+    assert_eq!(drive(&s, r.id, 1_200).await, vec![Decision::FinishRollback]);
+    assert_eq!(s.get_rollout(r.id).await.unwrap().unwrap().state, RolloutState::RolledBack);
 }

@@ -20,16 +20,16 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use otafleet_core::{Preset, RolloutState, StrategySpec};
+use otafleet_core::{Preset, RolloutKind, RolloutState, StrategySpec};
 use otafleet_store::{Role, Target};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 /// The tracker's status word for a rollout.
-pub fn job_status(kind: &str, state: RolloutState) -> &'static str {
+pub fn job_status(kind: RolloutKind, state: RolloutState) -> &'static str {
     match (kind, state) {
-        ("rollback", RolloutState::Pending) => "rollback_pending",
-        ("rollback", RolloutState::Succeeded) => "rollback_complete",
+        (RolloutKind::Rollback, RolloutState::Pending) => "rollback_pending",
+        (RolloutKind::Rollback, RolloutState::Succeeded) => "rollback_complete",
         (_, RolloutState::Pending) => "pending",
         (_, RolloutState::Succeeded) => "complete",
         (_, s) => s.as_str(),
@@ -122,7 +122,7 @@ pub async fn deploy(
         &state,
         CreateRollout {
             release: ReleaseRef::EnsureVersion(q.version.clone()),
-            kind: "deploy",
+            kind: otafleet_core::RolloutKind::Deploy,
             target: Target::Selector(String::new()),
             strategy: StrategySpec::preset(wave),
             start_at: None,
@@ -133,7 +133,7 @@ pub async fn deploy(
     Ok(Json(DeployResponse {
         job_id: r.id,
         version: r.version,
-        status: job_status(&r.kind, r.state),
+        status: job_status(r.kind, r.state),
         wave: r.preset.as_str().to_string(),
     }))
 }
@@ -166,15 +166,15 @@ pub async fn jobs(
         None => {
             let jobs: Vec<Job> = state
                 .store
-                .list_jobs()
+                .rollout_summaries()
                 .await?
                 .into_iter()
-                .map(|(id, version, wave, kind, st, created)| Job {
-                    id,
-                    version,
-                    wave,
-                    status: job_status(&kind, st),
-                    created_at: rfc3339(created),
+                .map(|r| Job {
+                    id: r.id,
+                    version: r.version,
+                    wave: r.preset.as_str().to_string(),
+                    status: job_status(r.kind, r.state),
+                    created_at: rfc3339(r.created_at),
                 })
                 .collect();
             let b = axum::body::Bytes::from(serde_json::to_vec(&jobs).map_err(ApiError::internal)?);
@@ -228,7 +228,7 @@ pub async fn update_status(
             .await?
     };
     state.driver_wake.notify_one();
-    Ok(Json(UpdateStatusResponse { status: "success", job_id: r.id, new_status: job_status(&r.kind, r.state) }))
+    Ok(Json(UpdateStatusResponse { status: "success", job_id: r.id, new_status: job_status(r.kind, r.state) }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -263,7 +263,7 @@ pub async fn rollback(
         &state,
         CreateRollout {
             release: ReleaseRef::EnsureVersion(q.version.clone()),
-            kind: "rollback",
+            kind: otafleet_core::RolloutKind::Rollback,
             target: Target::Selector(String::new()),
             strategy: StrategySpec { auto_rollback: Some(false), ..StrategySpec::preset(wave) },
             start_at: None,
@@ -274,7 +274,7 @@ pub async fn rollback(
     Ok(Json(RollbackResponse {
         job_id: r.id,
         version: r.version,
-        status: job_status(&r.kind, r.state),
+        status: job_status(r.kind, r.state),
         kind: "rollback",
     }))
 }
@@ -285,11 +285,11 @@ mod tests {
 
     #[test]
     fn tracker_words_map_both_ways() {
-        assert_eq!(job_status("deploy", RolloutState::Pending), "pending");
-        assert_eq!(job_status("rollback", RolloutState::Pending), "rollback_pending");
-        assert_eq!(job_status("deploy", RolloutState::Succeeded), "complete");
-        assert_eq!(job_status("rollback", RolloutState::Succeeded), "rollback_complete");
-        assert_eq!(job_status("deploy", RolloutState::RolledBack), "rolled_back");
+        assert_eq!(job_status(RolloutKind::Deploy, RolloutState::Pending), "pending");
+        assert_eq!(job_status(RolloutKind::Rollback, RolloutState::Pending), "rollback_pending");
+        assert_eq!(job_status(RolloutKind::Deploy, RolloutState::Succeeded), "complete");
+        assert_eq!(job_status(RolloutKind::Rollback, RolloutState::Succeeded), "rollback_complete");
+        assert_eq!(job_status(RolloutKind::Deploy, RolloutState::RolledBack), "rolled_back");
         // What the original job runner sends is understood.
         assert_eq!(state_for_status("complete"), Some(RolloutState::Succeeded));
         assert_eq!(state_for_status("rollback_complete"), Some(RolloutState::Succeeded));
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(state_for_status("whatever"), None);
         // Every state renders, and what renders parses back to the same state.
         for s in RolloutState::ALL {
-            let word = job_status("deploy", *s);
+            let word = job_status(RolloutKind::Deploy, *s);
             if let Some(back) = state_for_status(word) {
                 assert_eq!(back, *s, "{word}");
             }

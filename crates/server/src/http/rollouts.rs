@@ -85,7 +85,7 @@ impl RolloutView {
             id: r.id,
             release_id: r.release_id,
             version: r.version,
-            kind: r.kind,
+            kind: r.kind.as_str().to_string(),
             preset: r.preset.as_str().to_string(),
             wave: r.preset.as_str().to_string(),
             target: r.target,
@@ -213,7 +213,7 @@ pub async fn create(
         &state,
         CreateRollout {
             release,
-            kind: "deploy",
+            kind: otafleet_core::RolloutKind::Deploy,
             target,
             strategy: body.strategy.unwrap_or_default(),
             start_at,

@@ -18,8 +18,8 @@
 //! - Anything else that writes in the transaction (a failed report's retry
 //!   logic, which reads the rollout and the action back) flushes first.
 
+use super::Action;
 use crate::events::NewEvent;
-use crate::rollouts::Action;
 use crate::sql::{json_col, json_rows};
 use crate::{Backend, Result};
 use std::collections::{HashMap, HashSet};
@@ -125,7 +125,7 @@ impl ReportWrites {
                 .iter()
                 .map(|e| {
                     serde_json::json!([
-                        e.kind,
+                        e.kind.as_str(),
                         e.rollout_id,
                         e.device_id.map(|d| d.to_string()),
                         e.action_id,

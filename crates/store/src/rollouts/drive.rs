@@ -1,0 +1,137 @@
+//! The driver's step: read a snapshot, ask `otafleet_core::engine::decide`,
+//! apply the decision's effects, all in one write transaction.
+
+use super::apply::apply_effects;
+use super::{rollout_from_row, Action, Rollout, FAILED, IN_FLIGHT, MISSING_ROLLBACK, ROLLOUT_COLS, TERMINAL};
+use crate::{Result, RowExt, Store, StoreError};
+use otafleet_core::effects;
+use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
+
+/// Everything [`engine::decide`] reads about one rollout.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub rollout: Rollout,
+    pub current: WaveCounts,
+    pub in_flight_total: u64,
+    pub next_ready_at: Option<i64>,
+    pub rollback: RollbackCounts,
+}
+
+impl Parts {
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        let r = &self.rollout;
+        Snapshot {
+            state: r.state,
+            strategy: &r.strategy,
+            wave: r.current_wave as usize,
+            waves: r.waves as usize,
+            start_at: r.start_at,
+            gate_passed_at: r.gate_passed_at,
+            last_release_at: r.last_release_at,
+            promote: r.promote,
+            current: self.current,
+            in_flight_total: self.in_flight_total,
+            next_ready_at: self.next_ready_at,
+            rollback: self.rollback,
+        }
+    }
+}
+
+pub(crate) async fn read_parts(conn: &mut sqlx::AnyConnection, id: i64, now: i64) -> Result<Parts> {
+    let row = sqlx::query(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("rollout {id} not found")))?;
+    let r = rollout_from_row(&row)?;
+    let c = sqlx::query(&format!(
+        "SELECT COUNT(*) AS total, \
+           COUNT(CASE WHEN state = 'scheduled' THEN 1 END) AS scheduled, \
+           COUNT(CASE WHEN state = 'scheduled' AND not_before <= $3 THEN 1 END) AS ready, \
+           COUNT(CASE WHEN state IN {IN_FLIGHT} THEN 1 END) AS in_flight, \
+           COUNT(CASE WHEN state = 'succeeded' THEN 1 END) AS succeeded, \
+           COUNT(CASE WHEN state IN {FAILED} THEN 1 END) AS failed, \
+           COUNT(CASE WHEN state = 'skipped' THEN 1 END) AS skipped, \
+           MIN(CASE WHEN state = 'scheduled' AND not_before > $3 THEN not_before END) AS next_ready \
+         FROM actions WHERE rollout_id = $1 AND wave = $2 AND kind = 'install'"
+    ))
+    .bind(id)
+    .bind(r.current_wave)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    let current = WaveCounts {
+        total: c.i64("total")? as u64,
+        scheduled: c.i64("scheduled")? as u64,
+        ready: c.i64("ready")? as u64,
+        in_flight: c.i64("in_flight")? as u64,
+        succeeded: c.i64("succeeded")? as u64,
+        failed: c.i64("failed")? as u64,
+        skipped: c.i64("skipped")? as u64,
+    };
+    let next_ready_at = c.opt_i64("next_ready")?;
+    let in_flight_total = sqlx::query(&format!(
+        "SELECT COUNT(*) AS n FROM actions WHERE rollout_id = $1 AND kind = 'install' AND state IN {IN_FLIGHT}"
+    ))
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?
+    .i64("n")? as u64;
+    let mut rollback = RollbackCounts { requested: r.rollback_requested, ..RollbackCounts::default() };
+    if r.rollback_requested {
+        rollback.missing = sqlx::query(&format!("SELECT COUNT(*) AS n {MISSING_ROLLBACK}"))
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?
+            .i64("n")? as u64;
+        let c = sqlx::query(&format!(
+            "SELECT COUNT(*) AS open, \
+               COUNT(CASE WHEN state = 'scheduled' AND not_before <= $2 THEN 1 END) AS ready, \
+               MIN(CASE WHEN state = 'scheduled' AND not_before > $2 THEN not_before END) AS next_ready \
+             FROM actions WHERE rollout_id = $1 AND kind = 'rollback' AND state NOT IN {TERMINAL}"
+        ))
+        .bind(id)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+        rollback.open = c.i64("open")? as u64;
+        rollback.ready = c.i64("ready")? as u64;
+        rollback.next_ready_at = c.opt_i64("next_ready")?;
+    }
+    Ok(Parts { rollout: r, current, in_flight_total, next_ready_at, rollback })
+}
+
+impl Store {
+    /// Reads what the engine needs about rollout `id` at `now`.
+    pub async fn snapshot(&self, id: i64, now: i64) -> Result<Parts> {
+        let mut conn = self.pool.acquire().await?;
+        read_parts(&mut conn, id, now).await
+    }
+
+    /// One driver step: read, decide, apply in one transaction. Returns the
+    /// decision taken and the actions it handed to devices (to notify them and
+    /// to answer their next check-in without a read).
+    ///
+    /// A cheap read outside any transaction filters out the common "nothing to
+    /// do" case; otherwise the snapshot is read again inside the write
+    /// transaction and that decision is the one applied, so concurrent status
+    /// reports can never be decided over stale counts.
+    pub async fn drive_step(&self, id: i64, now: i64) -> Result<(Decision, Vec<Action>)> {
+        let parts = self.snapshot(id, now).await?;
+        let decision = engine::decide(&parts.snapshot(), now);
+        if matches!(decision, Decision::Idle { .. }) {
+            return Ok((decision, Vec::new()));
+        }
+        let mut tx = self.write_tx().await?;
+        let parts = read_parts(&mut tx, id, now).await?;
+        let snapshot = parts.snapshot();
+        let decision = engine::decide(&snapshot, now);
+        if matches!(decision, Decision::Idle { .. }) {
+            return Ok((decision, Vec::new()));
+        }
+        let e = effects::decision(&snapshot, &decision, now);
+        let released = apply_effects(&mut tx, &parts.rollout, &e, "driver", now).await?;
+        tx.commit().await?;
+        Ok((decision, released))
+    }
+}

@@ -1,0 +1,47 @@
+//! Actions past their deadline, and what any failed attempt does (shared
+//! with failure reports): `otafleet_core::effects::action_failure` decides,
+//! [`apply_action_change`] writes.
+
+use super::apply::apply_action_change;
+use super::{load_action, load_rollout, Action, Rollout, Tx, IN_FLIGHT};
+use crate::{Result, RowExt, Store, StoreError};
+use otafleet_core::effects::{self, ActionFacts};
+use uuid::Uuid;
+
+impl Store {
+    /// Applies timeouts: in-flight actions past their deadline are retried with
+    /// backoff or failed. Returns the devices whose action changed.
+    pub async fn expire_actions(&self, now: i64, limit: i64) -> Result<Vec<Uuid>> {
+        let rows = sqlx::query(&format!(
+            "SELECT id FROM actions WHERE deadline IS NOT NULL AND deadline <= $1 AND state IN {IN_FLIGHT} ORDER BY deadline LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut changed = Vec::new();
+        for row in rows {
+            let id = row.i64("id")?;
+            let mut tx = self.write_tx().await?;
+            let Some(a) = load_action(&mut tx, id).await? else { continue };
+            if !a.state.is_in_flight() || a.deadline.is_none_or(|d| d > now) {
+                continue;
+            }
+            let r = load_rollout(&mut tx, a.rollout_id).await?;
+            let msg = format!("no report within {} s (attempt {})", r.strategy.gate.timeout_secs, a.attempts);
+            fail_action(&mut tx, &r, &a, &msg, "timeout", now).await?;
+            tx.commit().await?;
+            changed.push(a.device_id);
+        }
+        Ok(changed)
+    }
+}
+
+/// A failed attempt (`cause`: `device` or `timeout`): retried with backoff
+/// through `scheduled` while retries remain, failed otherwise.
+pub(crate) async fn fail_action(tx: &mut Tx, r: &Rollout, a: &Action, msg: &str, cause: &str, now: i64) -> Result<()> {
+    let facts = ActionFacts { kind: a.kind, state: a.state, attempts: a.attempts.max(0) as u32 };
+    let change = effects::action_failure(facts, r.state, &r.strategy.gate, cause, msg, now)
+        .map_err(|e| StoreError::Conflict(format!("action {}: {e}", a.id)))?;
+    apply_action_change(tx, a, &change, cause, now).await
+}
