@@ -7,6 +7,7 @@
 //! All state lives in the database, so a killed process resumes where the last
 //! committed step left it; a step is never half-applied.
 
+use crate::service::delivery;
 use crate::AppState;
 use otafleet_core::engine::Decision;
 use otafleet_store::now_ms;
@@ -69,7 +70,7 @@ pub async fn pass(
     let expired = state.store.expire_actions(now, 5_000).await?;
     if !expired.is_empty() {
         tracing::info!(expired = expired.len(), "actions timed out");
-        state.caches.inbox_unknown(&expired);
+        delivery::expired(state, &expired);
     }
     // Timeouts change counts: everything is looked at again.
     let full = full || !expired.is_empty();
@@ -89,10 +90,7 @@ pub async fn pass(
         for _ in 0..MAX_STEPS_PER_PASS {
             let now = now_ms();
             let (decision, released) = state.store.drive_step(id, now).await?;
-            state.caches.inbox_put(&released);
-            if let Some(push) = state.mqtt.as_ref().filter(|_| !released.is_empty()) {
-                push.notify(&released.iter().map(|a| a.device_id).collect::<Vec<_>>());
-            }
+            delivery::released(state, &released);
             if let Decision::Idle { wake_at } = decision {
                 if let Some(t) = wake_at {
                     wake = Some(wake.map_or(t, |w| w.min(t)));

@@ -8,7 +8,6 @@
 //! finish, then closes the database.
 #![forbid(unsafe_code)]
 
-pub mod cache;
 pub mod driver;
 pub mod http;
 pub mod metrics;
@@ -76,7 +75,7 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Wakes the driver when something it decides on changed.
     pub driver_wake: Arc<Notify>,
-    pub caches: Arc<cache::Caches>,
+    pub caches: Arc<service::caches::Caches>,
     /// Publishes device wake-ups when `config.mqtt` is set.
     pub mqtt: Option<mqtt::Publisher>,
     /// Status reports, applied in group commits.
@@ -97,7 +96,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::new()),
             driver_wake: Arc::new(Notify::new()),
-            caches: Arc::new(cache::Caches::new(inbox, poll)),
+            caches: Arc::new(service::caches::Caches::new(inbox, poll)),
         }
     }
 }
@@ -155,7 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState::new(store, config);
-    state.caches.inbox_add(&state.store.devices_in_flight().await?);
+    service::delivery::warm(&state).await?;
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let app = http::router(state.clone());

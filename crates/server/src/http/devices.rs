@@ -259,8 +259,7 @@ pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Pat
     caller.require(Role::Operator)?;
     let id = parse_uuid(&id)?;
     if state.store.delete_device(id, &caller.actor()).await? {
-        state.caches.forget_device(id);
-        state.driver_wake.notify_one();
+        crate::service::delivery::device_deleted(&state, id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("device {id} not found")))

@@ -72,6 +72,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::service::ServiceError> for ApiError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError as E;
+        match e {
+            E::Invalid { field, message } if field.is_empty() => ApiError::bad_request(message),
+            E::Invalid { field, message } => ApiError::invalid(&field, message),
+            E::Unauthenticated(m) => ApiError::unauthorized(m),
+            E::NotFound(m) => ApiError::not_found(m),
+            E::Conflict(m) => ApiError::conflict(m),
+            E::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            E::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (

@@ -1,11 +1,11 @@
-//! Operations shared by several edges (management API, tracker-compatible API,
-//! CLI-driven demo): creating a rollout from a release, a target and a strategy.
+//! Creating a rollout from a release, a target and a strategy, for every edge
+//! that does (management API, tracker-compatible API, the demo).
 
-use crate::http::error::{ApiError, ApiResult};
+use super::{ServiceError, ServiceResult};
 use crate::AppState;
 use otafleet_core::plan::{plan, Candidate};
 use otafleet_core::{DeviceHealth, Selector, StrategySpec};
-use otafleet_store::{NewRollout, Release, Rollout, StoreError, Target, TargetDevice};
+use otafleet_store::{NewRollout, Release, Rollout, Target, TargetDevice};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
@@ -27,34 +27,34 @@ pub struct CreateRollout {
     pub actor: String,
 }
 
-async fn resolve_release(state: &AppState, r: &ReleaseRef, actor: &str) -> ApiResult<Release> {
+async fn resolve_release(state: &AppState, r: &ReleaseRef, actor: &str) -> ServiceResult<Release> {
     match r {
         ReleaseRef::Id(id) => state
             .store
             .get_release(*id)
             .await?
-            .ok_or_else(|| ApiError::invalid("release_id", format!("release {id} does not exist"))),
-        ReleaseRef::Version(v) => state
-            .store
-            .get_release_by_version(v)
-            .await?
-            .ok_or_else(|| ApiError::invalid("version", format!("no release with version '{v}'; create it first"))),
+            .ok_or_else(|| ServiceError::invalid("release_id", format!("release {id} does not exist"))),
+        ReleaseRef::Version(v) => {
+            state.store.get_release_by_version(v).await?.ok_or_else(|| {
+                ServiceError::invalid("version", format!("no release with version '{v}'; create it first"))
+            })
+        }
         ReleaseRef::EnsureVersion(v) => Ok(state.store.ensure_release(v, actor).await?),
     }
 }
 
 /// Resolves the target, filters eligible devices, plans the waves and stores the
 /// rollout with its actions in one transaction.
-pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<Rollout> {
+pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ServiceResult<Rollout> {
     let strategy = req
         .strategy
         .resolve(rand::random::<u64>() >> 1)
-        .map_err(|e| ApiError::invalid(&format!("strategy.{}", e.field), e.message))?;
+        .map_err(|e| ServiceError::invalid(&format!("strategy.{}", e.field), e.message))?;
     let release = resolve_release(state, &req.release, &req.actor).await?;
     let t0 = std::time::Instant::now();
     let devices = match &req.target {
         Target::Selector(s) => {
-            let sel = Selector::parse(s).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
+            let sel = Selector::parse(s).map_err(|e| ServiceError::invalid("selector", e.to_string()))?;
             state.store.target_devices(&sel).await?
         }
         Target::Devices(ids) => {
@@ -65,7 +65,7 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<R
             let known: HashSet<Uuid> = found.iter().map(|d| d.id).collect();
             let missing: Vec<String> = unique.iter().filter(|id| !known.contains(id)).map(Uuid::to_string).collect();
             if !missing.is_empty() {
-                return Err(ApiError::invalid("devices", format!("unknown devices: {}", missing.join(", "))));
+                return Err(ServiceError::invalid("devices", format!("unknown devices: {}", missing.join(", "))));
             }
             found
         }
@@ -106,10 +106,7 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ApiResult<R
             from_versions,
         })
         .await
-        .map_err(|e| match e {
-            StoreError::Conflict(m) => ApiError::conflict(m),
-            other => other.into(),
-        })?;
+        .map_err(ServiceError::from)?;
     tracing::info!(
         rollout = rollout.id,
         devices = devices.len(),
