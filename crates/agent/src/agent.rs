@@ -77,27 +77,16 @@ async fn identity(cfg: &AgentConfig, dir: &StateDir, http: &reqwest::Client, run
         current_version: Some(running.to_string()),
         labels: cfg.labels.clone(),
     };
-    let mut delay = Duration::from_secs(1);
-    loop {
-        match DeviceClient::enroll(http, &cfg.server, token, &req).await {
-            Ok(r) => {
-                let id = Identity { device_id: r.device_id, token: r.token, name: r.name, labels: r.labels };
-                dir.save_identity(&id)?;
-                tracing::info!(device = %id.device_id, name = %id.name, "enrolled");
-                return Ok(id);
-            }
-            Err(e) => match e.downcast_ref::<HttpStatus>() {
-                Some(h) if h.status.is_client_error() => {
-                    return Err(e.context("enrollment refused (check the enrollment token)"))
-                }
-                _ => {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot reach the server to enroll; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(60));
-                }
-            },
-        }
-    }
+    // A server that cannot be reached is waited for; a refusal (4xx) is final.
+    let policy = otafleet_rt::Retry::new(Duration::from_secs(1), Duration::from_secs(60)).jitter(0.2);
+    let refused = |e: &anyhow::Error| e.downcast_ref::<HttpStatus>().is_some_and(|h| h.status.is_client_error());
+    let r = otafleet_rt::retry(&policy, |e| !refused(e), || DeviceClient::enroll(http, &cfg.server, token, &req))
+        .await
+        .map_err(|e| if refused(&e) { e.context("enrollment refused (check the enrollment token)") } else { e })?;
+    let id = Identity { device_id: r.device_id, token: r.token, name: r.name, labels: r.labels };
+    dir.save_identity(&id)?;
+    tracing::info!(device = %id.device_id, name = %id.name, "enrolled");
+    Ok(id)
 }
 
 impl Agent {
@@ -478,8 +467,8 @@ impl Agent {
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(error = %format!("{e:#}"), queued = self.state.queue.len(), "check-in failed");
-                    let cap = self.cfg.poll_interval_secs.unwrap_or(30).max(1);
-                    Duration::from_secs((1u64 << failures.min(6)).min(cap))
+                    let cap = Duration::from_secs(self.cfg.poll_interval_secs.unwrap_or(30).max(1));
+                    otafleet_core::backoff::Backoff::new(Duration::from_secs(2), cap).delay(failures)
                 }
             };
             if wait.is_zero() {

@@ -24,34 +24,20 @@ pub fn spawn(url: &str, device_id: Uuid, wake: Arc<Notify>) -> Result<tokio::tas
     let topic = command_topic(&device_id);
     let mut opts = MqttOptions::new(format!("otafleet-agent-{device_id}"), host.clone(), port);
     opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut events) = AsyncClient::new(opts, 16);
-    Ok(tokio::spawn(async move {
-        let mut connected = false;
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                        tracing::warn!(error = %e, "MQTT subscribe failed");
-                    }
-                    connected = true;
-                    tracing::info!(broker = %format!("{host}:{port}"), %topic, "push connected");
-                    wake.notify_one();
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == topic => {
-                    tracing::debug!("push received");
-                    wake.notify_one();
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if connected {
-                        tracing::warn!(error = %e, "push connection lost; reconnecting");
-                    } else {
-                        tracing::debug!(error = %e, "push connect failed; retrying");
-                    }
-                    connected = false;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+    let (client, events) = AsyncClient::new(opts, 16);
+    let where_ = format!("{host}:{port}");
+    Ok(tokio::spawn(otafleet_rt::mqtt::run(events, where_, move |ev| match ev {
+        Event::Incoming(Packet::ConnAck(_)) => {
+            if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                tracing::warn!(error = %e, "MQTT subscribe failed");
             }
+            tracing::info!(%topic, "push connected");
+            wake.notify_one();
         }
-    }))
+        Event::Incoming(Packet::Publish(p)) if p.topic == topic => {
+            tracing::debug!("push received");
+            wake.notify_one();
+        }
+        _ => {}
+    })))
 }

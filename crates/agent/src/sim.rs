@@ -215,7 +215,7 @@ impl SimDevice {
     ) -> bool {
         self.seq += 1;
         let r = StatusReport { action_id, seq: self.seq, state, message, current_version: Some(self.version.clone()) };
-        let mut delay = Duration::from_millis(100);
+        let mut attempts = otafleet_rt::Retry::new(Duration::from_millis(100), Duration::from_secs(2)).start();
         loop {
             let sent = {
                 let _permit = self.permits.acquire().await;
@@ -233,10 +233,9 @@ impl SimDevice {
             }
             let mut stop = stop.clone();
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = attempts.wait() => {}
                 _ = stop.wait_for(|s| *s) => return false,
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 

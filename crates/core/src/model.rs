@@ -5,10 +5,6 @@
 //! when it is computed; the store's SQL lists of states are generated from
 //! these enums ([`ActionState::sql_list`]).
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
-
 /// A rejected state change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("illegal {what} transition from {from} to {to}")]
@@ -27,6 +23,8 @@ pub struct ParseEnumError {
     pub expected: &'static str,
 }
 
+/// An enum stored and sent as text: `as_str`, `Display`, `FromStr` (errors name
+/// the expected values), serde as the same strings, and `ALL`.
 macro_rules! str_enum {
     ($(#[$m:meta])* $name:ident, $what:literal, { $($variant:ident => $s:literal),+ $(,)? }) => {
         $(#[$m])*
@@ -39,26 +37,26 @@ macro_rules! str_enum {
                 match self { $($name::$variant => $s),+ }
             }
         }
-        impl Serialize for $name {
+        impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
             }
         }
-        impl<'de> Deserialize<'de> for $name {
+        impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
                 s.parse().map_err(serde::de::Error::custom)
             }
         }
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
         }
-        impl FromStr for $name {
-            type Err = ParseEnumError;
+        impl std::str::FromStr for $name {
+            type Err = $crate::model::ParseEnumError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($s => Ok($name::$variant),)+
-                    _ => Err(ParseEnumError {
+                    _ => Err($crate::model::ParseEnumError {
                         what: $what,
                         value: s.to_string(),
                         expected: concat!($($s, " "),+),
@@ -68,6 +66,8 @@ macro_rules! str_enum {
         }
     };
 }
+
+pub(crate) use str_enum;
 
 str_enum!(
     /// The life of a rollout: `pending → running ⇄ paused → succeeded | failed | aborted`,

@@ -11,51 +11,17 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// The preset a rollout was asked for: the original tracker's wave vocabulary
-/// (`canary`, `blue`, `green`), or `custom` for explicit steps. Not to be confused
-/// with a wave *index* (`current_wave`, `actions.wave`): a preset plans one or
-/// more waves. The tracker API and the stored JSON of old rollouts call it `wave`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    Canary,
-    Blue,
-    Green,
-    Custom,
-}
-
-impl Preset {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Preset::Canary => "canary",
-            Preset::Blue => "blue",
-            Preset::Green => "green",
-            Preset::Custom => "custom",
-        }
-    }
-}
-
-impl fmt::Display for Preset {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Preset {
-    type Err = StrategyError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "canary" => Ok(Preset::Canary),
-            "blue" => Ok(Preset::Blue),
-            "green" => Ok(Preset::Green),
-            "custom" => Ok(Preset::Custom),
-            other => Err(StrategyError::new(
-                "preset",
-                format!("unknown preset '{other}', expected one of: canary, blue, green, custom"),
-            )),
-        }
-    }
-}
+crate::model::str_enum!(
+    /// The preset a rollout was asked for: the original tracker's wave vocabulary
+    /// (`canary`, `blue`, `green`), or `custom` for explicit steps. Not to be confused
+    /// with a wave *index* (`current_wave`, `actions.wave`): a preset plans one or
+    /// more waves. The tracker API and the stored JSON of old rollouts call it `wave`.
+    Preset, "preset", {
+    Canary => "canary",
+    Blue => "blue",
+    Green => "green",
+    Custom => "custom",
+});
 
 /// The size a wave grows the rollout to: cumulative, like Argo's `setWeight`.
 /// `[1, "10%", "100%"]` means one device, then up to 10% of targets, then all.

@@ -7,7 +7,13 @@
 //!   code), and the same policy as a loop helper for reconnecting clients
 //!   (the MQTT loops). The delays themselves come from
 //!   [`otafleet_core::backoff::Backoff`], which the rollout engine uses too.
+//! - [`mqtt::run`] (feature `mqtt`): the one MQTT connection loop, which
+//!   reconnects with that backoff; the server's publisher and the agent's
+//!   subscriber both run on it.
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 
 use otafleet_core::backoff::Backoff;
 use rand::Rng;

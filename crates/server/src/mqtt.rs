@@ -8,7 +8,7 @@
 
 use anyhow::Result;
 use otafleet_core::protocol::{command_topic, parse_mqtt_url, CHECKIN_COMMAND};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -40,34 +40,14 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Connects in the background (reconnecting with a pause after errors).
+    /// Connects in the background (reconnecting with backoff after errors, `otafleet_rt::mqtt`).
     /// Must be called inside the tokio runtime.
     pub fn start(broker: &Broker, client_id: &str) -> Publisher {
         let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
         opts.set_keep_alive(Duration::from_secs(30));
-        let (client, mut events) = AsyncClient::new(opts, 256);
+        let (client, events) = AsyncClient::new(opts, 256);
         let where_ = format!("{}:{}", broker.host, broker.port);
-        tokio::spawn(async move {
-            let mut connected = false;
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        connected = true;
-                        tracing::info!(broker = %where_, "MQTT connected");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if connected {
-                            tracing::warn!(broker = %where_, error = %e, "MQTT connection lost; reconnecting");
-                        } else {
-                            tracing::debug!(broker = %where_, error = %e, "MQTT connect failed; retrying");
-                        }
-                        connected = false;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
+        tokio::spawn(otafleet_rt::mqtt::run(events, where_, |_| {}));
         Publisher { client }
     }
 
