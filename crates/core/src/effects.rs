@@ -289,3 +289,126 @@ pub fn action_failure(
     data["to"] = state.as_str().into();
     Ok(ActionChange { state, not_before, error, event: EventSpec { kind: EventKind::for_action_state(state), data } })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{GateReport, RollbackCounts, WaveCounts};
+    use crate::strategy::{Strategy, StrategySpec};
+
+    fn strategy(json: &str) -> Strategy {
+        serde_json::from_str::<StrategySpec>(json).unwrap().resolve(1).unwrap()
+    }
+
+    fn facts(state: RolloutState, auto_rollback: bool) -> RolloutFacts {
+        RolloutFacts { state, current_wave: 0, rollback_requested: false, auto_rollback }
+    }
+
+    #[test]
+    fn failing_skips_scheduled_installs_and_asks_for_rollback_as_the_strategy_says() {
+        for auto in [true, false] {
+            let e = transition(facts(RolloutState::Running, auto), RolloutState::Failed, Some("why"), None, 7).unwrap();
+            assert_eq!(e.rollout.state, Some(RolloutState::Failed));
+            assert_eq!(e.rollout.finished_at, Some(7));
+            assert_eq!(e.rollout.rollback_requested, auto.then_some(true));
+            assert_eq!(e.actions, vec![ActionsChange::SkipScheduledInstalls { error: "rollout failed".into() }]);
+            assert_eq!(e.events[0].kind, EventKind::RolloutFailed);
+            assert_eq!(e.events[0].data["reason"], "why");
+        }
+        let e = transition(facts(RolloutState::Running, true), RolloutState::Paused, None, None, 7).unwrap();
+        assert!(e.actions.is_empty() && e.rollout.finished_at.is_none() && e.rollout.rollback_requested.is_none());
+        assert!(transition(facts(RolloutState::Succeeded, true), RolloutState::Running, None, None, 7).is_err());
+    }
+
+    #[test]
+    fn decisions_become_the_changes_both_edges_apply() {
+        let st = strategy(r#"{"steps":[1,"100%"],"timeout_secs":60}"#);
+        let s = Snapshot {
+            state: RolloutState::Running,
+            strategy: &st,
+            wave: 1,
+            waves: 2,
+            start_at: None,
+            gate_passed_at: None,
+            last_release_at: None,
+            promote: false,
+            current: WaveCounts::default(),
+            in_flight_total: 0,
+            next_ready_at: None,
+            rollback: RollbackCounts::default(),
+        };
+        let e = decision(&s, &Decision::Release { count: 3 }, 1_000);
+        assert_eq!(
+            e.actions,
+            vec![ActionsChange::Release { kind: ActionKind::Install, wave: Some(1), count: 3, deadline: 61_000 }]
+        );
+        assert_eq!(e.rollout.last_release_at, Some(1_000));
+        let e = decision(&s, &Decision::NextWave { from: 1 }, 1_000);
+        assert!(e.rollout.advance_wave);
+        assert_eq!(e.events[0].data["wave"], 2);
+        let e = decision(&s, &Decision::ReleaseRollbacks { count: 2 }, 1_000);
+        assert!(matches!(
+            e.actions[0],
+            ActionsChange::Release { kind: ActionKind::Rollback, wave: None, count: 2, .. }
+        ));
+        let report = GateReport {
+            wave: 1,
+            total: 1,
+            succeeded: 1,
+            failed: 0,
+            in_flight: 0,
+            success_rate: 1.0,
+            failure_rate: 0.0,
+            success_threshold: 0.95,
+            failure_threshold: 0.05,
+        };
+        let e = decision(&s, &Decision::Succeed { report }, 1_000);
+        assert_eq!(e.rollout.state, Some(RolloutState::Succeeded));
+        assert_eq!(e.events[0].data["gate"]["succeeded"], 1);
+        assert_eq!(decision(&s, &Decision::Idle { wake_at: None }, 1_000), Effects::default());
+    }
+
+    #[test]
+    fn commands_are_refused_or_become_effects() {
+        let running = facts(RolloutState::Running, true);
+        let e = command(running, Command::Rollback, 5).unwrap();
+        assert_eq!(e.rollout.state, Some(RolloutState::Aborted));
+        assert_eq!(e.rollout.rollback_requested, Some(true));
+        let kinds: Vec<EventKind> = e.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![EventKind::RolloutAborted, EventKind::RolloutRollbackRequested]);
+        let done = facts(RolloutState::Succeeded, true);
+        let e = command(done, Command::Rollback, 5).unwrap();
+        assert_eq!((e.rollout.state, e.rollout.rollback_requested), (None, Some(true)));
+        assert_eq!(
+            command(RolloutFacts { rollback_requested: true, ..done }, Command::Rollback, 5),
+            Err(CommandError::AlreadyRollingBack)
+        );
+        assert_eq!(command(done, Command::Promote, 5), Err(CommandError::NotPromotable(RolloutState::Succeeded)));
+        assert_eq!(command(running, Command::Promote, 5).unwrap().rollout.promote, Some(true));
+    }
+
+    #[test]
+    fn failures_retry_through_scheduled_and_failed_rollbacks_end_with_an_operator() {
+        let gate = Gate { retries: 1, backoff_secs: 2, ..Gate::default() };
+        let install = ActionFacts { kind: ActionKind::Install, state: ActionState::Installing, attempts: 1 };
+        let c = action_failure(install, RolloutState::Running, &gate, "device", "boom", 1_000).unwrap();
+        assert_eq!((c.state, c.not_before), (ActionState::Scheduled, Some(3_000)));
+        assert_eq!(c.error, "device: boom");
+        // The rollout no longer installs: no retry.
+        let c = action_failure(install, RolloutState::Aborted, &gate, "device", "boom", 1_000).unwrap();
+        assert_eq!(c.state, ActionState::Failed);
+        assert!(c.event.data.get("needs_operator").is_none());
+        // A rollback is retried even after the rollout ended, then left for an operator.
+        let rollback = ActionFacts { kind: ActionKind::Rollback, state: ActionState::Notified, attempts: 1 };
+        let c = action_failure(rollback, RolloutState::Failed, &gate, "timeout", "late", 1_000).unwrap();
+        assert_eq!((c.state, c.event.kind), (ActionState::Scheduled, EventKind::ActionScheduled));
+        let c =
+            action_failure(ActionFacts { attempts: 2, ..rollback }, RolloutState::Failed, &gate, "timeout", "late", 1)
+                .unwrap();
+        assert_eq!((c.state, c.event.kind), (ActionState::Failed, EventKind::ActionFailed));
+        assert_eq!(c.event.data["needs_operator"], true);
+        // Only in-flight actions fail.
+        let done = ActionFacts { state: ActionState::Succeeded, ..rollback };
+        assert!(action_failure(done, RolloutState::Failed, &gate, "timeout", "late", 1).is_err());
+    }
+}
