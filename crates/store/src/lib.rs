@@ -80,16 +80,18 @@ pub struct Store {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 3] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 4] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/sqlite/0003_action_counts.sql")),
+            (4, "preset", include_str!("../migrations/sqlite/0004_preset.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
             (2, "agent", include_str!("../migrations/postgres/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/postgres/0003_action_counts.sql")),
+            (4, "preset", include_str!("../migrations/postgres/0004_preset.sql")),
         ],
     };
     Migrator {
