@@ -623,7 +623,13 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
         RolloutsCmd::Get { id } => api.fetch(&format!("/api/v1/rollouts/{id}")).await?,
         RolloutsCmd::Create { version, selector, device, wave, steps, strategy, start_at } => {
             let mut s: StrategySpec = match strategy {
-                Some(j) => serde_json::from_str(&j).context("--strategy is not a valid strategy JSON object")?,
+                Some(j) => {
+                    let v: Value = serde_json::from_str(&j).context("--strategy is not valid JSON")?;
+                    if !v.is_object() {
+                        bail!("--strategy must be a JSON object");
+                    }
+                    serde_json::from_value(v).context("--strategy")?
+                }
                 None => StrategySpec::default(),
             };
             if let Some(w) = wave {
