@@ -103,7 +103,7 @@ pub struct CreateRollout {
     pub devices: Option<Vec<Uuid>>,
     /// Strategy: `{"wave": "canary"}`, `{"wave": "blue", "count": 5}`, `{"steps": [1, "10%", "100%"], "bake_time_secs": 300}`…
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, required = false)]
     pub strategy: Option<StrategySpec>,
     /// RFC 3339 time before which the rollout does not start.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -202,6 +202,9 @@ mod tests {
         ] {
             assert!(schemas.get(name).is_some(), "schema {name} missing from the OpenAPI document");
         }
+        // Optional request fields stay optional in the document.
+        let required = schemas["CreateRollout"]["required"].as_array().cloned().unwrap_or_default();
+        assert!(required.is_empty(), "CreateRollout requires {required:?}");
         // The rollout answer is what the rollout paths return.
         let get = &doc["paths"]["/api/v1/rollouts/{id}"]["get"]["responses"]["200"]["content"]["application/json"];
         assert_eq!(get["schema"]["$ref"], "#/components/schemas/Rollout");
