@@ -135,3 +135,67 @@ pub struct ActionListQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<i64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rollout(progress: Option<Vec<WaveProgress>>) -> Rollout {
+        Rollout {
+            id: 3,
+            release_id: 1,
+            version: "2.0.0".into(),
+            kind: "deploy".into(),
+            preset: Preset::Canary,
+            wave: Preset::Canary,
+            target: RolloutTarget::Selector(String::new()),
+            strategy: StrategySpec::preset(Preset::Canary).resolve(7).unwrap(),
+            state: RolloutState::RolledBack,
+            current_wave: 0,
+            waves: 1,
+            start_at: None,
+            gate_passed_at: None,
+            promote: false,
+            rollback_requested: true,
+            reason: None,
+            created_by: "token:admin".into(),
+            created_at: "2026-12-01T20:00:00.000Z".into(),
+            updated_at: "2026-12-01T20:00:00.000Z".into(),
+            finished_at: None,
+            progress,
+        }
+    }
+
+    /// The CLI prints tables from decoded answers: decoding what the server
+    /// encodes must give back the same JSON.
+    #[test]
+    fn rollout_answers_round_trip() {
+        let list_item = rollout(None);
+        let v = serde_json::to_value(&list_item).unwrap();
+        assert!(v.get("progress").is_none(), "list items carry no progress key");
+        assert_eq!(v["target"], json!({"selector": ""}));
+        assert_eq!(
+            (&v["preset"], &v["wave"], &v["state"]),
+            (&json!("canary"), &json!("canary"), &json!("rolled_back"))
+        );
+        assert_eq!(v["reason"], json!(null));
+        assert_eq!(serde_json::from_value::<Rollout>(v).unwrap(), list_item);
+
+        let w = WaveProgress {
+            wave: 0,
+            total: 1,
+            scheduled: 0,
+            in_flight: 0,
+            succeeded: 1,
+            failed: 0,
+            skipped: 0,
+            rollbacks: 0,
+            rolled_back: 0,
+        };
+        let one = rollout(Some(vec![w]));
+        let v = serde_json::to_value(&one).unwrap();
+        assert_eq!(v["progress"][0]["succeeded"], 1);
+        assert_eq!(serde_json::from_value::<Rollout>(v).unwrap(), one);
+    }
+}
