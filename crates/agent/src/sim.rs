@@ -8,10 +8,11 @@
 
 use crate::client::DeviceClient;
 use anyhow::{anyhow, bail, Context, Result};
+use otafleet_api::{BulkRegister, BulkRegistered, ErrorBody, RegisterDevice};
 use otafleet_core::protocol::{CheckinRequest, StatusReport};
 use otafleet_core::{ActionKind, ActionState, DeviceHealth};
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,11 +120,11 @@ impl SimFleet {
     }
 }
 
-fn parse_labels(s: &str) -> Result<serde_json::Map<String, Value>> {
-    let mut m = serde_json::Map::new();
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (k, v) = part.split_once('=').ok_or_else(|| anyhow!("--labels: '{part}' is not key=value"))?;
-        m.insert(k.trim().to_string(), json!(v.trim()));
+        m.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(m)
 }
@@ -148,23 +149,31 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
     let mut n = 0usize;
     while remaining > 0 {
         let batch = remaining.min(10_000);
-        let devices: Vec<Value> = (0..batch)
-            .map(|i| json!({"name": format!("sim-{}", n + i), "labels": labels, "current_version": args.initial_version}))
+        let devices = (0..batch)
+            .map(|i| RegisterDevice {
+                name: Some(format!("sim-{}", n + i)),
+                labels: labels.clone(),
+                current_version: Some(args.initial_version.clone()),
+                ..Default::default()
+            })
             .collect();
-        let mut req = http.post(format!("{base}/api/v1/devices/bulk")).json(&json!({"devices": devices}));
+        let mut req = http.post(format!("{base}/api/v1/devices/bulk")).json(&BulkRegister { devices });
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         let res = req.send().await.with_context(|| format!("registering simulated devices at {base}"))?;
         let status = res.status();
-        let body: Value = res.json().await.context("decoding the bulk registration answer")?;
+        let bytes = res.bytes().await.context("reading the bulk registration answer")?;
         if !status.is_success() {
-            bail!("registering simulated devices: {status}: {}", body["error"]["message"]);
+            let msg = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => e.error.message,
+                Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+            };
+            bail!("registering simulated devices: {status}: {msg}");
         }
-        for d in body["devices"].as_array().into_iter().flatten() {
-            let id = d["id"].as_str().unwrap_or_default().to_string();
-            let tok = d["token"].as_str().unwrap_or_default().to_string();
-            creds.push((id, tok));
+        let body: BulkRegistered = serde_json::from_slice(&bytes).context("decoding the bulk registration answer")?;
+        for d in body.devices {
+            creds.push((d.device.id.to_string(), d.token));
         }
         n += batch;
         remaining -= batch;

@@ -13,9 +13,10 @@
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use otafleet_agent::sim::{self, SimArgs};
+use otafleet_api as api;
 use otafleet_core::plan::{plan, Candidate};
-use otafleet_core::StrategySpec;
-use serde_json::{json, Value};
+use otafleet_core::{RolloutState, Step, StrategySpec};
+use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -213,15 +214,16 @@ async fn bench_http(seconds: u64, concurrency: usize, jobs: usize) -> Result<()>
         }
     }
     // One idle device for the check-in measurement.
-    let dev: Value = http
+    let dev: api::RegisteredDevice = http
         .post(format!("{base}/api/v1/devices"))
         .bearer_auth(&admin)
-        .json(&json!({"current_version": "1.0.0"}))
+        .json(&api::RegisterDevice { current_version: Some("1.0.0".into()), ..Default::default() })
         .send()
         .await?
         .json()
-        .await?;
-    let dev_token = dev["token"].as_str().context("device token")?.to_string();
+        .await
+        .context("device registration answer")?;
+    let dev_token = dev.token;
     let jobs_body = http.get(format!("{base}/ota/jobs")).bearer_auth(&admin).send().await?.bytes().await?;
     let bare = bare_server(jobs_body.clone()).await?;
     println!("http: {concurrency} connections, {seconds} s each, server on SQLite with {jobs} jobs stored");
@@ -248,7 +250,12 @@ async fn bench_http(seconds: u64, concurrency: usize, jobs: usize) -> Result<()>
     let reg_rate = load("POST /api/v1/devices", seconds, concurrency, {
         let (u, t) = (format!("{base}/api/v1/devices"), admin.clone());
         move |c, i| {
-            c.post(&u).bearer_auth(&t).json(&json!({"name": format!("bench-{i}"), "labels": {"device_type": "bench"}}))
+            let body = api::RegisterDevice {
+                name: Some(format!("bench-{i}")),
+                labels: [("device_type".to_string(), "bench".to_string())].into(),
+                ..Default::default()
+            };
+            c.post(&u).bearer_auth(&t).json(&body)
         }
     })
     .await?;
@@ -369,7 +376,7 @@ async fn bench_rollout(
     let r = http
         .post(format!("{base}/api/v1/releases"))
         .bearer_auth(&admin)
-        .json(&json!({"version": "2.0.0"}))
+        .json(&api::CreateRelease { version: "2.0.0".into(), ..Default::default() })
         .send()
         .await?;
     if !r.status().is_success() {
@@ -377,37 +384,60 @@ async fn bench_rollout(
     }
     let t0 = Instant::now();
     let checkins0 = fleet.stats.checkins.load(Ordering::Relaxed);
-    let body = json!({"version": "2.0.0", "selector": "device_type=bench", "strategy": {"steps": [1, "10%", "100%"], "success_threshold": 0.99, "failure_threshold": 0.01}});
-    let r: Value =
-        http.post(format!("{base}/api/v1/rollouts")).bearer_auth(&admin).json(&body).send().await?.json().await?;
-    let id = r["id"].as_i64().context("rollout id")?;
+    let body = api::CreateRollout {
+        version: Some("2.0.0".into()),
+        selector: Some("device_type=bench".into()),
+        strategy: Some(StrategySpec {
+            steps: Some(vec![Step::Count(1), Step::Percent(10.0), Step::Percent(100.0)]),
+            success_threshold: Some(0.99),
+            failure_threshold: Some(0.01),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let r: api::Rollout = http
+        .post(format!("{base}/api/v1/rollouts"))
+        .bearer_auth(&admin)
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await
+        .context("rollout creation answer")?;
+    let id = r.id;
     println!("  rollout {id} created in {:.1} s", t0.elapsed().as_secs_f64());
     let mut last_wave = -1;
     let mut last_print = Instant::now();
     let state = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r: Value =
-            http.get(format!("{base}/api/v1/rollouts/{id}")).bearer_auth(&admin).send().await?.json().await?;
-        let wave = r["current_wave"].as_i64().unwrap_or(0);
+        let r: api::Rollout = http
+            .get(format!("{base}/api/v1/rollouts/{id}"))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await
+            .context("rollout answer")?;
+        let wave = r.current_wave;
         if wave != last_wave {
             println!("  wave {wave} started at {:>6.1} s", t0.elapsed().as_secs_f64());
             last_wave = wave;
         }
         if last_print.elapsed() >= Duration::from_secs(5) {
             last_print = Instant::now();
-            let w = &r["progress"][wave as usize];
-            println!(
-                "    {:>6.1} s: wave {wave}: {} succeeded, {} in flight, {} scheduled, {} failed",
-                t0.elapsed().as_secs_f64(),
-                w["succeeded"],
-                w["in_flight"],
-                w["scheduled"],
-                w["failed"]
-            );
+            if let Some(w) = r.progress.as_ref().and_then(|p| p.get(wave.max(0) as usize)) {
+                println!(
+                    "    {:>6.1} s: wave {wave}: {} succeeded, {} in flight, {} scheduled, {} failed",
+                    t0.elapsed().as_secs_f64(),
+                    w.succeeded,
+                    w.in_flight,
+                    w.scheduled,
+                    w.failed
+                );
+            }
         }
-        let st = r["state"].as_str().unwrap_or("").to_string();
-        if !matches!(st.as_str(), "pending" | "running") {
-            break st;
+        if !matches!(r.state, RolloutState::Pending | RolloutState::Running) {
+            break r.state.as_str().to_string();
         }
         if t0.elapsed() > Duration::from_secs(1800) {
             break "timeout".into();

@@ -1,10 +1,12 @@
 //! A small client for the otafleet HTTP API, used by every client-side
-//! command. Server errors come back as `{"error": {"message", "field"}}` and
-//! are turned into one readable line.
+//! command. Requests and answers are the types of `otafleet-api`; server
+//! errors come back as its [`ErrorBody`] and are turned into one readable line.
 
 use anyhow::{anyhow, Context, Result};
+use otafleet_api::{ErrorBody, ErrorDetail};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Clone)]
@@ -19,7 +21,40 @@ pub struct Api {
 #[error("{message}")]
 pub struct ApiFailure {
     pub status: StatusCode,
+    /// The one-line description: method, path, status, the server's message.
     pub message: String,
+    /// The server's error body, when it sent one.
+    pub error: Option<ErrorDetail>,
+}
+
+/// A decoded answer, with the server's JSON as it was sent (what `--output json` prints).
+pub struct Answer<T> {
+    pub json: Value,
+    pub body: T,
+}
+
+/// Turns a status and body into the typed answer or an [`ApiFailure`].
+fn decode<T: DeserializeOwned>(method: &Method, path: &str, status: StatusCode, bytes: &[u8]) -> Result<Answer<T>> {
+    if !status.is_success() {
+        let error = serde_json::from_slice::<ErrorBody>(bytes).ok().map(|b| b.error);
+        let msg =
+            error.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| String::from_utf8_lossy(bytes).into_owned());
+        let field =
+            error.as_ref().and_then(|e| e.field.as_deref()).map(|f| format!(" (field: {f})")).unwrap_or_default();
+        let hint = match status {
+            StatusCode::UNAUTHORIZED => " — pass a token with --token or OTAFLEET_TOKEN",
+            _ => "",
+        };
+        let message = format!("{method} {path}: {status}: {msg}{field}{hint}");
+        return Err(ApiFailure { status, message, error }.into());
+    }
+    let json: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(bytes).with_context(|| format!("unexpected answer from {method} {path}"))?
+    };
+    let body = T::deserialize(&json).with_context(|| format!("unexpected answer from {method} {path}"))?;
+    Ok(Answer { json, body })
 }
 
 impl Api {
@@ -35,17 +70,24 @@ impl Api {
         Ok(Api { base, token, http })
     }
 
-    pub async fn call<T: DeserializeOwned>(
+    /// One request: an optional query (any `Serialize`, e.g. an `otafleet-api`
+    /// query struct or `&[(name, value)]`) and an optional JSON body.
+    pub async fn exchange<T, Q, B>(
         &self,
         method: Method,
         path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Result<T> {
+        query: Option<&Q>,
+        body: Option<&B>,
+    ) -> Result<Answer<T>>
+    where
+        T: DeserializeOwned,
+        Q: Serialize + ?Sized,
+        B: Serialize + ?Sized,
+    {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method.clone(), &url);
-        if !query.is_empty() {
-            req = req.query(query);
+        if let Some(q) = query {
+            req = req.query(q);
         }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -61,27 +103,53 @@ impl Api {
         })?;
         let status = res.status();
         let bytes = res.bytes().await.context("reading the server's answer")?;
-        if !status.is_success() {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let msg = v["error"]["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            let field = v["error"]["field"].as_str().map(|f| format!(" (field: {f})")).unwrap_or_default();
-            let hint = match status {
-                StatusCode::UNAUTHORIZED => " — pass a token with --token or OTAFLEET_TOKEN",
-                _ => "",
-            };
-            return Err(ApiFailure { status, message: format!("{method} {path}: {status}: {msg}{field}{hint}") }.into());
-        }
-        if bytes.is_empty() {
-            return serde_json::from_value(Value::Null).context("empty answer");
-        }
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer from {method} {path}"))
+        decode(&method, path, status, &bytes)
+    }
+
+    /// GET without a query.
+    pub async fn fetch<T: DeserializeOwned>(&self, path: &str) -> Result<Answer<T>> {
+        self.exchange::<T, (), ()>(Method::GET, path, None, None).await
+    }
+
+    /// A request with a query and no body (GET of a list, the tracker's POSTs).
+    pub async fn query<T: DeserializeOwned, Q: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &Q,
+    ) -> Result<Answer<T>> {
+        self.exchange::<T, Q, ()>(method, path, Some(query), None).await
+    }
+
+    /// A request with a JSON body (one of the `otafleet-api` request types).
+    pub async fn send<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<Answer<T>> {
+        self.exchange::<T, (), B>(method, path, None, Some(body)).await
+    }
+
+    /// A request with neither query nor body (rollout control verbs, DELETE).
+    pub async fn empty<T: DeserializeOwned>(&self, method: Method, path: &str) -> Result<Answer<T>> {
+        self.exchange::<T, (), ()>(method, path, None, None).await
+    }
+
+    /// Untyped form of [`Api::exchange`]: the answer only.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<T> {
+        let query = (!query.is_empty()).then_some(query);
+        Ok(self.exchange(method, path, query, body).await?.body)
     }
 
     /// PUTs a file as the request body, streamed from disk.
-    pub async fn put_file(&self, path: &str, file: &std::path::Path) -> Result<Value> {
+    pub async fn put_file<T: DeserializeOwned>(&self, path: &str, file: &std::path::Path) -> Result<Answer<T>> {
         let f = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
         let len = f.metadata().await.map(|m| m.len()).ok();
         let mut req = self
@@ -98,16 +166,8 @@ impl Api {
         }
         let res = req.send().await.with_context(|| format!("uploading {} to {}", file.display(), self.base))?;
         let status = res.status();
-        let v: Value = res.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let msg = v["error"]["message"].as_str().unwrap_or("upload failed").to_string();
-            return Err(ApiFailure { status, message: format!("PUT {path}: {status}: {msg}") }.into());
-        }
-        Ok(v)
-    }
-
-    pub async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T> {
-        self.call(Method::GET, path, query, None).await
+        let bytes = res.bytes().await.context("reading the server's answer")?;
+        decode(&Method::PUT, path, status, &bytes)
     }
 
     pub async fn post<T: DeserializeOwned>(

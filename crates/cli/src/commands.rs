@@ -1,11 +1,16 @@
 //! Client-side commands: each one API call (or a few) and its output.
 
-use crate::client::Api;
+use crate::client::{Answer, Api};
 use crate::output::{self, Format};
 use crate::Cmd;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use otafleet_api::{self as api, tracker, Page};
+use otafleet_core::{Preset, Step, StrategySpec};
+use reqwest::Method;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum WaveArg {
@@ -232,18 +237,39 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("'{s}' is not key=value"))
 }
 
-fn parse_artifact(s: &str) -> Result<Value> {
-    let mut obj = serde_json::Map::new();
+fn parse_artifact(s: &str) -> Result<api::Artifact> {
+    let (mut name, mut uri, mut size, mut sha256, mut signature) = (None, None, None, None, None);
     for part in s.split(',') {
         let (k, v) = parse_kv(part).map_err(|e| anyhow!("--artifact: {e}"))?;
-        let val = match k.as_str() {
-            "size" => json!(v.parse::<i64>().map_err(|_| anyhow!("--artifact: size must be an integer"))?),
-            "name" | "uri" | "sha256" | "signature" => json!(v),
+        match k.as_str() {
+            "size" => size = Some(v.parse::<i64>().map_err(|_| anyhow!("--artifact: size must be an integer"))?),
+            "name" => name = Some(v),
+            "uri" => uri = Some(v),
+            "sha256" => sha256 = Some(v),
+            "signature" => signature = Some(v),
             other => bail!("--artifact: unknown key '{other}' (name, uri, size, sha256, signature)"),
-        };
-        obj.insert(k, val);
+        }
     }
-    Ok(Value::Object(obj))
+    Ok(api::Artifact {
+        name: required(name, "name")?,
+        uri: required(uri, "uri")?,
+        size: required(size, "size")?,
+        sha256: required(sha256, "sha256")?,
+        signature,
+    })
+}
+
+fn required<T>(v: Option<T>, key: &str) -> Result<T> {
+    v.ok_or_else(|| anyhow!("--artifact: {key}=… is required (name, uri, size, sha256)"))
+}
+
+/// The preset a `--wave` names.
+fn preset(w: WaveArg) -> Result<Preset> {
+    w.as_str().parse().map_err(|e| anyhow!("--wave: {e}"))
+}
+
+fn labels_map(labels: Vec<(String, String)>) -> BTreeMap<String, String> {
+    labels.into_iter().collect()
 }
 
 const JOB_COLS: &[(&str, &str)] =
@@ -269,16 +295,17 @@ const ROLLOUT_COLS: &[(&str, &str)] = &[
     ("CREATED", "created_at"),
 ];
 
-fn show(fmt: Format, v: &Value, print: impl FnOnce(&Value)) {
+/// `--output json` prints the server's JSON as sent; tables read the typed answer.
+fn show<T>(fmt: Format, json: &Value, body: &T, print: impl FnOnce(&T)) {
     match fmt {
-        Format::Json => output::json(v),
-        Format::Table => print(v),
+        Format::Json => output::json(json),
+        Format::Table => print(body),
     }
 }
 
-fn show_rollout(v: &Value) {
+fn show_rollout(r: &api::Rollout) {
     output::record(
-        v,
+        &output::value(r),
         &[
             "id",
             "version",
@@ -293,10 +320,10 @@ fn show_rollout(v: &Value) {
             "finished_at",
         ],
     );
-    if let Some(p) = v["progress"].as_array() {
+    if let Some(p) = &r.progress {
         println!();
         output::table(
-            p,
+            &output::rows(p),
             &[
                 ("WAVE", "wave"),
                 ("TOTAL", "total"),
@@ -314,49 +341,50 @@ fn show_rollout(v: &Value) {
 pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
     match cmd {
         Cmd::Deploy(a) => {
-            let v: Value = if a.count.is_some() || a.percent.is_some() || a.selector.is_some() {
+            let (json, job) = if a.count.is_some() || a.percent.is_some() || a.selector.is_some() {
                 if (a.count.is_some() || a.percent.is_some()) && !matches!(a.wave, WaveArg::Blue) {
                     bail!("--count and --percent apply to --wave blue");
                 }
-                let mut strategy = json!({"wave": a.wave.as_str()});
-                if let Some(c) = a.count {
-                    strategy["count"] = json!(c);
-                }
-                if let Some(p) = a.percent {
-                    strategy["percent"] = json!(p);
-                }
-                let body = json!({"version": a.version, "selector": a.selector, "strategy": strategy});
-                let r: Value = api.post("/api/v1/rollouts", &[], Some(&body)).await?;
-                json!({"job_id": r["id"], "version": r["version"], "status": r["state"], "wave": r["wave"]})
+                let strategy =
+                    StrategySpec { count: a.count, percent: a.percent, ..StrategySpec::preset(preset(a.wave)?) };
+                let body = api::CreateRollout {
+                    version: Some(a.version.clone()),
+                    selector: a.selector.clone(),
+                    strategy: Some(strategy),
+                    ..Default::default()
+                };
+                let r: api::Rollout = api.send(Method::POST, "/api/v1/rollouts", &body).await?.body;
+                // Answered in the tracker's shape, as `/ota/deploy` does.
+                let job = tracker::DeployResponse {
+                    job_id: r.id,
+                    version: r.version,
+                    status: r.state.as_str().into(),
+                    wave: r.wave.as_str().into(),
+                };
+                (output::value(&job), job)
             } else {
-                api.post("/ota/deploy", &[("version", a.version.clone()), ("wave", a.wave.as_str().into())], None)
-                    .await?
+                let q = tracker::DeployQuery { version: a.version.clone(), wave: Some(a.wave.as_str().into()) };
+                let Answer { json, body } = api.query(Method::POST, "/ota/deploy", &q).await?;
+                (json, body)
             };
-            show(fmt, &v, |v| {
-                println!(
-                    "job {} created: deploy {} ({} wave), status {}",
-                    v["job_id"],
-                    output::cell(&v["version"]),
-                    output::cell(&v["wave"]),
-                    output::cell(&v["status"])
-                )
+            show(fmt, &json, &job, |j: &tracker::DeployResponse| {
+                println!("job {} created: deploy {} ({} wave), status {}", j.job_id, j.version, j.wave, j.status)
             });
         }
         Cmd::List => {
-            let v: Value = api.get("/ota/jobs", &[]).await?;
-            show(fmt, &v, |v| output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), JOB_COLS));
+            let a: Answer<Vec<tracker::Job>> = api.fetch("/ota/jobs").await?;
+            show(fmt, &a.json, &a.body, |jobs| output::table(&output::rows(jobs), JOB_COLS));
         }
         Cmd::Rollback(a) => {
-            let v: Value = api
-                .post("/ota/rollback", &[("version", a.version.clone()), ("wave", a.wave.as_str().into())], None)
-                .await?;
-            show(fmt, &v, |v| {
+            let q = tracker::RollbackQuery { version: a.version.clone(), wave: Some(a.wave.as_str().into()) };
+            let r: Answer<tracker::RollbackResponse> = api.query(Method::POST, "/ota/rollback", &q).await?;
+            show(fmt, &r.json, &r.body, |r| {
                 println!(
                     "job {} created: roll back to {} ({}), status {}",
-                    v["job_id"],
-                    output::cell(&v["version"]),
+                    r.job_id,
+                    r.version,
                     a.wave.as_str(),
-                    output::cell(&v["status"])
+                    r.status
                 )
             });
         }
@@ -364,23 +392,21 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
         Cmd::Releases(c) => releases(c, api, fmt).await?,
         Cmd::Rollouts(c) => rollouts(c, api, fmt).await?,
         Cmd::Events(a) => {
-            let mut q = vec![("limit", a.limit.to_string())];
-            if let Some(r) = a.rollout {
-                q.push(("rollout_id", r.to_string()));
-            }
-            if let Some(d) = a.device {
-                q.push(("device_id", d));
-            }
-            if let Some(k) = a.kind {
-                q.push(("kind", k));
-            }
-            if let Some(x) = a.after {
-                q.push(("after", x.to_string()));
-            }
-            let v: Value = api.get("/api/v1/events", &q).await?;
-            show(fmt, &v, |v| {
+            let device_id = a
+                .device
+                .map(|d| d.parse::<Uuid>().map_err(|_| anyhow!("--device: '{d}' is not a device id (a UUID)")))
+                .transpose()?;
+            let q = api::EventListQuery {
+                rollout_id: a.rollout,
+                device_id,
+                kind: a.kind,
+                after: a.after,
+                limit: Some(a.limit),
+            };
+            let p: Answer<Page<api::Event>> = api.query(Method::GET, "/api/v1/events", &q).await?;
+            show(fmt, &p.json, &p.body, |p| {
                 output::table(
-                    v["items"].as_array().map(Vec::as_slice).unwrap_or_default(),
+                    &output::rows(&p.items),
                     &[
                         ("ID", "id"),
                         ("AT", "at"),
@@ -395,15 +421,11 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
         }
         Cmd::Token(TokenCmd::Create { role, name }) => {
             let name = name.unwrap_or_else(|| format!("{role}-token"));
-            let v: Value = api.post("/api/v1/tokens", &[], Some(&json!({"name": name, "role": role}))).await?;
-            show(fmt, &v, |v| {
-                println!(
-                    "created {} token '{}' (id {}). The secret is shown only once:",
-                    output::cell(&v["role"]),
-                    output::cell(&v["name"]),
-                    v["id"]
-                );
-                println!("{}", output::cell(&v["token"]));
+            let body = api::CreateToken { name, role };
+            let t: Answer<api::CreatedToken> = api.send(Method::POST, "/api/v1/tokens", &body).await?;
+            show(fmt, &t.json, &t.body, |t| {
+                println!("created {} token '{}' (id {}). The secret is shown only once:", t.role, t.name, t.id);
+                println!("{}", t.token);
             });
         }
         Cmd::Serve(_)
@@ -425,32 +447,25 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
 async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
     match c {
         DevicesCmd::List { selector, limit, all } => {
-            let mut items = Vec::new();
-            let mut after: Option<String> = None;
+            let (mut json, mut items) = (Vec::new(), Vec::new());
+            let mut after: Option<Uuid> = None;
             loop {
-                let mut q = vec![("limit", limit.to_string())];
-                if let Some(s) = &selector {
-                    q.push(("selector", s.clone()));
-                }
-                if let Some(a) = &after {
-                    q.push(("after", a.clone()));
-                }
-                let v: Value = api.get("/api/v1/devices", &q).await?;
-                items.extend(v["items"].as_array().cloned().unwrap_or_default());
-                after = v["next"].as_str().map(str::to_string);
+                let q = api::DeviceListQuery { selector: selector.clone(), limit: Some(limit), after };
+                let p: Answer<Page<api::Device>> = api.query(Method::GET, "/api/v1/devices", &q).await?;
+                json.extend(p.json["items"].as_array().cloned().unwrap_or_default());
+                items.extend(p.body.items);
+                after = p.body.next.as_deref().map(str::parse).transpose().context("the server's next cursor")?;
                 if !all || after.is_none() {
                     break;
                 }
             }
-            show(fmt, &json!(items), |v| {
-                output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), DEVICE_COLS)
-            });
+            show(fmt, &Value::Array(json), &items, |items| output::table(&output::rows(items), DEVICE_COLS));
         }
         DevicesCmd::Get { id } => {
-            let v: Value = api.get(&format!("/api/v1/devices/{id}"), &[]).await?;
-            show(fmt, &v, |v| {
+            let d: Answer<api::Device> = api.fetch(&format!("/api/v1/devices/{id}")).await?;
+            show(fmt, &d.json, &d.body, |d| {
                 output::record(
-                    v,
+                    &output::value(d),
                     &[
                         "id",
                         "name",
@@ -465,50 +480,50 @@ async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
             });
         }
         DevicesCmd::Register { id, name, labels, current_version } => {
-            let labels: serde_json::Map<String, Value> = labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            let body = json!({"id": id, "name": name, "labels": labels, "current_version": current_version});
-            let v: Value = api.post("/api/v1/devices", &[], Some(&body)).await?;
-            show(fmt, &v, |v| {
-                println!("registered device {} ({})", output::cell(&v["id"]), output::cell(&v["name"]));
-                println!("device token (shown once): {}", output::cell(&v["token"]));
+            let id = id
+                .map(|i| i.parse::<Uuid>().map_err(|_| anyhow!("--id: '{i}' is not a device id (a UUID)")))
+                .transpose()?;
+            let body = api::RegisterDevice { id, name, labels: labels_map(labels), current_version };
+            let d: Answer<api::RegisteredDevice> = api.send(Method::POST, "/api/v1/devices", &body).await?;
+            show(fmt, &d.json, &d.body, |d| {
+                println!("registered device {} ({})", d.device.id, d.device.name);
+                println!("device token (shown once): {}", d.token);
             });
         }
         DevicesCmd::Label { id, changes } => {
-            let mut labels = serde_json::Map::new();
+            let mut labels = BTreeMap::new();
             for ch in changes {
                 if let Some(k) = ch.strip_suffix('-') {
-                    labels.insert(k.to_string(), Value::Null);
+                    labels.insert(k.to_string(), None);
                 } else {
                     let (k, v) = parse_kv(&ch).map_err(|e| anyhow!("{e} (use key=value to set, key- to remove)"))?;
-                    labels.insert(k, json!(v));
+                    labels.insert(k, Some(v));
                 }
             }
-            let v: Value = api
-                .call(reqwest::Method::PATCH, &format!("/api/v1/devices/{id}"), &[], Some(&json!({"labels": labels})))
-                .await?;
-            show(fmt, &v, |v| output::record(v, &["id", "name", "labels"]));
+            let body = api::UpdateDevice { labels };
+            let d: Answer<api::Device> = api.send(Method::PATCH, &format!("/api/v1/devices/{id}"), &body).await?;
+            show(fmt, &d.json, &d.body, |d| output::record(&output::value(d), &["id", "name", "labels"]));
         }
         DevicesCmd::EnrollToken(EnrollTokenCmd::Create { labels, expires_in, max_uses, name }) => {
-            let labels: serde_json::Map<String, Value> = labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
-            let body = json!({
-                "name": name,
-                "labels": labels,
-                "expires_in_secs": expires_in.map(|d| d.as_secs().max(1)),
-                "max_uses": max_uses,
-            });
-            let v: Value = api.post("/api/v1/enrollment-tokens", &[], Some(&body)).await?;
-            show(fmt, &v, |v| {
+            let body = api::CreateEnrollmentToken {
+                name,
+                labels: labels_map(labels),
+                expires_in_secs: expires_in.map(|d| d.as_secs().max(1)),
+                max_uses,
+            };
+            let t: Answer<api::EnrollmentToken> = api.send(Method::POST, "/api/v1/enrollment-tokens", &body).await?;
+            show(fmt, &t.json, &t.body, |t| {
                 println!(
                     "created enrollment token '{}' (id {}, labels {}). The secret is shown only once:",
-                    output::cell(&v["name"]),
-                    v["id"],
-                    output::cell(&v["labels"])
+                    t.name,
+                    t.id,
+                    output::cell(&output::value(&t.labels))
                 );
-                println!("{}", output::cell(&v["token"]));
+                println!("{}", t.token);
             });
         }
         DevicesCmd::Delete { id } => {
-            let _: Value = api.call(reqwest::Method::DELETE, &format!("/api/v1/devices/{id}"), &[], None).await?;
+            let _: Answer<Value> = api.empty(Method::DELETE, &format!("/api/v1/devices/{id}")).await?;
             if fmt == Format::Table {
                 println!("deleted device {id}");
             }
@@ -520,26 +535,31 @@ async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
 async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
     match c {
         ReleasesCmd::List { limit } => {
-            let v: Value = api.get("/api/v1/releases", &[("limit", limit.to_string())]).await?;
-            show(fmt, &v["items"], |v| {
-                output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), RELEASE_COLS)
-            });
+            let q = api::ReleaseListQuery { limit: Some(limit), before: None };
+            let p: Answer<Page<api::Release>> = api.query(Method::GET, "/api/v1/releases", &q).await?;
+            show(fmt, &p.json["items"], &p.body, |p| output::table(&output::rows(&p.items), RELEASE_COLS));
         }
         ReleasesCmd::Get { id } => {
-            let v: Value = api.get(&format!("/api/v1/releases/{id}"), &[]).await?;
-            show(fmt, &v, |v| {
-                output::record(v, &["id", "version", "name", "kind", "compatible", "signature", "created_at"]);
-                if let Some(a) = v["artifacts"].as_array().filter(|a| !a.is_empty()) {
+            let r: Answer<api::Release> = api.fetch(&format!("/api/v1/releases/{id}")).await?;
+            show(fmt, &r.json, &r.body, |r| {
+                output::record(
+                    &output::value(r),
+                    &["id", "version", "name", "kind", "compatible", "signature", "created_at"],
+                );
+                if !r.artifacts.is_empty() {
                     println!();
-                    output::table(a, &[("ARTIFACT", "name"), ("URI", "uri"), ("SIZE", "size"), ("SHA256", "sha256")]);
+                    output::table(
+                        &output::rows(&r.artifacts),
+                        &[("ARTIFACT", "name"), ("URI", "uri"), ("SIZE", "size"), ("SHA256", "sha256")],
+                    );
                 }
             });
         }
         ReleasesCmd::Create { version, name, kind, compatible, artifacts } => {
             let artifacts = artifacts.iter().map(|a| parse_artifact(a)).collect::<Result<Vec<_>>>()?;
-            let body = json!({"version": version, "name": name, "kind": kind, "compatible": compatible, "artifacts": artifacts});
-            let v: Value = api.post("/api/v1/releases", &[], Some(&body)).await?;
-            show(fmt, &v, |v| println!("created release {} (id {})", output::cell(&v["version"]), v["id"]));
+            let body = api::CreateRelease { version, name, kind: Some(kind), compatible, artifacts, signature: None };
+            let r: Answer<api::Release> = api.send(Method::POST, "/api/v1/releases", &body).await?;
+            show(fmt, &r.json, &r.body, |r| println!("created release {} (id {})", r.version, r.id));
         }
         ReleasesCmd::Upload { release, file, name } => {
             let name = match name {
@@ -551,16 +571,15 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
                     .ok_or_else(|| anyhow!("cannot take an artifact name from {}; pass --name", file.display()))?,
             };
             let path = format!("/api/v1/releases/{release}/artifacts/{name}");
-            let v = api.put_file(&path, &file).await?;
-            show(fmt, &v, |v| {
-                let a = v["artifacts"].as_array().and_then(|a| a.iter().find(|a| a["name"] == json!(name)));
-                let a = a.cloned().unwrap_or(Value::Null);
+            let r: Answer<api::Release> = api.put_file(&path, &file).await?;
+            show(fmt, &r.json, &r.body, |r| {
+                let a = r.artifacts.iter().find(|a| a.name == name);
                 println!(
                     "uploaded {} to release {}: {} bytes, sha256 {}",
                     name,
-                    output::cell(&v["version"]),
-                    a["size"],
-                    output::cell(&a["sha256"])
+                    r.version,
+                    a.map_or_else(|| "null".to_string(), |a| a.size.to_string()),
+                    a.map_or_else(|| "-".to_string(), |a| a.sha256.clone())
                 );
             });
         }
@@ -570,30 +589,22 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
 
 async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
     let control = |verb: &'static str, id: i64| async move {
-        let v: Value = api.post(&format!("/api/v1/rollouts/{id}/{verb}"), &[], None).await?;
-        Ok::<Value, anyhow::Error>(v)
+        api.empty::<api::Rollout>(Method::POST, &format!("/api/v1/rollouts/{id}/{verb}")).await
     };
-    let v = match c {
+    let r = match c {
         RolloutsCmd::List { state, limit } => {
-            let mut q = vec![("limit", limit.to_string())];
-            if let Some(s) = state {
-                q.push(("state", s));
-            }
-            let v: Value = api.get("/api/v1/rollouts", &q).await?;
-            show(fmt, &v["items"], |v| {
-                output::table(v.as_array().map(Vec::as_slice).unwrap_or_default(), ROLLOUT_COLS)
-            });
+            let q = api::RolloutListQuery { state, limit: Some(limit), before: None };
+            let p: Answer<Page<api::Rollout>> = api.query(Method::GET, "/api/v1/rollouts", &q).await?;
+            show(fmt, &p.json["items"], &p.body, |p| output::table(&output::rows(&p.items), ROLLOUT_COLS));
             return Ok(());
         }
         RolloutsCmd::Actions { id, state, limit } => {
-            let mut q = vec![("limit", limit.to_string())];
-            if let Some(s) = state {
-                q.push(("state", s));
-            }
-            let v: Value = api.get(&format!("/api/v1/rollouts/{id}/actions"), &q).await?;
-            show(fmt, &v["items"], |v| {
+            let q = api::ActionListQuery { state, limit: Some(limit), after: None };
+            let p: Answer<Page<api::Action>> =
+                api.query(Method::GET, &format!("/api/v1/rollouts/{id}/actions"), &q).await?;
+            show(fmt, &p.json["items"], &p.body, |p| {
                 output::table(
-                    v.as_array().map(Vec::as_slice).unwrap_or_default(),
+                    &output::rows(&p.items),
                     &[
                         ("ID", "id"),
                         ("DEVICE", "device_id"),
@@ -609,32 +620,38 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
             });
             return Ok(());
         }
-        RolloutsCmd::Get { id } => api.get(&format!("/api/v1/rollouts/{id}"), &[]).await?,
+        RolloutsCmd::Get { id } => api.fetch(&format!("/api/v1/rollouts/{id}")).await?,
         RolloutsCmd::Create { version, selector, device, wave, steps, strategy, start_at } => {
-            let mut s: Value = match strategy {
-                Some(j) => serde_json::from_str(&j).context("--strategy is not valid JSON")?,
-                None => json!({}),
+            let mut s: StrategySpec = match strategy {
+                Some(j) => {
+                    let v: Value = serde_json::from_str(&j).context("--strategy is not valid JSON")?;
+                    if !v.is_object() {
+                        bail!("--strategy must be a JSON object");
+                    }
+                    serde_json::from_value(v).context("--strategy")?
+                }
+                None => StrategySpec::default(),
             };
-            if !s.is_object() {
-                bail!("--strategy must be a JSON object");
-            }
             if let Some(w) = wave {
-                s["wave"] = json!(w.as_str());
+                s.preset = Some(preset(w)?);
             }
             if !steps.is_empty() {
-                let parsed: Vec<Value> = steps
-                    .iter()
-                    .map(|x| x.trim().parse::<u64>().map(|n| json!(n)).unwrap_or_else(|_| json!(x.trim())))
-                    .collect();
-                s["steps"] = json!(parsed);
+                let parsed = steps.iter().map(|x| x.parse::<Step>()).collect::<Result<Vec<_>, _>>();
+                s.steps = Some(parsed.map_err(|e| anyhow!("--steps: {}", e.message))?);
             }
-            let mut body = json!({"version": version, "strategy": s, "start_at": start_at});
-            if !device.is_empty() {
-                body["devices"] = json!(device);
-            } else if let Some(sel) = selector {
-                body["selector"] = json!(sel);
-            }
-            api.post("/api/v1/rollouts", &[], Some(&body)).await?
+            let devices = device
+                .iter()
+                .map(|d| d.parse::<Uuid>().map_err(|_| anyhow!("--device: '{d}' is not a device id (a UUID)")))
+                .collect::<Result<Vec<_>>>()?;
+            let body = api::CreateRollout {
+                version: Some(version),
+                selector: if devices.is_empty() { selector } else { None },
+                devices: (!devices.is_empty()).then_some(devices),
+                strategy: Some(s),
+                start_at,
+                release_id: None,
+            };
+            api.send(Method::POST, "/api/v1/rollouts", &body).await?
         }
         RolloutsCmd::Pause { id } => control("pause", id).await?,
         RolloutsCmd::Resume { id } => control("resume", id).await?,
@@ -642,7 +659,7 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
         RolloutsCmd::Promote { id } => control("promote", id).await?,
         RolloutsCmd::Rollback { id } => control("rollback", id).await?,
     };
-    show(fmt, &v, show_rollout);
+    show(fmt, &r.json, &r.body, show_rollout);
     Ok(())
 }
 

@@ -10,7 +10,9 @@ use crate::client::Api;
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use otafleet_agent::sim::{self, SimArgs};
-use serde_json::{json, Value};
+use otafleet_api::{self as api, tracker, Page};
+use otafleet_core::RolloutState;
+use reqwest::Method;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -32,25 +34,24 @@ pub struct DemoArgs {
 const GOOD: &str = "2.0.0";
 const BAD: &str = "2.1.0";
 
-async fn wait_rollout(api: &Api, id: i64, bar: &ProgressBar) -> Result<Value> {
+async fn wait_rollout(api: &Api, id: i64, bar: &ProgressBar) -> Result<api::Rollout> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     loop {
-        let r: Value = api.get(&format!("/api/v1/rollouts/{id}"), &[]).await?;
-        let (mut total, mut done, mut rb) = (0, 0, 0);
-        for w in r["progress"].as_array().into_iter().flatten() {
-            total += w["total"].as_u64().unwrap_or(0);
-            done += w["succeeded"].as_u64().unwrap_or(0)
-                + w["failed"].as_u64().unwrap_or(0)
-                + w["skipped"].as_u64().unwrap_or(0);
-            rb += w["rolled_back"].as_u64().unwrap_or(0);
+        let r: api::Rollout = api.fetch(&format!("/api/v1/rollouts/{id}")).await?.body;
+        let (mut total, mut done, mut rb) = (0u64, 0u64, 0u64);
+        for w in r.progress.iter().flatten() {
+            let n = |x: i64| x.max(0) as u64;
+            total += n(w.total);
+            done += n(w.succeeded) + n(w.failed) + n(w.skipped);
+            rb += n(w.rolled_back);
         }
         bar.set_length(total.max(1));
         bar.set_position(done);
-        let state = r["state"].as_str().unwrap_or("?").to_string();
+        let state = r.state;
         let extra = if rb > 0 { format!(", {rb} rolled back") } else { String::new() };
         bar.set_message(format!("{state}{extra}"));
-        if matches!(state.as_str(), "succeeded" | "rolled_back")
-            || (matches!(state.as_str(), "failed" | "aborted") && !r["rollback_requested"].as_bool().unwrap_or(false))
+        if matches!(state, RolloutState::Succeeded | RolloutState::RolledBack)
+            || (matches!(state, RolloutState::Failed | RolloutState::Aborted) && !r.rollback_requested)
         {
             bar.finish();
             if bar.is_hidden() {
@@ -63,6 +64,13 @@ async fn wait_rollout(api: &Api, id: i64, bar: &ProgressBar) -> Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A tracker job (`POST /ota/deploy`); its id.
+async fn deploy(api: &Api, version: &str, wave: &str) -> Result<i64> {
+    let q = tracker::DeployQuery { version: version.into(), wave: Some(wave.into()) };
+    let job: tracker::DeployResponse = api.query(Method::POST, "/ota/deploy", &q).await?.body;
+    Ok(job.job_id)
 }
 
 fn bar(multi: &MultiProgress, label: &str) -> ProgressBar {
@@ -106,46 +114,39 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("{} simulated devices running {} registered", fleet.device_ids.len(), sim_args.initial_version);
 
     for v in [GOOD, BAD] {
-        let _: Value = api
-            .post(
-                "/api/v1/releases",
-                &[],
-                Some(&json!({"version": v, "name": format!("robot-firmware {v}"), "compatible": ["robot"]})),
-            )
-            .await?;
+        let body = api::CreateRelease {
+            version: v.into(),
+            name: Some(format!("robot-firmware {v}")),
+            compatible: vec!["robot".into()],
+            ..Default::default()
+        };
+        let _: api::Release = api.send(Method::POST, "/api/v1/releases", &body).await?.body;
     }
     println!("releases {GOOD} and {BAD} created\n");
 
     println!("Release {GOOD}: canary → blue → green");
     let multi = MultiProgress::new();
     for wave in ["canary", "blue", "green"] {
-        let job: Value = api.post("/ota/deploy", &[("version", GOOD.into()), ("wave", wave.into())], None).await?;
-        let id = job["job_id"].as_i64().context("no job_id in the answer")?;
+        let id = deploy(&api, GOOD, wave).await?;
         let b = bar(&multi, &format!("{GOOD} {wave} (job {id})"));
         let r = wait_rollout(&api, id, &b).await?;
-        if r["state"] != "succeeded" {
-            bail!("the {wave} wave of {GOOD} ended {} ({})", r["state"], r["reason"]);
+        if r.state != RolloutState::Succeeded {
+            bail!("the {wave} wave of {GOOD} ended {} ({})", r.state, r.reason.as_deref().unwrap_or("no reason given"));
         }
     }
     println!("\nRelease {BAD}: its health check fails on the devices");
-    let job: Value = api.post("/ota/deploy", &[("version", BAD.into()), ("wave", "canary".into())], None).await?;
-    let id = job["job_id"].as_i64().context("no job_id in the answer")?;
+    let id = deploy(&api, BAD, "canary").await?;
     let b = bar(&multi, &format!("{BAD} canary (job {id})"));
     let r = wait_rollout(&api, id, &b).await?;
-    println!("\njob {id}: {} — {}", r["state"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or(""));
-    let acts: Value = api.get(&format!("/api/v1/rollouts/{id}/actions"), &[]).await?;
-    for a in acts["items"].as_array().into_iter().flatten() {
-        println!(
-            "  device {}: {} ({})",
-            a["device_id"].as_str().unwrap_or("?"),
-            a["state"].as_str().unwrap_or("?"),
-            a["error"].as_str().unwrap_or("-")
-        );
+    println!("\njob {id}: {} — {}", r.state, r.reason.as_deref().unwrap_or(""));
+    let acts: Page<api::Action> = api.fetch(&format!("/api/v1/rollouts/{id}/actions")).await?.body;
+    for a in &acts.items {
+        println!("  device {}: {} ({})", a.device_id, a.state, a.error.as_deref().unwrap_or("-"));
     }
-    let jobs: Value = api.get("/ota/jobs", &[]).await?;
+    let jobs: Vec<tracker::Job> = api.fetch("/ota/jobs").await?.body;
     println!("\nJobs (GET /ota/jobs):");
     crate::output::table(
-        jobs.as_array().map(Vec::as_slice).unwrap_or_default(),
+        &crate::output::rows(&jobs),
         &[("ID", "id"), ("VERSION", "version"), ("WAVE", "wave"), ("STATUS", "status"), ("CREATED", "created_at")],
     );
     println!("\nFleet: {}", fleet.stats.line());

@@ -3,6 +3,7 @@
 //! dependency for nothing we need.
 
 use clap::ValueEnum;
+use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -14,6 +15,17 @@ pub enum Format {
 
 pub fn json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// A typed answer as the JSON object the table printers read (the same JSON
+/// the server sent: the server serializes these very types).
+pub fn value<T: Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
+
+/// Typed rows for [`table`].
+pub fn rows<T: Serialize>(items: &[T]) -> Vec<Value> {
+    items.iter().map(value).collect()
 }
 
 /// Renders a cell: strings bare, null as "-", objects compact.

@@ -348,6 +348,12 @@ fn openapi_document_lists_the_api() {
     for p in ["/api/v1/devices", "/api/v1/rollouts/{id}/pause", "/ota/deploy", "/device/v1/checkin"] {
         assert!(r.body["paths"].get(p).is_some(), "{p} missing from the OpenAPI document");
     }
+    // The schemas are the shared otafleet-api types.
+    let rollout = &r.body["components"]["schemas"]["Rollout"]["properties"];
+    for f in ["preset", "wave", "current_wave", "progress"] {
+        assert!(rollout.get(f).is_some(), "Rollout.{f} missing from the OpenAPI document");
+    }
+    assert!(r.body["components"]["schemas"]["ErrorDetail"]["properties"].get("field").is_some());
 }
 
 #[test]

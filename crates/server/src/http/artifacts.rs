@@ -14,7 +14,7 @@
 use super::device_api::DeviceCaller;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
-use super::releases::ReleaseView;
+use super::releases::release_view;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -22,13 +22,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
+use otafleet_api::{self as api, UploadQuery};
 use otafleet_store::{Artifact, Release, Role};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path as FsPath, PathBuf};
 use tokio::io::AsyncWriteExt;
 use tower::ServiceExt;
-use utoipa::IntoParams;
 
 use super::auth::Caller;
 
@@ -58,13 +57,6 @@ pub async fn find_release(state: &AppState, id: &str) -> ApiResult<Release> {
     r.ok_or_else(|| ApiError::not_found(format!("release '{id}' not found")))
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct UploadQuery {
-    /// Expected hex SHA-256 of the body: the upload is refused (422) if it differs.
-    pub sha256: Option<String>,
-}
-
 /// Removes a temporary upload file when dropped unless it was kept.
 struct TempFile(Option<PathBuf>);
 
@@ -80,7 +72,7 @@ impl Drop for TempFile {
 #[utoipa::path(put, path = "/api/v1/releases/{id}/artifacts/{name}",
     params(("id" = String, Path, description = "release id or version"), ("name" = String, Path, description = "artifact name"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = ReleaseView), (status = 404, body = super::error::ErrorBody),
+    responses((status = 201, body = api::Release), (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "releases")]
 pub async fn upload(
@@ -89,7 +81,7 @@ pub async fn upload(
     Path((id, name)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<UploadQuery>,
     body: Body,
-) -> ApiResult<(StatusCode, Json<ReleaseView>)> {
+) -> ApiResult<(StatusCode, Json<api::Release>)> {
     caller.require(Role::Operator)?;
     if name.trim().is_empty() || name.len() > 128 || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
         return Err(ApiError::invalid("name", "artifact names are 1 to 128 characters without slashes"));
@@ -138,7 +130,7 @@ pub async fn upload(
     let artifact = Artifact { name, uri: artifact_uri(&sha256), size: size as i64, sha256, signature: None };
     let r = state.store.put_artifact(release.id, &artifact, &caller.actor()).await?;
     tracing::info!(release = %r.version, artifact = %artifact.name, size, "artifact uploaded");
-    Ok((StatusCode::CREATED, Json(r.into())))
+    Ok((StatusCode::CREATED, Json(release_view(r))))
 }
 
 /// Download an uploaded artifact by SHA-256; supports `Range` to resume.

@@ -20,10 +20,11 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use otafleet_api::tracker::{
+    DeployQuery, DeployResponse, Health, Job, RollbackQuery, RollbackResponse, UpdateStatusQuery, UpdateStatusResponse,
+};
 use otafleet_core::{Preset, RolloutKind, RolloutState, StrategySpec};
 use otafleet_store::{Role, Target};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
 
 /// The tracker's status word for a rollout.
 pub fn job_status(kind: RolloutKind, state: RolloutState) -> &'static str {
@@ -75,13 +76,6 @@ fn non_empty_version(v: &str) -> ApiResult<()> {
     super::devices::validate_version("version", v)
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    pub msg: &'static str,
-    pub service: &'static str,
-    pub version: &'static str,
-}
-
 /// Health check (always open).
 #[utoipa::path(get, path = "/", responses((status = 200, body = Health), (status = 503, body = super::error::ErrorBody)), tag = "tracker")]
 pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
@@ -89,22 +83,11 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
         tracing::error!(error = %e, "database ping failed");
         ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", "database unavailable")
     })?;
-    Ok(Json(Health { msg: "OTA Deploy Tracker Running", service: "otafleet", version: env!("CARGO_PKG_VERSION") }))
-}
-
-#[derive(Deserialize, IntoParams)]
-pub struct DeployQuery {
-    pub version: String,
-    /// `canary` (default), `blue` or `green`.
-    pub wave: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct DeployResponse {
-    pub job_id: i64,
-    pub version: String,
-    pub status: &'static str,
-    pub wave: String,
+    Ok(Json(Health {
+        msg: "OTA Deploy Tracker Running".into(),
+        service: "otafleet".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }))
 }
 
 /// Create a job: a rollout of that version over the whole fleet with that wave.
@@ -122,7 +105,7 @@ pub async fn deploy(
         &state,
         CreateRollout {
             release: ReleaseRef::EnsureVersion(q.version.clone()),
-            kind: otafleet_core::RolloutKind::Deploy,
+            kind: RolloutKind::Deploy,
             target: Target::Selector(String::new()),
             strategy: StrategySpec::preset(wave),
             start_at: None,
@@ -133,18 +116,9 @@ pub async fn deploy(
     Ok(Json(DeployResponse {
         job_id: r.id,
         version: r.version,
-        status: job_status(r.kind, r.state),
+        status: job_status(r.kind, r.state).to_string(),
         wave: r.preset.as_str().to_string(),
     }))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Job {
-    pub id: i64,
-    pub version: String,
-    pub wave: String,
-    pub status: &'static str,
-    pub created_at: String,
 }
 
 /// All jobs, newest first. Rendered once per change of the event log and
@@ -173,7 +147,7 @@ pub async fn jobs(
                     id: r.id,
                     version: r.version,
                     wave: r.preset.as_str().to_string(),
-                    status: job_status(r.kind, r.state),
+                    status: job_status(r.kind, r.state).to_string(),
                     created_at: rfc3339(r.created_at),
                 })
                 .collect();
@@ -183,19 +157,6 @@ pub async fn jobs(
         }
     };
     Ok(([(header::CONTENT_TYPE, "application/json".to_string()), (header::ETAG, etag)], body).into_response())
-}
-
-#[derive(Deserialize, IntoParams)]
-pub struct UpdateStatusQuery {
-    pub job_id: i64,
-    pub status: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct UpdateStatusResponse {
-    pub status: &'static str,
-    pub job_id: i64,
-    pub new_status: &'static str,
 }
 
 /// Set a job's status (used by the tracker's external job runner).
@@ -228,24 +189,11 @@ pub async fn update_status(
             .await?
     };
     state.driver_wake.notify_one();
-    Ok(Json(UpdateStatusResponse { status: "success", job_id: r.id, new_status: job_status(r.kind, r.state) }))
-}
-
-#[derive(Deserialize, IntoParams)]
-pub struct RollbackQuery {
-    /// The version to go back to.
-    pub version: String,
-    /// Scope: `canary`, `blue` or `green` (default).
-    pub wave: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct RollbackResponse {
-    pub job_id: i64,
-    pub version: String,
-    pub status: &'static str,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
+    Ok(Json(UpdateStatusResponse {
+        status: "success".into(),
+        job_id: r.id,
+        new_status: job_status(r.kind, r.state).to_string(),
+    }))
 }
 
 /// Roll devices back to `version`: a rollback job over the wave's scope.
@@ -263,7 +211,7 @@ pub async fn rollback(
         &state,
         CreateRollout {
             release: ReleaseRef::EnsureVersion(q.version.clone()),
-            kind: otafleet_core::RolloutKind::Rollback,
+            kind: RolloutKind::Rollback,
             target: Target::Selector(String::new()),
             strategy: StrategySpec { auto_rollback: Some(false), ..StrategySpec::preset(wave) },
             start_at: None,
@@ -274,8 +222,8 @@ pub async fn rollback(
     Ok(Json(RollbackResponse {
         job_id: r.id,
         version: r.version,
-        status: job_status(r.kind, r.state),
-        kind: "rollback",
+        status: job_status(r.kind, r.state).to_string(),
+        kind: "rollback".into(),
     }))
 }
 

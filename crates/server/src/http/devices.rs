@@ -9,94 +9,28 @@ use crate::{new_secret, AppState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use otafleet_api::{
+    self as api, BulkRegister, BulkRegistered, DeviceListQuery, RegisterDevice, RegisteredDevice, UpdateDevice,
+};
 use otafleet_core::selector::{validate_label_key, validate_label_value, Labels};
 use otafleet_core::Selector;
 use otafleet_store::{Device, DeviceQuery, NewDevice, Role};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-#[derive(Serialize, ToSchema)]
-pub struct DeviceView {
-    pub id: Uuid,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub current_version: Option<String>,
-    pub previous_version: Option<String>,
-    pub desired_version: Option<String>,
-    /// `unknown`, `healthy`, `degraded` or `unhealthy`.
-    pub health: String,
-    pub last_seen: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl From<Device> for DeviceView {
-    fn from(d: Device) -> Self {
-        DeviceView {
-            id: d.id,
-            name: d.name,
-            labels: d.labels,
-            current_version: d.current_version,
-            previous_version: d.previous_version,
-            desired_version: d.desired_version,
-            health: d.health.as_str().to_string(),
-            last_seen: rfc3339_opt(d.last_seen),
-            created_at: rfc3339(d.created_at),
-            updated_at: rfc3339(d.updated_at),
-        }
+/// A stored device as the API answers it.
+pub fn device_view(d: Device) -> api::Device {
+    api::Device {
+        id: d.id,
+        name: d.name,
+        labels: d.labels,
+        current_version: d.current_version,
+        previous_version: d.previous_version,
+        desired_version: d.desired_version,
+        health: d.health,
+        last_seen: rfc3339_opt(d.last_seen),
+        created_at: rfc3339(d.created_at),
+        updated_at: rfc3339(d.updated_at),
     }
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterDevice {
-    /// Defaults to a new random UUID.
-    pub id: Option<Uuid>,
-    /// Defaults to the id.
-    pub name: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub current_version: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct RegisteredDevice {
-    #[serde(flatten)]
-    pub device: DeviceView,
-    /// The device's secret credential for `/device/v1`. Shown only once.
-    pub token: String,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BulkRegister {
-    pub devices: Vec<RegisterDevice>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct BulkRegistered {
-    pub devices: Vec<RegisteredDevice>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateDevice {
-    /// Labels to set; a `null` value removes the label.
-    #[serde(default)]
-    pub labels: BTreeMap<String, Option<String>>,
-}
-
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Label selector, e.g. `device_type=esp32,site in (a,b)`.
-    pub selector: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
-    pub limit: Option<i64>,
-    /// Cursor: the `next` value of the previous page.
-    pub after: Option<Uuid>,
 }
 
 pub const MAX_BULK: usize = 10_000;
@@ -133,7 +67,7 @@ fn to_new(r: RegisterDevice, field: &str) -> ApiResult<NewDevice> {
 }
 
 fn registered(d: Device, token: String) -> RegisteredDevice {
-    RegisteredDevice { device: d.into(), token }
+    RegisteredDevice { device: device_view(d), token }
 }
 
 /// Register one device.
@@ -181,14 +115,14 @@ pub async fn bulk_register(
 }
 
 /// List devices, filtered by a label selector, paginated by id.
-#[utoipa::path(get, path = "/api/v1/devices", params(ListQuery),
-    responses((status = 200, body = Page<DeviceView>), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(get, path = "/api/v1/devices", params(DeviceListQuery),
+    responses((status = 200, body = Page<api::Device>), (status = 422, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "devices")]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Page<DeviceView>>> {
+    ApiQuery(q): ApiQuery<DeviceListQuery>,
+) -> ApiResult<Json<Page<api::Device>>> {
     caller.require(Role::Viewer)?;
     let selector = match q.selector.as_deref() {
         Some(s) => Selector::parse(s).map_err(|e| ApiError::invalid("selector", e.to_string()))?,
@@ -200,7 +134,7 @@ pub async fn list(
     }
     let devices = state.store.list_devices(&DeviceQuery { selector, after: q.after, limit }).await?;
     let next = (devices.len() as i64 == limit).then(|| devices.last().map(|d| d.id.to_string())).flatten();
-    Ok(Json(Page { items: devices.into_iter().map(Into::into).collect(), next }))
+    Ok(Json(Page { items: devices.into_iter().map(device_view).collect(), next }))
 }
 
 fn parse_uuid(raw: &str) -> ApiResult<Uuid> {
@@ -209,29 +143,29 @@ fn parse_uuid(raw: &str) -> ApiResult<Uuid> {
 
 /// Get one device.
 #[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = DeviceView), (status = 404, body = super::error::ErrorBody)),
+    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "devices")]
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<DeviceView>> {
+) -> ApiResult<Json<api::Device>> {
     caller.require(Role::Viewer)?;
     let id = parse_uuid(&id)?;
     let d = state.store.get_device(id).await?.ok_or_else(|| ApiError::not_found(format!("device {id} not found")))?;
-    Ok(Json(d.into()))
+    Ok(Json(device_view(d)))
 }
 
 /// Update a device's labels (merge; `null` removes a label).
 #[utoipa::path(patch, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)), request_body = UpdateDevice,
-    responses((status = 200, body = DeviceView), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "devices")]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateDevice>,
-) -> ApiResult<Json<DeviceView>> {
+) -> ApiResult<Json<api::Device>> {
     caller.require(Role::Operator)?;
     let id = parse_uuid(&id)?;
     let d = state.store.get_device(id).await?.ok_or_else(|| ApiError::not_found(format!("device {id} not found")))?;
@@ -248,7 +182,7 @@ pub async fn update(
         .set_device_labels(id, &labels, &caller.actor())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("device {id} not found")))?;
-    Ok(Json(d.into()))
+    Ok(Json(device_view(d)))
 }
 
 /// Delete a device; its unfinished actions are skipped.

@@ -13,43 +13,13 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
+use otafleet_api::{self as api, CreateEnrollmentToken};
 use otafleet_core::protocol::{EnrollRequest, EnrollResponse};
 use otafleet_store::{EnrollmentToken, NewDevice, NewEnrollmentToken, Role};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateEnrollmentToken {
-    /// A name for the audit log (default `enrollment`).
-    pub name: Option<String>,
-    /// Labels every device enrolled with this token gets (they override the device's own).
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Lifetime in seconds (default: no expiry).
-    pub expires_in_secs: Option<u64>,
-    /// How many devices may enroll with it (default: unlimited).
-    pub max_uses: Option<i64>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct EnrollmentTokenView {
-    pub id: i64,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub max_uses: Option<i64>,
-    pub uses: i64,
-    pub expires_at: Option<String>,
-    pub created_by: String,
-    pub created_at: String,
-    /// The secret to give devices (`otafleet-agent` `enrollment_token`). Shown only once.
-    pub token: String,
-}
-
-fn view(t: EnrollmentToken, token: String) -> EnrollmentTokenView {
-    EnrollmentTokenView {
+fn view(t: EnrollmentToken, token: String) -> api::EnrollmentToken {
+    api::EnrollmentToken {
         id: t.id,
         name: t.name,
         labels: t.labels,
@@ -67,13 +37,13 @@ const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// Create an enrollment token; the secret is in the answer, once.
 #[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentToken,
-    responses((status = 201, body = EnrollmentTokenView), (status = 422, body = super::error::ErrorBody)),
+    responses((status = 201, body = api::EnrollmentToken), (status = 422, body = super::error::ErrorBody)),
     security(("bearer" = [])), tag = "devices")]
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<CreateEnrollmentToken>,
-) -> ApiResult<(StatusCode, Json<EnrollmentTokenView>)> {
+) -> ApiResult<(StatusCode, Json<api::EnrollmentToken>)> {
     caller.require(Role::Operator)?;
     let name = body.name.unwrap_or_else(|| "enrollment".into());
     if name.trim().is_empty() || name.len() > 128 {

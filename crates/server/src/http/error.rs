@@ -1,33 +1,19 @@
 //! The one error type of the HTTP edge. Every failure becomes a status code and
 //! a JSON body `{"error": {"code", "message", "field"?}}`; internal errors are
-//! logged with their detail and answered with a generic 500.
+//! logged with their detail and answered with a generic 500. The body type
+//! is [`otafleet_api::ErrorBody`], shared with the clients.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+pub use otafleet_api::{ErrorBody, ErrorDetail};
 use otafleet_store::StoreError;
-use serde::Serialize;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub field: Option<String>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Machine-readable: `bad_request`, `invalid`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`, `internal`.
-    pub code: &'static str,
-    pub message: String,
-    /// The offending request field, when one is to blame.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
 
@@ -89,11 +75,7 @@ impl From<crate::service::ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut res = (
-            self.status,
-            Json(ErrorBody { error: ErrorDetail { code: self.code, message: self.message, field: self.field } }),
-        )
-            .into_response();
+        let mut res = (self.status, Json(ErrorBody::new(self.code, self.message, self.field))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));

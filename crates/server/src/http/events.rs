@@ -8,59 +8,31 @@ use crate::time::rfc3339;
 use crate::AppState;
 use axum::extract::State;
 use axum::Json;
+use otafleet_api::{self as api, EventListQuery};
 use otafleet_store::{Event, EventQuery, Role};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
-#[derive(Serialize, ToSchema)]
-pub struct EventView {
-    pub id: i64,
-    pub at: String,
-    pub kind: String,
-    pub rollout_id: Option<i64>,
-    pub device_id: Option<Uuid>,
-    pub action_id: Option<i64>,
-    pub actor: String,
-    #[schema(value_type = Object)]
-    pub data: serde_json::Value,
-}
-
-impl From<Event> for EventView {
-    fn from(e: Event) -> Self {
-        EventView {
-            id: e.id,
-            at: rfc3339(e.at),
-            kind: e.kind,
-            rollout_id: e.rollout_id,
-            device_id: e.device_id,
-            action_id: e.action_id,
-            actor: e.actor,
-            data: e.data,
-        }
+/// A stored event as the API answers it.
+pub fn event_view(e: Event) -> api::Event {
+    api::Event {
+        id: e.id,
+        at: rfc3339(e.at),
+        kind: e.kind,
+        rollout_id: e.rollout_id,
+        device_id: e.device_id,
+        action_id: e.action_id,
+        actor: e.actor,
+        data: e.data,
     }
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub rollout_id: Option<i64>,
-    pub device_id: Option<Uuid>,
-    /// e.g. `rollout.failed`, `action.succeeded`.
-    pub kind: Option<String>,
-    /// Cursor: events after this id (oldest first).
-    pub after: Option<i64>,
-    pub limit: Option<i64>,
-}
-
 /// Events, oldest first.
-#[utoipa::path(get, path = "/api/v1/events", params(ListQuery),
-    responses((status = 200, body = Page<EventView>)), security(("bearer" = [])), tag = "events")]
+#[utoipa::path(get, path = "/api/v1/events", params(EventListQuery),
+    responses((status = 200, body = Page<api::Event>)), security(("bearer" = [])), tag = "events")]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Page<EventView>>> {
+    ApiQuery(q): ApiQuery<EventListQuery>,
+) -> ApiResult<Json<Page<api::Event>>> {
     caller.require(Role::Viewer)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=10_000).contains(&limit) {
@@ -77,5 +49,5 @@ pub async fn list(
         })
         .await?;
     let next = (evs.len() as i64 == limit).then(|| evs.last().map(|e| e.id.to_string())).flatten();
-    Ok(Json(Page { items: evs.into_iter().map(Into::into).collect(), next }))
+    Ok(Json(Page { items: evs.into_iter().map(event_view).collect(), next }))
 }

@@ -1,5 +1,8 @@
-//! The HTTP edge: one module per resource (routes, handlers and their request
-//! and response types side by side), one error type, and the router.
+//! The HTTP edge: one module per resource (routes, handlers, and the
+//! conversions from stored rows to the answers), one error type, and the
+//! router. The request and response types themselves are in `otafleet-api`,
+//! shared with the CLI and the simulator; the OpenAPI document is generated
+//! from them.
 
 pub mod artifacts;
 pub mod auth;
@@ -23,16 +26,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use error::{ApiError, ApiResult};
-use serde::Serialize;
 use std::time::Instant;
 use utoipa::OpenApi;
 
-/// A page of results with the cursor of the next page (`null` on the last).
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Page<T: utoipa::ToSchema> {
-    pub items: Vec<T>,
-    pub next: Option<String>,
-}
+pub use otafleet_api::Page;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -153,4 +150,63 @@ pub fn router(state: AppState) -> Router {
 /// Parses a path id, naming it in the error.
 pub fn parse_id(raw: &str, what: &str) -> ApiResult<i64> {
     raw.parse::<i64>().map_err(|_| ApiError::not_found(format!("{what} '{raw}' not found (ids are integers)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiDoc;
+    use utoipa::OpenApi;
+
+    #[test]
+    fn openapi_document_names_the_shared_api_types() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let props = |name: &str| {
+            let p = &schemas[name]["properties"];
+            assert!(
+                p.is_object(),
+                "schema {name} missing; have {:?}",
+                schemas.as_object().map(|m| m.keys().collect::<Vec<_>>())
+            );
+            p.clone()
+        };
+        let rollout = props("Rollout");
+        for f in ["preset", "wave", "current_wave", "waves", "target", "strategy", "state", "progress"] {
+            assert!(rollout.get(f).is_some(), "Rollout.{f}");
+        }
+        assert!(props("ErrorDetail").get("field").is_some());
+        assert!(props("ErrorBody").get("error").is_some());
+        for name in [
+            "Device",
+            "RegisterDevice",
+            "RegisteredDevice",
+            "BulkRegister",
+            "BulkRegistered",
+            "UpdateDevice",
+            "Release",
+            "CreateRelease",
+            "Artifact",
+            "CreateRollout",
+            "Action",
+            "WaveProgress",
+            "Event",
+            "CreateToken",
+            "CreatedToken",
+            "CreateEnrollmentToken",
+            "EnrollmentToken",
+            "DeployResponse",
+            "Job",
+            "UpdateStatusResponse",
+            "RollbackResponse",
+            "Health",
+        ] {
+            assert!(schemas.get(name).is_some(), "schema {name} missing from the OpenAPI document");
+        }
+        // Optional request fields stay optional in the document.
+        let required = schemas["CreateRollout"]["required"].as_array().cloned().unwrap_or_default();
+        assert!(required.is_empty(), "CreateRollout requires {required:?}");
+        // The rollout answer is what the rollout paths return.
+        let get = &doc["paths"]["/api/v1/rollouts/{id}"]["get"]["responses"]["200"]["content"]["application/json"];
+        assert_eq!(get["schema"]["$ref"], "#/components/schemas/Rollout");
+    }
 }

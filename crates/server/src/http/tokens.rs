@@ -7,26 +7,8 @@ use crate::{new_secret, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use otafleet_api::{CreateToken, CreatedToken};
 use otafleet_store::Role;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    pub name: String,
-    /// `admin`, `operator` or `viewer`.
-    pub role: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CreatedToken {
-    pub id: i64,
-    pub name: String,
-    pub role: String,
-    /// The secret. Shown only once; only its hash is stored.
-    pub token: String,
-}
 
 /// Create an API token.
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateToken,

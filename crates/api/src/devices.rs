@@ -1,0 +1,85 @@
+//! `/api/v1/devices`: the device registry.
+
+use otafleet_core::DeviceHealth;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Device {
+    pub id: Uuid,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub current_version: Option<String>,
+    pub previous_version: Option<String>,
+    pub desired_version: Option<String>,
+    /// `unknown`, `healthy`, `degraded` or `unhealthy`.
+    #[schema(value_type = String)]
+    pub health: DeviceHealth,
+    pub last_seen: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// `POST /api/v1/devices` (and each entry of a bulk registration).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDevice {
+    /// Defaults to a new random UUID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    /// Defaults to the id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<String>,
+}
+
+/// A device just registered, with its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisteredDevice {
+    #[serde(flatten)]
+    pub device: Device,
+    /// The device's secret credential for `/device/v1`. Shown only once.
+    pub token: String,
+}
+
+/// `POST /api/v1/devices/bulk`: all or none, at most 10,000.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRegister {
+    pub devices: Vec<RegisterDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BulkRegistered {
+    pub devices: Vec<RegisteredDevice>,
+}
+
+/// `PATCH /api/v1/devices/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDevice {
+    /// Labels to set; a `null` value removes the label.
+    #[serde(default)]
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+/// `GET /api/v1/devices` query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceListQuery {
+    /// Label selector, e.g. `device_type=esp32,site in (a,b)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Cursor: the `next` value of the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<Uuid>,
+}

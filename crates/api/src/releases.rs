@@ -1,0 +1,69 @@
+//! `/api/v1/releases`: the release catalogue.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// One artifact of a release (in requests and answers alike).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub name: String,
+    /// Where devices download it (http(s) URL or a server path).
+    pub uri: String,
+    pub size: i64,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Release {
+    pub id: i64,
+    pub name: String,
+    pub version: String,
+    pub kind: String,
+    pub compatible: Vec<String>,
+    pub signature: Option<String>,
+    pub artifacts: Vec<Artifact>,
+    pub created_at: String,
+}
+
+/// `POST /api/v1/releases`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRelease {
+    /// Defaults to the version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub version: String,
+    /// `firmware` (default), `file`, `command`, `container` or `k8s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Device types (`device_type` label values) this release fits; empty = all.
+    #[serde(default)]
+    pub compatible: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+}
+
+/// `GET /api/v1/releases` query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseListQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Cursor: the `next` value of the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+}
+
+/// `PUT /api/v1/releases/{id}/artifacts/{name}` query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// Expected hex SHA-256 of the body: the upload is refused (422) if it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
