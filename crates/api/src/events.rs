@@ -8,7 +8,9 @@ use uuid::Uuid;
 pub struct Event {
     pub id: i64,
     pub at: String,
-    pub kind: String,
+    /// `rollout.created`, `action.succeeded`, `device.registered`, … (`otafleet_core::EventKind`).
+    #[schema(value_type = String)]
+    pub kind: otafleet_core::EventKind,
     pub rollout_id: Option<i64>,
     pub device_id: Option<Uuid>,
     pub action_id: Option<i64>,

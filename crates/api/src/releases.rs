@@ -21,7 +21,9 @@ pub struct Release {
     pub id: i64,
     pub name: String,
     pub version: String,
-    pub kind: String,
+    /// `firmware`, `file`, `command`, `container` or `k8s`.
+    #[schema(value_type = String)]
+    pub kind: otafleet_core::ReleaseKind,
     pub compatible: Vec<String>,
     pub signature: Option<String>,
     pub artifacts: Vec<Artifact>,

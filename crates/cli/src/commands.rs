@@ -104,8 +104,8 @@ pub enum EnrollTokenCmd {
         #[arg(long = "labels", alias = "label", value_delimiter = ',', value_parser = parse_kv)]
         labels: Vec<(String, String)>,
         /// Lifetime, e.g. 24h or 7d (default: no expiry).
-        #[arg(long)]
-        expires_in: Option<humantime::Duration>,
+        #[arg(long, value_parser = otafleet_core::duration::parse_arg)]
+        expires_in: Option<std::time::Duration>,
         /// How many devices may enroll with it (default: unlimited).
         #[arg(long)]
         max_uses: Option<i64>,
@@ -288,9 +288,9 @@ const ROLLOUT_COLS: &[(&str, &str)] = &[
     ("ID", "id"),
     ("VERSION", "version"),
     ("KIND", "kind"),
-    ("WAVE", "wave"),
+    ("PRESET", "preset"),
     ("STATE", "state"),
-    ("STEP", "current_wave"),
+    ("WAVE", "current_wave"),
     ("WAVES", "waves"),
     ("CREATED", "created_at"),
 ];
@@ -310,7 +310,7 @@ fn show_rollout(r: &api::Rollout) {
             "id",
             "version",
             "kind",
-            "wave",
+            "preset",
             "state",
             "current_wave",
             "waves",

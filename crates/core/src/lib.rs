@@ -18,7 +18,9 @@ pub mod selector;
 pub mod strategy;
 pub mod window;
 
-pub use model::{ActionKind, ActionState, DeviceHealth, EventKind, RolloutKind, RolloutState, TransitionError};
+pub use model::{
+    ActionKind, ActionState, DeviceHealth, EventKind, ReleaseKind, RolloutKind, RolloutState, TransitionError,
+};
 pub use selector::Selector;
 pub use strategy::{Gate, Preset, Step, Strategy, StrategySpec};
 

@@ -223,6 +223,26 @@ str_enum!(
 });
 
 str_enum!(
+    /// What kind of thing a release is (`releases.kind`); on a device it picks
+    /// the install handler (`[handlers.<kind>]` in the agent's config). The
+    /// device protocol's manifest carries it as text, so an older agent can
+    /// still name a kind it does not know in its refusal.
+    ReleaseKind, "release kind", {
+    Firmware => "firmware",
+    File => "file",
+    Command => "command",
+    Container => "container",
+    K8s => "k8s",
+});
+
+impl Default for ReleaseKind {
+    /// What a release is when nobody says (the original tracker's firmware).
+    fn default() -> Self {
+        ReleaseKind::Firmware
+    }
+}
+
+str_enum!(
     /// What a rollout is for: going to a release, or back to an earlier one
     /// (the tracker's `POST /ota/rollback`).
     RolloutKind, "rollout kind", {

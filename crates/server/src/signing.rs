@@ -77,7 +77,7 @@ pub fn manifest(release: &Release) -> Manifest {
             .map(|a| ManifestArtifact { name: a.name.clone(), sha256: a.sha256.clone(), size: a.size.max(0) as u64 })
             .collect(),
         compatible: release.compatible.clone(),
-        kind: release.kind.clone(),
+        kind: release.kind.as_str().to_string(),
         version: release.version.clone(),
     }
 }
@@ -123,7 +123,7 @@ mod tests {
             id: 1,
             name: "r".into(),
             version: "2.0.0".into(),
-            kind: "file".into(),
+            kind: otafleet_core::ReleaseKind::File,
             compatible: vec!["esp32".into()],
             signature: None,
             artifacts: vec![Artifact {

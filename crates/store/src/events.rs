@@ -52,7 +52,7 @@ impl NewEvent {
 pub struct Event {
     pub id: i64,
     pub at: i64,
-    pub kind: String,
+    pub kind: EventKind,
     pub rollout_id: Option<i64>,
     pub device_id: Option<Uuid>,
     pub action_id: Option<i64>,
@@ -90,7 +90,7 @@ fn from_row(r: &AnyRow) -> Result<Event> {
     Ok(Event {
         id: r.i64("id")?,
         at: r.i64("at")?,
-        kind: r.string("kind")?,
+        kind: r.parsed("kind")?,
         rollout_id: r.opt_i64("rollout_id")?,
         device_id: r.opt_string("device_id")?.and_then(|s| s.parse().ok()),
         action_id: r.opt_i64("action_id")?,

@@ -3,7 +3,7 @@
 
 use crate::events::{self, NewEvent};
 use crate::{conflict_or, now_ms, Result, RowExt, Store, StoreError};
-use otafleet_core::EventKind;
+use otafleet_core::{EventKind, ReleaseKind};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 
@@ -23,7 +23,7 @@ pub struct Release {
     pub id: i64,
     pub name: String,
     pub version: String,
-    pub kind: String,
+    pub kind: ReleaseKind,
     pub compatible: Vec<String>,
     pub signature: Option<String>,
     pub artifacts: Vec<Artifact>,
@@ -34,7 +34,7 @@ pub struct Release {
 pub struct NewRelease {
     pub name: String,
     pub version: String,
-    pub kind: String,
+    pub kind: ReleaseKind,
     pub compatible: Vec<String>,
     pub signature: Option<String>,
     pub artifacts: Vec<NewArtifact>,
@@ -47,7 +47,7 @@ fn from_row(r: &AnyRow) -> Result<Release> {
         id: r.i64("id")?,
         name: r.string("name")?,
         version: r.string("version")?,
-        kind: r.string("kind")?,
+        kind: r.parsed("kind")?,
         compatible: r.json("compatible")?,
         signature: r.opt_string("signature")?,
         artifacts: Vec::new(),
@@ -154,7 +154,7 @@ impl Store {
         let new = NewRelease {
             name: version.to_string(),
             version: version.to_string(),
-            kind: "firmware".into(),
+            kind: ReleaseKind::Firmware,
             ..Default::default()
         };
         match self.insert_release(&new, actor).await {

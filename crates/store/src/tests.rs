@@ -106,7 +106,7 @@ async fn devices_crud_and_selectors(s: Store) {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.as_str().to_string())
         .collect();
     assert_eq!(kinds, vec!["device.registered", "device.labels_updated", "device.deleted"]);
 }
@@ -139,7 +139,7 @@ async fn releases_and_tokens(s: Store) {
     let new = NewRelease {
         name: "fw".into(),
         version: "2.0.0".into(),
-        kind: "firmware".into(),
+        kind: otafleet_core::ReleaseKind::Firmware,
         compatible: vec!["esp32".into()],
         signature: None,
         artifacts: vec![Artifact {
@@ -382,14 +382,14 @@ async fn batch_stores_what_one_by_one_stores(one: Store, batched: Store) {
             .await
             .unwrap()
             .into_iter()
-            .filter(|e| e.kind != "rollout.created")
+            .filter(|e| e.kind != otafleet_core::EventKind::RolloutCreated)
             .map(|e| (e.at, e.kind, e.device_id, e.action_id, e.actor, e.data))
             .collect::<Vec<_>>()
     };
     let (e1, e2) = (events(one.clone(), r1.id).await, events(batched.clone(), r2.id).await);
     assert_eq!(e1, e2);
-    assert!(e1.iter().any(|e| e.1 == "action.report_ignored"));
-    let fetching = e1.iter().find(|e| e.1 == "action.downloading" && e.3 == Some(a.id)).unwrap();
+    assert!(e1.iter().any(|e| e.1 == otafleet_core::EventKind::ActionReportIgnored));
+    let fetching = e1.iter().find(|e| e.1 == otafleet_core::EventKind::ActionDownloading && e.3 == Some(a.id)).unwrap();
     assert_eq!((fetching.0, fetching.2, fetching.4.as_str()), (2000, Some(a.device_id), "device"));
     assert_eq!(
         fetching.5,

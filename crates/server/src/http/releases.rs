@@ -11,9 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use otafleet_api::{self as api, CreateRelease, ReleaseListQuery};
+use otafleet_core::ReleaseKind;
 use otafleet_store::{Artifact, NewRelease, Release, Role};
-
-pub const KINDS: &[&str] = &["firmware", "file", "command", "container", "k8s"];
 
 /// A stored release as the API answers it.
 pub fn release_view(r: Release) -> api::Release {
@@ -48,10 +47,13 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<api::Release>)> {
     caller.require(Role::Operator)?;
     validate_version("version", &body.version)?;
-    let kind = body.kind.unwrap_or_else(|| "firmware".into());
-    if !KINDS.contains(&kind.as_str()) {
-        return Err(ApiError::invalid("kind", format!("unknown kind '{kind}', expected one of: {}", KINDS.join(", "))));
-    }
+    let kind: ReleaseKind = match body.kind.as_deref() {
+        None => ReleaseKind::Firmware,
+        Some(k) => k.parse().map_err(|_| {
+            let expected: Vec<&str> = ReleaseKind::ALL.iter().map(|k| k.as_str()).collect();
+            ApiError::invalid("kind", format!("unknown kind '{k}', expected one of: {}", expected.join(", ")))
+        })?,
+    };
     let name = body.name.unwrap_or_else(|| body.version.clone());
     if name.trim().is_empty() || name.len() > 128 {
         return Err(ApiError::invalid("name", "name must be 1 to 128 characters"));
