@@ -115,7 +115,7 @@ impl Store {
             id,
             name: new.name.clone(),
             version: new.version.clone(),
-            kind: new.kind.clone(),
+            kind: new.kind,
             compatible: new.compatible.clone(),
             signature: new.signature.clone(),
             artifacts: new.artifacts.clone(),
