@@ -5,8 +5,10 @@ use crate::output::{self, Format};
 use crate::Cmd;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use otafleet_core::Preset;
 use serde_json::{json, Value};
 
+/// `--wave`: the clap face of the core's [`Preset`] (custom steps have their own flags).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum WaveArg {
     Canary,
@@ -14,13 +16,19 @@ pub enum WaveArg {
     Green,
 }
 
+impl From<WaveArg> for Preset {
+    fn from(w: WaveArg) -> Preset {
+        match w {
+            WaveArg::Canary => Preset::Canary,
+            WaveArg::Blue => Preset::Blue,
+            WaveArg::Green => Preset::Green,
+        }
+    }
+}
+
 impl WaveArg {
     fn as_str(self) -> &'static str {
-        match self {
-            WaveArg::Canary => "canary",
-            WaveArg::Blue => "blue",
-            WaveArg::Green => "green",
-        }
+        Preset::from(self).as_str()
     }
 }
 
@@ -649,13 +657,13 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
 /// `otafleet update`: the tracker's direct update of robot pods, then (when a
 /// token is configured) a job recorded on the server with the outcome.
 pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token: Option<String>) -> Result<()> {
-    let wave = format!("{:?}", args.wave).to_lowercase();
+    let wave = args.wave;
     let selector = args.selector.clone();
     let version = args.version.clone();
     let outcome = otafleet_k8s::update::update(args).await;
     if let Some(t) = token {
         let api = Api::new(server, Some(t))?;
-        let body = json!({"version": version, "selector": selector, "strategy": {"wave": wave}});
+        let body = json!({"version": version, "selector": selector, "strategy": {"wave": wave.as_str()}});
         let recorded: Result<Value> = async {
             // The release may already exist (409): that is fine.
             let release = json!({"version": version, "kind": "k8s"});
@@ -687,6 +695,12 @@ pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token:
     );
     for o in &report.updated {
         println!("  updated {o}");
+    }
+    if !report.failed.is_empty() {
+        println!("{} failed, tolerated by the wave's gate (--failure-threshold):", report.failed.len());
+        for f in &report.failed {
+            println!("  failed {f}");
+        }
     }
     Ok(())
 }
