@@ -8,8 +8,9 @@
 //!   through short-lived flasher pods;
 //! * [`operator`] — the `otafleet operator run|crd` entry points: leader election
 //!   ([`leader`]), health and metrics server ([`health`], [`metrics`]);
-//! * [`flash`] — gradual flashing, batch by batch (`otafleet flash`);
-//! * [`update`] — canary/blue/green label and image updates of pods and workloads
+//! * [`flash`](mod@flash) — gradual flashing, batch by batch (`otafleet flash`);
+//! * [`update`](mod@update) — canary/blue/green (or custom) label and image
+//!   updates of pods and workloads, each wave behind a health gate
 //!   (`otafleet update`);
 //! * `fake` (cargo feature `fake`, off by default) — an in-process fake API
 //!   server that tests (here and in other crates) drive all of the above

@@ -4,7 +4,8 @@
 //! selector — default `status=idle`, all namespaces unless `--namespace` — and
 //! plans the waves with the core: the preset ([`Preset`]: canary 1, blue
 //! `--count` (default
-//! [`BLUE_DEFAULT_COUNT`](otafleet_core::strategy::BLUE_DEFAULT_COUNT)), green all) is resolved by
+//! [`BLUE_DEFAULT_COUNT`](otafleet_core::strategy::BLUE_DEFAULT_COUNT)), green all,
+//! or custom with `--steps 1,10%,100%`, wave after wave) is resolved by
 //! [`StrategySpec::resolve`] and the wave sizes come from
 //! [`otafleet_core::plan::plan`], one candidate per object (a stable id derived
 //! from kind/namespace/name). The objects of a wave are taken in namespace/name
@@ -18,11 +19,12 @@
 //! the tracker's behaviour), and once every object was tried the updated share
 //! must reach `--success-threshold` (default 0: the failure threshold decides,
 //! since every object tried either was updated or failed). A passed wave bakes
-//! for `--bake-time` before the update is reported done; failures the gate
-//! tolerated are reported in [`UpdateReport::failed`] (an object whose patch went
-//! through but whose rollout failed stays patched). When the gate fails, the
-//! objects already patched get their previous labels and images back, and the
-//! error carries the [`UpdateReport`] so the caller can record the failed job.
+//! for `--bake-time` before the next wave starts or the update is reported
+//! done; failures the gate tolerated are reported in [`UpdateReport::failed`]
+//! (an object whose patch went through but whose rollout failed stays patched).
+//! When a gate fails, the objects already patched (in any wave) get their
+//! previous labels and images back, and the error carries the [`UpdateReport`]
+//! so the caller can record the failed job.
 //!
 //! Every patch is a JSON merge patch carrying the `resourceVersion` just read, so
 //! a concurrent writer yields 409 and the object is re-read and patched again;
@@ -41,7 +43,7 @@ use kube::{Api, ResourceExt};
 use otafleet_core::duration::parse_arg as parse_duration;
 use otafleet_core::engine::{verdict, Verdict, WaveCounts};
 use otafleet_core::plan::{plan, Candidate};
-use otafleet_core::{Preset, Strategy, StrategySpec};
+use otafleet_core::{Preset, Step, Strategy, StrategySpec};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -58,7 +60,7 @@ pub const STATUS_LABEL: &str = "status";
 /// core's [`Preset`].
 fn wave_parser() -> impl clap::builder::TypedValueParser<Value = Preset> {
     use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(["canary", "blue", "green"]).try_map(|s| s.parse::<Preset>())
+    clap::builder::PossibleValuesParser::new(["canary", "blue", "green", "custom"]).try_map(|s| s.parse::<Preset>())
 }
 
 /// What `update` patches.
@@ -98,12 +100,16 @@ impl WorkloadKind {
 pub struct UpdateArgs {
     /// Version to roll out (written to the `sw_version` label).
     pub version: String,
-    /// Wave: canary (1), blue (--count, default 2), green (all).
+    /// Wave: canary (1), blue (--count, default 2), green (all), or custom (--steps).
     #[arg(long, default_value = "canary", value_parser = wave_parser())]
     pub wave: Preset,
     /// Objects in a blue wave (ignored by the other waves).
     #[arg(long)]
     pub count: Option<usize>,
+    /// Waves of `--wave custom`: cumulative sizes, e.g. `1,10%,100%`; each wave
+    /// passes its gate (and bakes) before the next starts.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(Step))]
+    pub steps: Vec<Step>,
     /// Label selector of candidates.
     #[arg(long, default_value = "status=idle")]
     pub selector: String,
@@ -274,6 +280,7 @@ pub fn strategy(args: &UpdateArgs) -> Result<Strategy> {
             Preset::Blue => args.count.map(|n| n as u64),
             _ => None,
         },
+        steps: (!args.steps.is_empty()).then(|| args.steps.clone()),
         success_threshold: Some(args.success_threshold.unwrap_or(0.0)),
         failure_threshold: Some(args.failure_threshold),
         bake_time_secs: Some(args.bake_time.as_secs() + u64::from(args.bake_time.subsec_nanos() > 0)),
@@ -592,6 +599,15 @@ mod tests {
         assert_eq!(sizes(Preset::Blue, Some(4)), vec![4]);
         assert_eq!(sizes(Preset::Canary, Some(4)), vec![1], "--count only applies to blue, as before");
         assert_eq!(sizes(Preset::Green, None), vec![5]);
+        let mut custom = args(Preset::Custom, None);
+        custom.steps = vec![Step::Count(1), Step::Percent(50.0), Step::Percent(100.0)];
+        let waves = plan_waves(&objs, &strategy(&custom).expect("custom"));
+        assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2, 2]);
+        assert_eq!(waves.concat(), objs, "every object once, in order");
+        assert!(strategy(&args(Preset::Custom, None)).is_err(), "custom needs --steps");
+        let mut green = args(Preset::Green, None);
+        green.steps = vec![Step::Count(1)];
+        assert!(strategy(&green).is_err(), "--steps only with --wave custom");
         let waves = plan_waves(&objs, &strategy(&args(Preset::Blue, Some(3))).expect("strategy"));
         assert_eq!(waves[0], objs[..3].to_vec());
         assert!(plan_waves(&[], &strategy(&args(Preset::Green, None)).expect("strategy")).is_empty());

@@ -69,6 +69,7 @@ fn args(fake: &FakeApiServer, wave: Preset) -> UpdateArgs {
         version: "2.0".into(),
         wave,
         count: None,
+        steps: Vec::new(),
         selector: "status=idle".into(),
         namespace: None,
         image: None,
@@ -263,4 +264,42 @@ async fn a_passed_wave_bakes_before_success() {
     let report = update_with(&a).await.expect("update");
     assert_eq!(report.updated.len(), 1);
     assert!(report.duration >= Duration::from_millis(300), "{:?}", report.duration);
+}
+
+#[tokio::test]
+async fn the_fake_server_selects_with_the_cores_selector() {
+    let fake = fleet().await;
+    let mut a = args(&fake, Preset::Green);
+    a.selector = "status in (idle,busy),sw_version,!gone".into();
+    let report = update_with(&a).await.expect("set-based selector");
+    assert_eq!(report.candidates, 4);
+
+    let fake = fleet().await;
+    let mut a = args(&fake, Preset::Green);
+    a.selector = "status notin (busy)".into();
+    assert_eq!(update_with(&a).await.expect("notin").candidates, 3);
+
+    let mut a = args(&fake, Preset::Green);
+    a.selector = "status in (idle".into();
+    let failed = update_with(&a).await.expect_err("the fake answers 400 to a selector the core rejects");
+    assert_eq!(failed.source.api_code(), Some(400), "{}", failed.source);
+    assert!(failed.report.updated.is_empty());
+}
+
+#[tokio::test]
+async fn custom_steps_run_wave_after_wave_each_behind_its_gate() {
+    let fake = fleet().await;
+    let mut a = args(&fake, Preset::Custom);
+    a.steps = "1,100%".split(',').map(|s| s.parse().expect("step")).collect();
+    let report = update_with(&a).await.expect("two waves");
+    assert_eq!(report.updated.len(), 3);
+
+    // A failure in the second wave rolls back the first wave too.
+    let fake = fleet().await;
+    fake.fail_next(Some("PATCH"), "/namespaces/b/pods/p0", 422, 1);
+    let a = UpdateArgs { kubeconfig: Some(fake.kubeconfig_path().to_path_buf()), ..a };
+    let failed = update_with(&a).await.expect_err("second wave fails");
+    assert!(failed.source.to_string().contains("wave 1"), "{}", failed.source);
+    assert_eq!(failed.report.rolled_back.len(), 2);
+    assert_eq!(pod_labels(&fake, "a", "p1"), (Some("1.0".into()), Some("idle".into())));
 }
