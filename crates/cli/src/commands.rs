@@ -658,12 +658,16 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
 /// token is configured) a job recorded on the server with the outcome.
 pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token: Option<String>) -> Result<()> {
     let wave = args.wave;
+    let mut strategy = json!({"wave": wave.as_str()});
+    if !args.steps.is_empty() {
+        strategy["steps"] = json!(args.steps);
+    }
     let selector = args.selector.clone();
     let version = args.version.clone();
     let outcome = otafleet_k8s::update::update(args).await;
     if let Some(t) = token {
         let api = Api::new(server, Some(t))?;
-        let body = json!({"version": version, "selector": selector, "strategy": {"wave": wave.as_str()}});
+        let body = json!({"version": version, "selector": selector, "strategy": strategy});
         let recorded: Result<Value> = async {
             // The release may already exist (409): that is fine.
             let release = json!({"version": version, "kind": "k8s"});
