@@ -66,7 +66,8 @@ pub enum BenchCmd {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
-    /// The FlashJob operator against the in-process fake Kubernetes API server.
+    /// The FlashJob operator against the in-process fake Kubernetes API server
+    /// (only in a binary built with `--features fake-k8s`).
     Flashjob {
         /// UUIDs in the FlashJob.
         #[arg(long, default_value_t = 1000)]
@@ -494,10 +495,22 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             axum::serve(listener, bare_router(axum::body::Bytes::from_static(b"{}"))).await?;
             Ok(())
         }
-        BenchCmd::Flashjob { uuids, max_flash_pods } => {
-            let r = otafleet_k8s::bench::bench_flashjob(uuids, max_flash_pods).await?;
-            println!("{r}");
-            Ok(())
-        }
+        BenchCmd::Flashjob { uuids, max_flash_pods } => bench_flashjob(uuids, max_flash_pods).await,
     }
+}
+
+#[cfg(feature = "fake-k8s")]
+async fn bench_flashjob(uuids: usize, max_flash_pods: usize) -> Result<()> {
+    let r = otafleet_k8s::bench::bench_flashjob(uuids, max_flash_pods).await?;
+    println!("{r}");
+    Ok(())
+}
+
+/// The fake Kubernetes API server is not part of the shipped binary.
+#[cfg(not(feature = "fake-k8s"))]
+async fn bench_flashjob(_uuids: usize, _max_flash_pods: usize) -> Result<()> {
+    anyhow::bail!(
+        "`bench flashjob` runs on the in-process fake Kubernetes API server, which this binary was built without; \
+         build it with: cargo run --release --features fake-k8s -- bench flashjob"
+    )
 }

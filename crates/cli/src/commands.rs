@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// `--wave`: the clap face of the core's [`Preset`] (custom steps have their own flags).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum WaveArg {
     Canary,
@@ -19,13 +20,19 @@ pub enum WaveArg {
     Green,
 }
 
+impl From<WaveArg> for Preset {
+    fn from(w: WaveArg) -> Preset {
+        match w {
+            WaveArg::Canary => Preset::Canary,
+            WaveArg::Blue => Preset::Blue,
+            WaveArg::Green => Preset::Green,
+        }
+    }
+}
+
 impl WaveArg {
     fn as_str(self) -> &'static str {
-        match self {
-            WaveArg::Canary => "canary",
-            WaveArg::Blue => "blue",
-            WaveArg::Green => "green",
-        }
+        Preset::from(self).as_str()
     }
 }
 
@@ -263,11 +270,6 @@ fn required<T>(v: Option<T>, key: &str) -> Result<T> {
     v.ok_or_else(|| anyhow!("--artifact: {key}=… is required (name, uri, size, sha256)"))
 }
 
-/// The preset a `--wave` names.
-fn preset(w: WaveArg) -> Result<Preset> {
-    w.as_str().parse().map_err(|e| anyhow!("--wave: {e}"))
-}
-
 fn labels_map(labels: Vec<(String, String)>) -> BTreeMap<String, String> {
     labels.into_iter().collect()
 }
@@ -346,7 +348,7 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
                     bail!("--count and --percent apply to --wave blue");
                 }
                 let strategy =
-                    StrategySpec { count: a.count, percent: a.percent, ..StrategySpec::preset(preset(a.wave)?) };
+                    StrategySpec { count: a.count, percent: a.percent, ..StrategySpec::preset(a.wave.into()) };
                 let body = api::CreateRollout {
                     version: Some(a.version.clone()),
                     selector: a.selector.clone(),
@@ -633,7 +635,7 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
                 None => StrategySpec::default(),
             };
             if let Some(w) = wave {
-                s.preset = Some(preset(w)?);
+                s.preset = Some(w.into());
             }
             if !steps.is_empty() {
                 let parsed = steps.iter().map(|x| x.parse::<Step>()).collect::<Result<Vec<_>, _>>();
@@ -666,13 +668,17 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
 /// `otafleet update`: the tracker's direct update of robot pods, then (when a
 /// token is configured) a job recorded on the server with the outcome.
 pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token: Option<String>) -> Result<()> {
-    let wave = format!("{:?}", args.wave).to_lowercase();
+    let wave = args.wave;
+    let mut strategy = json!({"wave": wave.as_str()});
+    if !args.steps.is_empty() {
+        strategy["steps"] = json!(args.steps);
+    }
     let selector = args.selector.clone();
     let version = args.version.clone();
     let outcome = otafleet_k8s::update::update(args).await;
     if let Some(t) = token {
         let api = Api::new(server, Some(t))?;
-        let body = json!({"version": version, "selector": selector, "strategy": {"wave": wave}});
+        let body = json!({"version": version, "selector": selector, "strategy": strategy});
         let recorded: Result<Value> = async {
             // The release may already exist (409): that is fine.
             let release = json!({"version": version, "kind": "k8s"});
@@ -704,6 +710,12 @@ pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token:
     );
     for o in &report.updated {
         println!("  updated {o}");
+    }
+    if !report.failed.is_empty() {
+        println!("{} failed, tolerated by the wave's gate (--failure-threshold):", report.failed.len());
+        for f in &report.failed {
+            println!("  failed {f}");
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The Kubernetes commands of the real binary against the in-process fake
-//! Kubernetes API server: `operator crd`, and `update` recording its job on a
-//! real otafleet server.
+//! Kubernetes API server: `operator crd`, `update` recording its job on a
+//! real otafleet server and its wave gate flags, and `bench flashjob` (which
+//! needs the `fake-k8s` feature).
 
 mod common;
 
@@ -73,4 +74,67 @@ async fn update_patches_pods_wave_by_wave_and_records_the_job() {
     assert_eq!(jobs[0]["version"], "2.0.0");
     assert_eq!(jobs[0]["wave"], "blue");
     assert_eq!(jobs[0]["status"], "complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_gate_flags_tolerate_failures_and_report_them() {
+    let fake = FakeApiServer::start().await.unwrap();
+    for n in ["r1", "r2", "r3"] {
+        fake.insert(&pod(n)).unwrap();
+    }
+    fake.fail_next(Some("PATCH"), "/namespaces/robots/pods/r2", 422, 1);
+    let kubeconfig = fake.kubeconfig_path().display().to_string();
+    let argv = [
+        "update",
+        "2.0.0",
+        "--wave",
+        "green",
+        "--failure-threshold",
+        "0.5",
+        "--bake-time",
+        "100ms",
+        "--kubeconfig",
+        &kubeconfig,
+    ]
+    .map(str::to_string);
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        cli("http://127.0.0.1:1", None, &argv)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("green wave of 2.0.0: 2 of 3 candidates updated"), "{out}");
+    assert!(out.contains("1 failed, tolerated"), "{out}");
+    assert!(out.contains("failed Pod robots/r2"), "{out}");
+
+    // The default gate (failure threshold 0): the same failure rolls the wave back.
+    let fake = FakeApiServer::start().await.unwrap();
+    for n in ["r1", "r2", "r3"] {
+        fake.insert(&pod(n)).unwrap();
+    }
+    fake.fail_next(Some("PATCH"), "/namespaces/robots/pods/r2", 422, 1);
+    let kubeconfig = fake.kubeconfig_path().display().to_string();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        cli("http://127.0.0.1:1", None, &["update", "3.0.0", "--wave", "green", "--kubeconfig", &kubeconfig])
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(err.contains("exceeded the failure threshold 0"), "{err}");
+    let r1: Pod = fake.get(Some("robots"), "r1").unwrap();
+    assert_eq!(r1.metadata.labels.unwrap()["sw_version"], "1.0.0", "r1 was rolled back");
+}
+
+#[test]
+fn bench_flashjob_needs_the_fake_k8s_feature() {
+    let (code, out, err) =
+        cli("http://127.0.0.1:1", None, &["bench", "flashjob", "--uuids", "5", "--max-flash-pods", "2"]);
+    if cfg!(feature = "fake-k8s") {
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(out.contains("FlashJob with 5 UUIDs"), "{out}");
+    } else {
+        assert_ne!(code, 0, "{out}");
+        assert!(err.contains("cargo run --release --features fake-k8s -- bench flashjob"), "{err}");
+    }
 }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod batch;
 pub mod duration;
 pub mod effects;
 pub mod engine;

@@ -39,6 +39,15 @@ pub enum Error {
         /// Its status message.
         message: String,
     },
+    /// A wave of `otafleet update` failed its health gate
+    /// ([`otafleet_core::engine::verdict`]).
+    #[error("{reason}: {}", failures.join("; "))]
+    Gate {
+        /// The gate's verdict, e.g. the failure rate against the threshold.
+        reason: String,
+        /// What went wrong with each failed object, in order.
+        failures: Vec<String>,
+    },
     /// Invalid input (selector, arguments).
     #[error("invalid input: {0}")]
     Invalid(String),

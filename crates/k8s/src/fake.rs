@@ -35,6 +35,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use kube::Resource;
+use otafleet_core::selector::Labels;
+use otafleet_core::Selector;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -235,77 +237,28 @@ fn parse_query(q: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// A parsed label selector term.
-enum Term {
-    Eq(String, String),
-    Ne(String, String),
-    Exists(String),
-    NotExists(String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
+/// Parses a `labelSelector` query parameter with the core's parser (the one
+/// the server matches devices with); a selector it rejects is a 400, as on a
+/// real API server.
+fn parse_selector(sel: &str) -> Result<Selector, ApiError> {
+    Selector::parse(sel).map_err(|e| ApiError::new(400, format!("unable to parse requirement: {e}")))
 }
 
-fn split_terms(sel: &str) -> Vec<String> {
-    let mut terms = Vec::new();
-    let mut depth = 0;
-    let mut cur = String::new();
-    for c in sel.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                terms.push(std::mem::take(&mut cur));
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
+fn labels_match(obj: &Value, selector: &Selector) -> bool {
+    if selector.is_empty() {
+        return true;
     }
-    terms.push(cur);
-    terms.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+    let labels: Labels = obj
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|l| l.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    selector.matches(&labels)
 }
 
-fn parse_selector(sel: &str) -> Vec<Term> {
-    let set = |s: &str| -> Vec<String> {
-        s.trim().trim_start_matches('(').trim_end_matches(')').split(',').map(|v| v.trim().to_string()).collect()
-    };
-    split_terms(sel)
-        .into_iter()
-        .map(|t| {
-            if let Some((k, v)) = t.split_once(" notin ") {
-                Term::NotIn(k.trim().into(), set(v))
-            } else if let Some((k, v)) = t.split_once(" in ") {
-                Term::In(k.trim().into(), set(v))
-            } else if let Some((k, v)) = t.split_once("!=") {
-                Term::Ne(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = t.split_once("==") {
-                Term::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = t.split_once('=') {
-                Term::Eq(k.trim().into(), v.trim().into())
-            } else if let Some(k) = t.strip_prefix('!') {
-                Term::NotExists(k.trim().into())
-            } else {
-                Term::Exists(t)
-            }
-        })
-        .collect()
-}
-
-fn labels_match(obj: &Value, terms: &[Term]) -> bool {
-    let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
-    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    terms.iter().all(|t| match t {
-        Term::Eq(k, v) => get(k) == Some(v.as_str()),
-        Term::Ne(k, v) => get(k) != Some(v.as_str()),
-        Term::Exists(k) => get(k).is_some(),
-        Term::NotExists(k) => get(k).is_none(),
-        Term::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-        Term::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-    })
-}
-
+/// `metadata.name=x,metadata.namespace!=y`: field selectors, `=`/`==`/`!=` only.
 fn fields_match(obj: &Value, sel: &str) -> bool {
-    split_terms(sel).iter().all(|t| {
+    sel.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|t| {
         let (k, v, eq) = if let Some((k, v)) = t.split_once("!=") {
             (k, v, false)
         } else if let Some((k, v)) = t.split_once('=') {
@@ -614,7 +567,7 @@ impl Store {
         Ok(obj)
     }
 
-    fn list(&self, t: &Target, labels: &[Term], fields: &str) -> Vec<Value> {
+    fn list(&self, t: &Target, labels: &Selector, fields: &str) -> Vec<Value> {
         let Some(coll) = self.objects.get(&t.key) else {
             return Vec::new();
         };
@@ -705,8 +658,15 @@ async fn handle(
         return ApiError::new(404, format!("no route for {path}")).into_response();
     };
     if watch {
+        let selector = match parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or("")) {
+            Ok(s) => s,
+            Err(e) => {
+                shared.log(&method, &path, &raw_query, true, e.code);
+                return e.into_response();
+            }
+        };
         shared.log(&method, &path, &raw_query, true, 200);
-        return watch_response(shared, target, query);
+        return watch_response(shared, target, selector, query);
     }
     let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let content_type =
@@ -744,7 +704,7 @@ fn dispatch(
     let metadata_only = accept.contains("as=PartialObjectMetadata");
     match (method.as_str(), &t.name) {
         ("GET", None) => {
-            let labels = parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or(""));
+            let labels = parse_selector(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
             let fields = query.get("fieldSelector").cloned().unwrap_or_default();
             let mut items = store.list(t, &labels, &fields);
             let kind = store.kinds.get(&t.key).cloned().unwrap_or_else(|| default_kind(&t.plural));
@@ -798,8 +758,7 @@ fn dispatch(
     }
 }
 
-fn watch_response(shared: Arc<Shared>, t: Target, query: HashMap<String, String>) -> Response {
-    let labels = query.get("labelSelector").cloned().unwrap_or_default();
+fn watch_response(shared: Arc<Shared>, t: Target, labels: Selector, query: HashMap<String, String>) -> Response {
     let fields = query.get("fieldSelector").cloned().unwrap_or_default();
     let since: Option<u64> = query.get("resourceVersion").and_then(|rv| rv.parse().ok()).filter(|rv| *rv > 0);
     let timeout = query.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).unwrap_or(290).min(290);
@@ -809,7 +768,7 @@ fn watch_response(shared: Arc<Shared>, t: Target, query: HashMap<String, String>
         move |key: &str, ns: &str, obj: &Value| {
             key == t.key
                 && t.ns.as_ref().is_none_or(|want| want == ns)
-                && labels_match(obj, &parse_selector(&labels))
+                && labels_match(obj, &labels)
                 && fields_match(obj, &fields)
         }
     };
@@ -996,7 +955,11 @@ impl FakeApiServer {
         K: Resource<DynamicType = ()> + DeserializeOwned,
     {
         let t = target_of::<K>(ns, None);
-        lock(&self.shared.store).list(&t, &[], "").into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect()
+        lock(&self.shared.store)
+            .list(&t, &Selector::everything(), "")
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect()
     }
 
     /// Edits an object in place (spec and status alike) and emits a MODIFIED event.
@@ -1157,13 +1120,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn selectors() {
-        let obj = json!({"metadata": {"name": "p", "labels": {"status": "idle", "app": "x"}}});
-        assert!(labels_match(&obj, &parse_selector("status=idle")));
-        assert!(labels_match(&obj, &parse_selector("status==idle,app")));
-        assert!(!labels_match(&obj, &parse_selector("status!=idle")));
-        assert!(labels_match(&obj, &parse_selector("app in (x,y),!gone")));
-        assert!(!labels_match(&obj, &parse_selector("app notin (x)")));
+    fn selectors_are_the_cores() {
+        let obj = json!({"metadata": {"name": "p", "labels": {"status": "idle", "app": "x", "n": 1}}});
+        let sel = |s: &str| parse_selector(s).expect("parses");
+        assert!(labels_match(&obj, &sel("status=idle")));
+        assert!(labels_match(&obj, &sel("status==idle,app")));
+        assert!(!labels_match(&obj, &sel("status!=idle")));
+        assert!(labels_match(&obj, &sel("app in (x,y),!gone")));
+        assert!(!labels_match(&obj, &sel("app notin (x)")));
+        assert!(labels_match(&obj, &sel("")));
+        assert!(labels_match(&json!({"metadata": {"name": "bare"}}), &sel("!status")));
+        assert!(!labels_match(&obj, &sel("n")), "a non-string label value is no label");
+        assert_eq!(sel("app in (x,y)"), Selector::parse("app in (x,y)").expect("core parses"));
+        let bad = parse_selector("app in (x").expect_err("unbalanced");
+        assert_eq!(bad.code, 400);
         assert!(fields_match(&obj, "metadata.name=p"));
         assert!(!fields_match(&obj, "metadata.name!=p"));
     }

@@ -6,6 +6,11 @@
 //! FlashJob names are deterministic (`flash-<device>-<app>-<version>-<batch>`),
 //! so re-running the same command resumes: completed batches are skipped, a
 //! batch still in progress is waited for, a failed one stops the run.
+//!
+//! The batching is the core's: `--batch-size` and `--batch-delay` become the
+//! `batch_size` and `batch_delay_secs` of an [`otafleet_core::Strategy`] (one
+//! green wave over the selected devices), and [`otafleet_core::batch`] cuts the
+//! wave into batches, as a rollout's engine releases them.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -18,7 +23,8 @@ use kube::{Api, ResourceExt};
 use crate::akri::Instance;
 use crate::crd::{FlashJob, FlashJobSpec, Phase};
 use crate::error::{Error, Result};
-use crate::parse_duration;
+use otafleet_core::duration::parse_arg as parse_duration;
+use otafleet_core::{batch, Preset, Strategy, StrategySpec};
 
 /// `otafleet flash`.
 #[derive(clap::Args, Debug, Clone)]
@@ -47,7 +53,7 @@ pub struct FlashArgs {
     /// Devices per FlashJob.
     #[arg(long, default_value_t = 5)]
     pub batch_size: usize,
-    /// Pause between batches.
+    /// Pause between batches (whole seconds, rounded up).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub batch_delay: Duration,
     /// Give up on a batch after this long.
@@ -133,11 +139,25 @@ pub fn batch_job(args: &FlashArgs, index: usize, uuids: &[String]) -> FlashJob {
     }
 }
 
-/// [`flash`] with explicit input/output, for tests and embedding.
-pub async fn flash_with<R: BufRead, W: Write>(args: &FlashArgs, mut input: R, mut out: W) -> Result<FlashReport> {
+/// The strategy of a flash run: one wave of every selected device, released
+/// `--batch-size` at a time with `--batch-delay` (whole seconds, rounded up) between batches.
+pub fn strategy(args: &FlashArgs) -> Result<Strategy> {
     if args.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be at least 1".into()));
     }
+    let delay = args.batch_delay;
+    let spec = StrategySpec {
+        preset: Some(Preset::Green),
+        batch_size: Some(args.batch_size as u64),
+        batch_delay_secs: Some(delay.as_secs() + u64::from(delay.subsec_nanos() > 0)),
+        ..Default::default()
+    };
+    spec.resolve(0).map_err(|e| Error::Invalid(format!("--batch-delay: {e}")))
+}
+
+/// [`flash`] with explicit input/output, for tests and embedding.
+pub async fn flash_with<R: BufRead, W: Write>(args: &FlashArgs, mut input: R, mut out: W) -> Result<FlashReport> {
+    let strategy = strategy(args)?;
     let client = crate::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
     let instances: Api<Instance> = Api::namespaced(client.clone(), &args.namespace);
     let mut matching: Vec<Instance> = instances
@@ -168,7 +188,7 @@ pub async fn flash_with<R: BufRead, W: Write>(args: &FlashArgs, mut input: R, mu
         return Ok(FlashReport::default());
     }
     let devices: Vec<String> = matching.iter().map(|i| i.device_uuid().to_string()).collect();
-    let batches: Vec<&[String]> = devices.chunks(args.batch_size).collect();
+    let batches: Vec<&[String]> = batch::split(&devices, &strategy);
 
     if args.dry_run {
         for (i, batch) in batches.iter().enumerate() {
@@ -193,7 +213,7 @@ pub async fn flash_with<R: BufRead, W: Write>(args: &FlashArgs, mut input: R, mu
             "Flash {} devices in {} batches of up to {}? [y/N] ",
             devices.len(),
             batches.len(),
-            args.batch_size
+            strategy.batch_size
         )?;
         out.flush()?;
         let mut answer = String::new();
@@ -223,8 +243,9 @@ pub async fn flash_with<R: BufRead, W: Write>(args: &FlashArgs, mut input: R, mu
         wait_for_job(&jobs, &name, args.batch_timeout, args.poll_interval).await?;
         writeln!(out, "batch {}/{}: {name} completed", i + 1, batches.len())?;
         report.completed_jobs.push(name);
-        if i + 1 < batches.len() && !args.batch_delay.is_zero() {
-            tokio::time::sleep(args.batch_delay).await;
+        let delay = batch::delay(&strategy);
+        if i + 1 < batches.len() && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
     }
     writeln!(out, "flashed {} devices in {} batches", devices.len(), batches.len())?;

@@ -8,22 +8,32 @@
 //!   through short-lived flasher pods;
 //! * [`operator`] — the `otafleet operator run|crd` entry points: leader election
 //!   ([`leader`]), health and metrics server ([`health`], [`metrics`]);
-//! * [`flash`] — gradual flashing, batch by batch (`otafleet flash`);
-//! * [`update`] — canary/blue/green label and image updates of pods and workloads
+//! * [`flash`](mod@flash) — gradual flashing, batch by batch (`otafleet flash`);
+//! * [`update`](mod@update) — canary/blue/green (or custom) label and image
+//!   updates of pods and workloads, each wave behind a health gate
 //!   (`otafleet update`);
-//! * [`fake`] — an in-process fake API server that tests (here and in other
-//!   crates) drive all of the above against.
+//! * `fake` (cargo feature `fake`, off by default) — an in-process fake API
+//!   server that tests (here and in other crates) drive all of the above
+//!   against, and `bench`, the FlashJob benchmark that runs on it.
 //!
-//! It knows nothing about the otafleet server or database: callers get plain
-//! values back (e.g. [`update::UpdateReport`]) and record them where they like.
+//! Rollout vocabulary and arithmetic come from `otafleet-core`: the wave preset
+//! ([`otafleet_core::Preset`]), wave sizes ([`otafleet_core::plan`]), the
+//! health gate of `update` ([`otafleet_core::engine::verdict`]), batches of
+//! `flash` ([`otafleet_core::batch`]), label selectors (the fake server) and
+//! durations ([`otafleet_core::duration`]); retries of API calls use
+//! [`otafleet_rt::retry`]. The crate knows nothing about the otafleet server or
+//! database: callers get plain values back (e.g. [`update::UpdateReport`]) and
+//! record them where they like.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod akri;
+#[cfg(feature = "fake")]
 pub mod bench;
 pub mod controller;
 pub mod crd;
 pub mod error;
+#[cfg(feature = "fake")]
 pub mod fake;
 pub mod flash;
 pub mod health;
@@ -32,6 +42,7 @@ pub mod metrics;
 pub mod operator;
 pub mod update;
 
+#[cfg(feature = "fake")]
 pub use bench::{bench_flashjob, BenchReport};
 pub use error::{Error, Result};
 pub use flash::{flash, FlashArgs, FlashReport};
@@ -53,36 +64,5 @@ pub async fn client_from_kubeconfig(path: Option<&Path>) -> Result<kube::Client>
             Ok(kube::Client::try_from(config)?)
         }
         None => Ok(kube::Client::try_default().await?),
-    }
-}
-
-/// Parses `500ms`, `60s`, `5m`, `1h` or plain seconds (`30`).
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = |m: u64| Ok(std::time::Duration::from_secs(n.saturating_mul(m)));
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        _ => Err(format!("invalid duration {s:?}: use ms, s, m or h")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(super::parse_duration("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(super::parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(super::parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(super::parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(super::parse_duration("5x").is_err());
-        assert!(super::parse_duration("s").is_err());
     }
 }

@@ -23,7 +23,7 @@ use crate::crd::FlashJob;
 use crate::health::Health;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::parse_duration;
+use otafleet_core::duration::parse_arg as parse_duration;
 
 /// `otafleet operator run`.
 #[derive(clap::Args, Debug, Clone)]

@@ -1,18 +1,35 @@
 //! `otafleet update`: the original tracker's canary/blue/green pod updater.
 //!
 //! Selects pods (or, with `--kind`, Deployments/StatefulSets/DaemonSets) by label
-//! selector — default `status=idle`, all namespaces unless `--namespace` — takes
-//! the wave's share (canary 1, blue `--count` (2), green all) in a stable
-//! namespace/name order, and patches each with `sw_version=<version>`,
-//! `status=updated` and, with `--image`, the container image. Workloads are then
-//! waited on until their rollout is ready.
+//! selector — default `status=idle`, all namespaces unless `--namespace` — and
+//! plans the waves with the core: the preset ([`Preset`]: canary 1, blue
+//! `--count` (default
+//! [`BLUE_DEFAULT_COUNT`](otafleet_core::strategy::BLUE_DEFAULT_COUNT)), green all,
+//! or custom with `--steps 1,10%,100%`, wave after wave) is resolved by
+//! [`StrategySpec::resolve`] and the wave sizes come from
+//! [`otafleet_core::plan::plan`], one candidate per object (a stable id derived
+//! from kind/namespace/name). The objects of a wave are taken in namespace/name
+//! order, as the tracker did, so the canary is predictable. Each is patched with
+//! `sw_version=<version>`, `status=updated` and, with `--image`, the container
+//! image; workloads are then waited on until their rollout is ready.
+//!
+//! The wave's health is judged by the same gate as a device rollout,
+//! [`otafleet_core::engine::verdict`], after every object: a failed object
+//! counts against `--failure-threshold` (default 0: one failure fails the wave,
+//! the tracker's behaviour), and once every object was tried the updated share
+//! must reach `--success-threshold` (default 0: the failure threshold decides,
+//! since every object tried either was updated or failed). A passed wave bakes
+//! for `--bake-time` before the next wave starts or the update is reported
+//! done; failures the gate tolerated are reported in [`UpdateReport::failed`]
+//! (an object whose patch went through but whose rollout failed stays patched).
+//! When a gate fails, the objects already patched (in any wave) get their
+//! previous labels and images back, and the error carries the [`UpdateReport`]
+//! so the caller can record the failed job.
 //!
 //! Every patch is a JSON merge patch carrying the `resourceVersion` just read, so
 //! a concurrent writer yields 409 and the object is re-read and patched again;
-//! 5xx/429/transport errors are retried with exponential backoff. If any object
-//! of the wave fails, the objects already patched get their previous labels and
-//! images back, and the error carries the [`UpdateReport`] so the caller can
-//! record the failed job.
+//! 5xx/429/transport errors ([`Error::is_retryable`]) are retried by
+//! [`otafleet_rt::retry`] with exponential backoff from `--retry-base`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -23,28 +40,27 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
+use otafleet_core::duration::parse_arg as parse_duration;
+use otafleet_core::engine::{verdict, Verdict, WaveCounts};
+use otafleet_core::plan::{plan, Candidate};
+use otafleet_core::{Preset, Step, Strategy, StrategySpec};
 use serde::Serialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::error::{is_conflict, Error, Result};
-use crate::parse_duration;
 
 /// Label set to the new version.
 pub const VERSION_LABEL: &str = "sw_version";
 /// Label set to `updated`.
 pub const STATUS_LABEL: &str = "status";
 
-/// The tracker's rollout waves.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Wave {
-    /// One object.
-    Canary,
-    /// `--count` objects (default 2).
-    Blue,
-    /// Every selected object.
-    Green,
+/// The presets `--wave` accepts: the tracker's vocabulary, parsed into the
+/// core's [`Preset`].
+fn wave_parser() -> impl clap::builder::TypedValueParser<Value = Preset> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["canary", "blue", "green", "custom"]).try_map(|s| s.parse::<Preset>())
 }
 
 /// What `update` patches.
@@ -84,12 +100,16 @@ impl WorkloadKind {
 pub struct UpdateArgs {
     /// Version to roll out (written to the `sw_version` label).
     pub version: String,
-    /// Wave: canary (1), blue (--count), green (all).
-    #[arg(long, value_enum, default_value = "canary")]
-    pub wave: Wave,
-    /// Objects in a blue wave.
+    /// Wave: canary (1), blue (--count, default 2), green (all), or custom (--steps).
+    #[arg(long, default_value = "canary", value_parser = wave_parser())]
+    pub wave: Preset,
+    /// Objects in a blue wave (ignored by the other waves).
     #[arg(long)]
     pub count: Option<usize>,
+    /// Waves of `--wave custom`: cumulative sizes, e.g. `1,10%,100%`; each wave
+    /// passes its gate (and bakes) before the next starts.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(Step))]
+    pub steps: Vec<Step>,
     /// Label selector of candidates.
     #[arg(long, default_value = "status=idle")]
     pub selector: String,
@@ -117,6 +137,17 @@ pub struct UpdateArgs {
     /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Fraction of a wave's objects that must be updated for it to pass
+    /// (default 0: the failure threshold decides).
+    #[arg(long)]
+    pub success_threshold: Option<f64>,
+    /// Fraction of a wave's objects that may fail without rolling the wave back
+    /// (0: any failure rolls back).
+    #[arg(long, default_value_t = 0.0)]
+    pub failure_threshold: f64,
+    /// Wait this long after a passed wave before reporting success.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub bake_time: Duration,
 }
 
 /// One object touched by an update.
@@ -136,17 +167,34 @@ impl std::fmt::Display for ObjectRef {
     }
 }
 
+/// An object of a wave that could not be updated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailedObject {
+    /// The object.
+    pub target: ObjectRef,
+    /// Why (the API error, or the rollout timeout).
+    pub error: String,
+}
+
+impl std::fmt::Display for FailedObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.target, self.error)
+    }
+}
+
 /// What an update did; returned on success and carried by [`UpdateFailed`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct UpdateReport {
     /// Version rolled out.
     pub version: String,
-    /// Wave.
-    pub wave: Wave,
+    /// Wave preset.
+    pub wave: Preset,
     /// Candidates matching the selector.
     pub candidates: usize,
     /// Objects patched (and, for workloads, rolled out).
     pub updated: Vec<ObjectRef>,
+    /// Objects that failed; on success, the failures the gate tolerated.
+    pub failed: Vec<FailedObject>,
     /// Objects restored after a failure.
     pub rolled_back: Vec<ObjectRef>,
     /// Wall time.
@@ -155,21 +203,13 @@ pub struct UpdateReport {
 
 /// A wave that failed; `report` says what was updated and rolled back.
 #[derive(Debug, thiserror::Error)]
-#[error("{} wave of {} failed after updating {} objects (rolled back {}): {source}", wave_name(report.wave), report.version, report.updated.len(), report.rolled_back.len())]
+#[error("{} wave of {} failed after updating {} objects (rolled back {}): {source}", report.wave, report.version, report.updated.len(), report.rolled_back.len())]
 pub struct UpdateFailed {
     /// What happened before and after the failure.
     pub report: UpdateReport,
     /// The failure.
     #[source]
     pub source: Error,
-}
-
-fn wave_name(w: Wave) -> &'static str {
-    match w {
-        Wave::Canary => "canary",
-        Wave::Blue => "blue",
-        Wave::Green => "green",
-    }
 }
 
 /// `otafleet update`. On failure the error downcasts to [`UpdateFailed`].
@@ -193,6 +233,7 @@ pub async fn update_with(args: &UpdateArgs) -> std::result::Result<UpdateReport,
         wave: args.wave,
         candidates: 0,
         updated: Vec::new(),
+        failed: Vec::new(),
         rolled_back: Vec::new(),
         duration: Duration::ZERO,
     };
@@ -230,58 +271,151 @@ fn api(client: &kube::Client, kind: WorkloadKind, ns: Option<&str>) -> Api<Dynam
     }
 }
 
+/// The strategy of this update: the preset and gate flags resolved by the core.
+pub fn strategy(args: &UpdateArgs) -> Result<Strategy> {
+    let spec = StrategySpec {
+        preset: Some(args.wave),
+        // The tracker ignored --count outside a blue wave; the core refuses it there.
+        count: match args.wave {
+            Preset::Blue => args.count.map(|n| n as u64),
+            _ => None,
+        },
+        steps: (!args.steps.is_empty()).then(|| args.steps.clone()),
+        success_threshold: Some(args.success_threshold.unwrap_or(0.0)),
+        failure_threshold: Some(args.failure_threshold),
+        bake_time_secs: Some(args.bake_time.as_secs() + u64::from(args.bake_time.subsec_nanos() > 0)),
+        ..Default::default()
+    };
+    spec.resolve(0).map_err(|e| Error::Invalid(format!("update strategy: {e}")))
+}
+
+/// A stable planner id for an object: kind, namespace and name hashed into a
+/// UUID (version 8), the same on every run.
+pub fn object_id(target: &ObjectRef) -> uuid::Uuid {
+    let key = format!("{:?}/{}/{}", target.kind, target.namespace, target.name);
+    let digest = Sha256::digest(key.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// The objects of each planned wave, in namespace/name order: the wave sizes
+/// come from the core's planner over `objects`, the order from `objects`.
+pub fn plan_waves(objects: &[ObjectRef], strategy: &Strategy) -> Vec<Vec<ObjectRef>> {
+    let candidates =
+        objects.iter().map(|o| Candidate { id: object_id(o), online: true, healthy: true }).collect::<Vec<_>>();
+    let mut rest = objects;
+    let mut waves = Vec::new();
+    for wave in plan(candidates, strategy).waves {
+        let (this, next) = rest.split_at(wave.len().min(rest.len()));
+        waves.push(this.to_vec());
+        rest = next;
+    }
+    waves
+}
+
 async fn run_wave(args: &UpdateArgs, report: &mut UpdateReport, done: &mut Vec<Previous>) -> Result<()> {
     if args.kind != WorkloadKind::Pod && args.image.is_none() {
         return Err(Error::Invalid(format!("--kind {:?} needs --image", args.kind).to_lowercase()));
     }
+    let strategy = strategy(args)?;
     let client = crate::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
     let lp = ListParams::default().labels(&args.selector);
     let all = api(&client, args.kind, args.namespace.as_deref());
-    let listed = with_backoff(args, || all.list(&lp)).await?;
-    let mut candidates: Vec<DynamicObject> =
-        listed.items.into_iter().filter(|o| o.metadata.deletion_timestamp.is_none()).collect();
-    candidates.sort_by_key(|o| (o.namespace().unwrap_or_default(), o.name_any()));
-    report.candidates = candidates.len();
-    let take = match args.wave {
-        Wave::Canary => 1,
-        Wave::Blue => args.count.unwrap_or(2),
-        Wave::Green => candidates.len(),
-    };
-    candidates.truncate(take);
-    info!(wave = wave_name(args.wave), selected = candidates.len(), "updating");
+    let listed = call(args, || all.list(&lp)).await?;
+    let mut objects: Vec<ObjectRef> = listed
+        .items
+        .into_iter()
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .map(|o| ObjectRef { kind: args.kind, namespace: o.namespace().unwrap_or_default(), name: o.name_any() })
+        .collect();
+    objects.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    report.candidates = objects.len();
+    let waves = plan_waves(&objects, &strategy);
+    let selected: usize = waves.iter().map(Vec::len).sum();
+    info!(wave = %args.wave, selected, "updating");
 
     let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::with_draw_target(Some(candidates.len() as u64), ProgressDrawTarget::stderr())
+        ProgressBar::with_draw_target(Some(selected as u64), ProgressDrawTarget::stderr())
     } else {
         ProgressBar::hidden()
     };
     if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}") {
         bar.set_style(style);
     }
-    for obj in &candidates {
-        let target =
-            ObjectRef { kind: args.kind, namespace: obj.namespace().unwrap_or_default(), name: obj.name_any() };
-        bar.set_message(target.name.clone());
-        let namespaced = api(&client, args.kind, Some(&target.namespace));
-        let prev = patch_guarded(args, &namespaced, &target, |current| {
-            let mut patch = json!({"metadata": {"labels": {
-                VERSION_LABEL: args.version, STATUS_LABEL: "updated"
-            }}});
-            if let Some(image) = &args.image {
-                let containers = with_image(current, args.kind, image, args.container.as_deref());
-                set_path(&mut patch, args.kind.containers_path(), containers);
+    let gate = &strategy.gate;
+    for (index, wave) in waves.iter().enumerate() {
+        let total = wave.len() as u64;
+        let mut counts = WaveCounts { total, scheduled: total, ready: total, ..WaveCounts::default() };
+        let mut failures = Vec::new();
+        for target in wave {
+            bar.set_message(target.name.clone());
+            counts.scheduled -= 1;
+            counts.ready -= 1;
+            match update_one(args, &client, target, done).await {
+                Ok(()) => {
+                    counts.succeeded += 1;
+                    report.updated.push(target.clone());
+                }
+                Err(e) => {
+                    warn!(target = %target, error = %e, "update failed");
+                    counts.failed += 1;
+                    failures.push(format!("{target}: {e}"));
+                    report.failed.push(FailedObject { target: target.clone(), error: e.to_string() });
+                }
             }
-            patch
-        })
-        .await?;
-        done.push(prev);
-        if args.kind != WorkloadKind::Pod {
-            wait_rollout(args, &namespaced, &target).await?;
+            bar.inc(1);
+            // One object at a time: nothing is in flight between two verdicts.
+            if let Verdict::Fail(reason) = verdict(gate, index, &counts, counts.scheduled == 0) {
+                bar.finish_and_clear();
+                return Err(Error::Gate { reason, failures });
+            }
         }
-        report.updated.push(target);
-        bar.inc(1);
+        match verdict(gate, index, &counts, true) {
+            Verdict::Pass => {
+                if !failures.is_empty() {
+                    warn!(wave = index, failed = failures.len(), "wave passed its gate despite failures");
+                }
+                if !args.bake_time.is_zero() {
+                    bar.set_message("baking");
+                    tokio::time::sleep(args.bake_time).await;
+                }
+            }
+            // The loop above already returns on Fail; with nothing in flight the
+            // verdict is final, so Wait cannot happen either.
+            Verdict::Fail(reason) => return Err(Error::Gate { reason, failures }),
+            Verdict::Wait => {
+                return Err(Error::Gate { reason: format!("wave {index} undecided with nothing in flight"), failures })
+            }
+        }
     }
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// Patches one object (and waits for its rollout); what it was before goes to `done`.
+async fn update_one(
+    args: &UpdateArgs,
+    client: &kube::Client,
+    target: &ObjectRef,
+    done: &mut Vec<Previous>,
+) -> Result<()> {
+    let namespaced = api(client, args.kind, Some(&target.namespace));
+    let prev = patch_guarded(args, &namespaced, target, |current| {
+        let mut patch = json!({"metadata": {"labels": {
+            VERSION_LABEL: args.version, STATUS_LABEL: "updated"
+        }}});
+        if let Some(image) = &args.image {
+            let containers = with_image(current, args.kind, image, args.container.as_deref());
+            set_path(&mut patch, args.kind.containers_path(), containers);
+        }
+        patch
+    })
+    .await?;
+    done.push(prev);
+    if args.kind != WorkloadKind::Pod {
+        wait_rollout(args, &namespaced, target).await?;
+    }
     Ok(())
 }
 
@@ -327,7 +461,7 @@ async fn patch_guarded(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let current = serde_json::to_value(with_backoff(args, || api.get(&target.name)).await?)?;
+        let current = serde_json::to_value(call(args, || api.get(&target.name)).await?)?;
         let mut patch = build(&current);
         set_path(
             &mut patch,
@@ -335,7 +469,7 @@ async fn patch_guarded(
             current.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null),
         );
         let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
-        let res = with_backoff(args, || api.patch(&target.name, &pp, &merge)).await;
+        let res = call(args, || api.patch(&target.name, &pp, &merge)).await;
         match res {
             Ok(_) => {
                 return Ok(Previous {
@@ -394,7 +528,7 @@ fn rollout_ready(kind: WorkloadKind, obj: &Value) -> bool {
 async fn wait_rollout(args: &UpdateArgs, api: &Api<DynamicObject>, target: &ObjectRef) -> Result<()> {
     let deadline = Instant::now() + args.rollout_timeout;
     loop {
-        let obj = serde_json::to_value(with_backoff(args, || api.get(&target.name)).await?)?;
+        let obj = serde_json::to_value(call(args, || api.get(&target.name)).await?)?;
         if rollout_ready(target.kind, &obj) {
             return Ok(());
         }
@@ -405,25 +539,20 @@ async fn wait_rollout(args: &UpdateArgs, api: &Api<DynamicObject>, target: &Obje
     }
 }
 
-/// Retries `f` on 5xx/429/transport errors, doubling the delay each time.
-async fn with_backoff<T, F, Fut>(args: &UpdateArgs, mut f: F) -> Result<T>
+/// Runs one API call, retrying 5xx/429/transport errors ([`Error::is_retryable`])
+/// up to `--max-retries` attempts in all, waiting `--retry-base`, doubling each
+/// time up to 10 s.
+async fn call<T, F, Fut>(args: &UpdateArgs, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, kube::Error>>,
 {
-    let mut delay = args.retry_base;
-    let mut attempt = 1;
-    loop {
-        match f().await.map_err(Error::from) {
-            Err(e) if e.is_retryable() && attempt < args.max_retries.max(1) => {
-                warn!(error = %e, attempt, "retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    let policy = otafleet_rt::Retry::new(args.retry_base, Duration::from_secs(10)).attempts(args.max_retries.max(1));
+    otafleet_rt::retry(&policy, Error::is_retryable, || {
+        let attempt = f();
+        async move { attempt.await.map_err(Error::from) }
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -438,6 +567,70 @@ mod tests {
         let stale = json!({"metadata": {"generation": 3}, "spec": {"replicas": 2},
             "status": {"observedGeneration": 2, "updatedReplicas": 2, "readyReplicas": 2}});
         assert!(!rollout_ready(WorkloadKind::Deployment, &stale));
+    }
+
+    fn args(wave: Preset, count: Option<usize>) -> UpdateArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: UpdateArgs,
+        }
+        let mut argv = vec!["update".to_string(), "2.0".into(), "--wave".into(), wave.to_string()];
+        if let Some(n) = count {
+            argv.extend(["--count".into(), n.to_string()]);
+        }
+        Cli::try_parse_from(argv).expect("parses").args
+    }
+
+    fn objects(n: usize) -> Vec<ObjectRef> {
+        (0..n).map(|i| ObjectRef { kind: WorkloadKind::Pod, namespace: "ns".into(), name: format!("p{i}") }).collect()
+    }
+
+    #[test]
+    fn wave_sizes_come_from_the_core_planner_in_namespace_name_order() {
+        let objs = objects(5);
+        let sizes = |wave, count| {
+            let waves = plan_waves(&objs, &strategy(&args(wave, count)).expect("strategy"));
+            waves.iter().map(Vec::len).collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(Preset::Canary, None), vec![1]);
+        assert_eq!(sizes(Preset::Blue, None), vec![otafleet_core::strategy::BLUE_DEFAULT_COUNT as usize]);
+        assert_eq!(sizes(Preset::Blue, Some(4)), vec![4]);
+        assert_eq!(sizes(Preset::Canary, Some(4)), vec![1], "--count only applies to blue, as before");
+        assert_eq!(sizes(Preset::Green, None), vec![5]);
+        let mut custom = args(Preset::Custom, None);
+        custom.steps = vec![Step::Count(1), Step::Percent(50.0), Step::Percent(100.0)];
+        let waves = plan_waves(&objs, &strategy(&custom).expect("custom"));
+        assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2, 2]);
+        assert_eq!(waves.concat(), objs, "every object once, in order");
+        assert!(strategy(&args(Preset::Custom, None)).is_err(), "custom needs --steps");
+        let mut green = args(Preset::Green, None);
+        green.steps = vec![Step::Count(1)];
+        assert!(strategy(&green).is_err(), "--steps only with --wave custom");
+        let waves = plan_waves(&objs, &strategy(&args(Preset::Blue, Some(3))).expect("strategy"));
+        assert_eq!(waves[0], objs[..3].to_vec());
+        assert!(plan_waves(&[], &strategy(&args(Preset::Green, None)).expect("strategy")).is_empty());
+    }
+
+    #[test]
+    fn the_default_gate_fails_on_any_failure() {
+        let s = strategy(&args(Preset::Green, None)).expect("strategy");
+        assert_eq!((s.gate.failure_threshold, s.gate.success_threshold, s.gate.bake_time_secs), (0.0, 0.0, 0));
+        let one_failed = WaveCounts { total: 3, scheduled: 2, ready: 2, failed: 1, ..Default::default() };
+        assert!(matches!(verdict(&s.gate, 0, &one_failed, false), Verdict::Fail(_)));
+        let mut a = args(Preset::Green, None);
+        a.failure_threshold = 1.5;
+        assert!(strategy(&a).is_err(), "thresholds are fractions");
+    }
+
+    #[test]
+    fn object_ids_are_stable_and_distinct() {
+        let objs = objects(3);
+        assert_eq!(object_id(&objs[0]), object_id(&objs[0].clone()));
+        assert_ne!(object_id(&objs[0]), object_id(&objs[1]));
+        let deployment = ObjectRef { kind: WorkloadKind::Deployment, ..objs[0].clone() };
+        assert_ne!(object_id(&objs[0]), object_id(&deployment));
     }
 
     #[test]

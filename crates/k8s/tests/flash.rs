@@ -136,3 +136,28 @@ async fn unknown_uuid_is_rejected_before_anything_runs() {
     let err = flash_with(&a, &b""[..], &mut Vec::new()).await.expect_err("rejected");
     assert!(err.to_string().contains(&device_uuid(99)), "{err}");
 }
+
+#[tokio::test]
+async fn batches_are_the_cores_strategy() {
+    let fake = fleet().await;
+    let mut a = args(&fake);
+    a.batch_size = 2;
+    a.batch_delay = Duration::from_millis(1500);
+    let s = otafleet_k8s::flash::strategy(&a).expect("strategy");
+    assert_eq!((s.batch_size, s.batch_delay_secs), (2, 2), "the delay is whole seconds, rounded up");
+    assert_eq!(otafleet_core::batch::delay(&s), Duration::from_secs(2));
+    let devices: Vec<String> = (0..5).map(device_uuid).collect();
+    let sizes: Vec<usize> = otafleet_core::batch::split(&devices, &s).iter().map(|b| b.len()).collect();
+    assert_eq!(sizes, vec![2, 2, 1]);
+
+    // The dry run prints exactly the core's batches.
+    a.batch_size = 3;
+    a.dry_run = true;
+    let mut out = Vec::new();
+    flash_with(&a, &b""[..], &mut out).await.expect("dry run");
+    let text = String::from_utf8(out).expect("utf8");
+    assert_eq!(text.matches("kind: FlashJob").count(), 2, "{text}");
+
+    a.batch_size = 0;
+    assert!(matches!(flash_with(&a, &b""[..], &mut Vec::new()).await, Err(Error::Invalid(_))));
+}

@@ -7,8 +7,9 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::ObjectMeta;
+use otafleet_core::Preset;
 use otafleet_k8s::fake::FakeApiServer;
-use otafleet_k8s::update::{update_with, UpdateArgs, Wave, WorkloadKind};
+use otafleet_k8s::update::{update_with, UpdateArgs, WorkloadKind};
 
 fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
     Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
@@ -63,11 +64,12 @@ async fn fleet() -> FakeApiServer {
     fake
 }
 
-fn args(fake: &FakeApiServer, wave: Wave) -> UpdateArgs {
+fn args(fake: &FakeApiServer, wave: Preset) -> UpdateArgs {
     UpdateArgs {
         version: "2.0".into(),
         wave,
         count: None,
+        steps: Vec::new(),
         selector: "status=idle".into(),
         namespace: None,
         image: None,
@@ -77,6 +79,9 @@ fn args(fake: &FakeApiServer, wave: Wave) -> UpdateArgs {
         max_retries: 5,
         retry_base: Duration::from_millis(10),
         kubeconfig: Some(fake.kubeconfig_path().to_path_buf()),
+        success_threshold: None,
+        failure_threshold: 0.0,
+        bake_time: Duration::ZERO,
     }
 }
 
@@ -93,7 +98,7 @@ fn pod_image(fake: &FakeApiServer, ns: &str, name: &str) -> Option<String> {
 #[tokio::test]
 async fn canary_updates_one_idle_pod() {
     let fake = fleet().await;
-    let report = update_with(&args(&fake, Wave::Canary)).await.expect("update");
+    let report = update_with(&args(&fake, Preset::Canary)).await.expect("update");
     assert_eq!(report.candidates, 3, "busy pod is not a candidate");
     assert_eq!(report.updated.len(), 1);
     assert_eq!((report.updated[0].namespace.as_str(), report.updated[0].name.as_str()), ("a", "p1"));
@@ -106,12 +111,12 @@ async fn canary_updates_one_idle_pod() {
 #[tokio::test]
 async fn blue_and_green_sizes_and_images() {
     let fake = fleet().await;
-    let mut a = args(&fake, Wave::Blue);
+    let mut a = args(&fake, Preset::Blue);
     a.namespace = Some("a".into());
     let report = update_with(&a).await.expect("blue");
     assert_eq!(report.updated.len(), 2);
     let fake = fleet().await;
-    let mut a = args(&fake, Wave::Green);
+    let mut a = args(&fake, Preset::Green);
     a.image = Some("registry.example/app:2.0".into());
     let report = update_with(&a).await.expect("green");
     assert_eq!(report.updated.len(), 3);
@@ -125,7 +130,7 @@ async fn conflicts_are_reread_and_server_errors_retried() {
     fake.fail_next(Some("PATCH"), "/pods/p1", 409, 2);
     fake.fail_next(Some("GET"), "/pods/p1", 500, 1);
     fake.fail_next(Some("GET"), "/api/v1/pods", 503, 1);
-    let report = update_with(&args(&fake, Wave::Canary)).await.expect("update despite faults");
+    let report = update_with(&args(&fake, Preset::Canary)).await.expect("update despite faults");
     assert_eq!(report.updated.len(), 1);
     assert_eq!(pod_labels(&fake, "a", "p1").1.as_deref(), Some("updated"));
     assert_eq!(fake.count_requests("PATCH", "/pods/p1"), 3, "two conflicts, then success");
@@ -136,7 +141,7 @@ async fn conflicts_are_reread_and_server_errors_retried() {
 async fn a_failed_wave_rolls_back_what_it_patched() {
     let fake = fleet().await;
     fake.fail_next(Some("PATCH"), "/namespaces/a/pods/p2", 422, 1);
-    let mut a = args(&fake, Wave::Green);
+    let mut a = args(&fake, Preset::Green);
     a.image = Some("registry.example/app:2.0".into());
     let failed = update_with(&a).await.expect_err("wave fails");
     assert_eq!(failed.report.updated.len(), 1, "p1 was updated before p2 failed");
@@ -152,7 +157,7 @@ async fn a_failed_wave_rolls_back_what_it_patched() {
 async fn deployments_wait_for_rollout_and_roll_back_on_timeout() {
     let fake = FakeApiServer::start().await.expect("fake");
     fake.insert(&deployment("web")).expect("insert");
-    let mut a = args(&fake, Wave::Canary);
+    let mut a = args(&fake, Preset::Canary);
     a.kind = WorkloadKind::Deployment;
     a.image = Some("registry.example/app:2.0".into());
     let report = update_with(&a).await.expect("rollout");
@@ -164,7 +169,7 @@ async fn deployments_wait_for_rollout_and_roll_back_on_timeout() {
     );
 
     fake.set_simulate_rollouts(false);
-    let mut a = args(&fake, Wave::Canary);
+    let mut a = args(&fake, Preset::Canary);
     a.kind = WorkloadKind::Deployment;
     a.selector = "status=updated".into();
     a.version = "3.0".into();
@@ -183,8 +188,118 @@ async fn deployments_wait_for_rollout_and_roll_back_on_timeout() {
 #[tokio::test]
 async fn workloads_need_an_image() {
     let fake = FakeApiServer::start().await.expect("fake");
-    let mut a = args(&fake, Wave::Canary);
+    let mut a = args(&fake, Preset::Canary);
     a.kind = WorkloadKind::Statefulset;
     let failed = update_with(&a).await.expect_err("invalid");
     assert!(failed.source.to_string().contains("needs --image"));
+}
+
+#[tokio::test]
+async fn one_failure_fails_the_default_gate_and_rolls_back() {
+    let fake = fleet().await;
+    fake.fail_next(Some("PATCH"), "/namespaces/b/pods/p0", 422, 1);
+    let failed = update_with(&args(&fake, Preset::Green)).await.expect_err("failure_threshold 0");
+    let r = &failed.report;
+    assert_eq!(r.updated.len(), 2, "a/p1 and a/p2 came before b/p0");
+    assert_eq!(r.failed.len(), 1);
+    assert_eq!((r.failed[0].target.namespace.as_str(), r.failed[0].target.name.as_str()), ("b", "p0"));
+    assert_eq!(r.rolled_back.len(), 2);
+    let reason = failed.source.to_string();
+    assert!(reason.contains("exceeded the failure threshold 0"), "{reason}");
+    assert!(reason.contains("b/p0"), "{reason}");
+    for (ns, name) in [("a", "p1"), ("a", "p2"), ("b", "p0")] {
+        assert_eq!(pod_labels(&fake, ns, name), (Some("1.0".into()), Some("idle".into())), "{ns}/{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_tolerated_failure_passes_the_gate_and_is_reported() {
+    let fake = fleet().await;
+    fake.fail_next(Some("PATCH"), "/namespaces/a/pods/p2", 422, 1);
+    let mut a = args(&fake, Preset::Green);
+    a.failure_threshold = 0.5;
+    let report = update_with(&a).await.expect("1 of 3 failing is within 0.5");
+    assert_eq!(report.updated.len(), 2);
+    assert!(report.rolled_back.is_empty());
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].target.name, "p2");
+    assert!(
+        report.failed[0].error.contains("422") || report.failed[0].error.contains("injected"),
+        "{}",
+        report.failed[0]
+    );
+    assert_eq!(pod_labels(&fake, "a", "p1"), (Some("2.0".into()), Some("updated".into())));
+    assert_eq!(pod_labels(&fake, "a", "p2"), (Some("1.0".into()), Some("idle".into())));
+    assert_eq!(pod_labels(&fake, "b", "p0"), (Some("2.0".into()), Some("updated".into())));
+}
+
+#[tokio::test]
+async fn too_many_failures_fail_a_tolerant_gate_and_the_success_threshold_counts() {
+    let fake = fleet().await;
+    fake.fail_next(Some("PATCH"), "/namespaces/a/pods/p1", 422, 1);
+    fake.fail_next(Some("PATCH"), "/namespaces/a/pods/p2", 422, 1);
+    let mut a = args(&fake, Preset::Green);
+    a.failure_threshold = 0.5;
+    let failed = update_with(&a).await.expect_err("2 of 3 exceed 0.5");
+    assert_eq!(failed.report.failed.len(), 2);
+    assert!(failed.report.updated.is_empty(), "the gate failed before b/p0");
+    assert_eq!(pod_labels(&fake, "b", "p0"), (Some("1.0".into()), Some("idle".into())));
+
+    let fake = fleet().await;
+    fake.fail_next(Some("PATCH"), "/namespaces/a/pods/p2", 422, 1);
+    let mut a = args(&fake, Preset::Green);
+    a.failure_threshold = 0.5;
+    a.success_threshold = Some(0.9);
+    let failed = update_with(&a).await.expect_err("2 of 3 updated is below 0.9");
+    assert!(failed.source.to_string().contains("success threshold"), "{}", failed.source);
+    assert_eq!(failed.report.rolled_back.len(), 2);
+    assert_eq!(pod_labels(&fake, "a", "p1"), (Some("1.0".into()), Some("idle".into())));
+}
+
+#[tokio::test]
+async fn a_passed_wave_bakes_before_success() {
+    let fake = fleet().await;
+    let mut a = args(&fake, Preset::Canary);
+    a.bake_time = Duration::from_millis(300);
+    let report = update_with(&a).await.expect("update");
+    assert_eq!(report.updated.len(), 1);
+    assert!(report.duration >= Duration::from_millis(300), "{:?}", report.duration);
+}
+
+#[tokio::test]
+async fn the_fake_server_selects_with_the_cores_selector() {
+    let fake = fleet().await;
+    let mut a = args(&fake, Preset::Green);
+    a.selector = "status in (idle,busy),sw_version,!gone".into();
+    let report = update_with(&a).await.expect("set-based selector");
+    assert_eq!(report.candidates, 4);
+
+    let fake = fleet().await;
+    let mut a = args(&fake, Preset::Green);
+    a.selector = "status notin (busy)".into();
+    assert_eq!(update_with(&a).await.expect("notin").candidates, 3);
+
+    let mut a = args(&fake, Preset::Green);
+    a.selector = "status in (idle".into();
+    let failed = update_with(&a).await.expect_err("the fake answers 400 to a selector the core rejects");
+    assert_eq!(failed.source.api_code(), Some(400), "{}", failed.source);
+    assert!(failed.report.updated.is_empty());
+}
+
+#[tokio::test]
+async fn custom_steps_run_wave_after_wave_each_behind_its_gate() {
+    let fake = fleet().await;
+    let mut a = args(&fake, Preset::Custom);
+    a.steps = "1,100%".split(',').map(|s| s.parse().expect("step")).collect();
+    let report = update_with(&a).await.expect("two waves");
+    assert_eq!(report.updated.len(), 3);
+
+    // A failure in the second wave rolls back the first wave too.
+    let fake = fleet().await;
+    fake.fail_next(Some("PATCH"), "/namespaces/b/pods/p0", 422, 1);
+    let a = UpdateArgs { kubeconfig: Some(fake.kubeconfig_path().to_path_buf()), ..a };
+    let failed = update_with(&a).await.expect_err("second wave fails");
+    assert!(failed.source.to_string().contains("wave 1"), "{}", failed.source);
+    assert_eq!(failed.report.rolled_back.len(), 2);
+    assert_eq!(pod_labels(&fake, "a", "p1"), (Some("1.0".into()), Some("idle".into())));
 }
