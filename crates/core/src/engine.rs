@@ -167,7 +167,8 @@ pub enum Verdict {
 }
 
 /// The health gate of one wave: the same rule for device rollouts, `otafleet
-/// update` and `otafleet flash`. The failure threshold applies at any moment
+/// update` (each wave) and `otafleet flash` (the run as one wave, judged after
+/// every batch). The failure threshold applies at any moment
 /// (`failure_threshold: 0` means one failure fails the wave); the success
 /// threshold once every device of the wave was released (`all_released`), and
 /// a wave that can no longer reach it — nothing in flight — fails.

@@ -24,6 +24,7 @@ use crate::akri::Instance;
 use crate::crd::{FlashJob, FlashJobSpec, Phase};
 use crate::error::{Error, Result};
 use otafleet_core::duration::parse_arg as parse_duration;
+use otafleet_core::engine::{self, Verdict, WaveCounts};
 use otafleet_core::{batch, Preset, Strategy, StrategySpec};
 
 /// `otafleet flash`.
@@ -62,6 +63,11 @@ pub struct FlashArgs {
     /// How often to poll a batch's FlashJob.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Fraction of the devices flashed so far that may fail before the run
+    /// stops: the failure threshold of a rollout's gate. 0 (the default): the
+    /// first failed FlashJob stops the run.
+    #[arg(long, default_value_t = 0.0)]
+    pub failure_threshold: f64,
     /// Override the devices' HOST_ENDPOINT.
     #[arg(long)]
     pub host_endpoint: Option<String>,
@@ -84,6 +90,9 @@ pub struct FlashArgs {
 pub struct FlashReport {
     /// Devices selected, in flashing order.
     pub devices: Vec<String>,
+    /// Devices whose FlashJob failed without recording them as flashed, within
+    /// the failure threshold (beyond it the run stops with an error instead).
+    pub failed_devices: Vec<String>,
     /// FlashJobs (one per batch) that completed, including ones completed by an earlier run.
     pub completed_jobs: Vec<String>,
 }
@@ -150,9 +159,13 @@ pub fn strategy(args: &FlashArgs) -> Result<Strategy> {
         preset: Some(Preset::Green),
         batch_size: Some(args.batch_size as u64),
         batch_delay_secs: Some(delay.as_secs() + u64::from(delay.subsec_nanos() > 0)),
+        failure_threshold: Some(args.failure_threshold),
+        // The failure threshold alone decides: every device of a finished
+        // FlashJob is either completed or failed.
+        success_threshold: Some(0.0),
         ..Default::default()
     };
-    spec.resolve(0).map_err(|e| Error::Invalid(format!("--batch-delay: {e}")))
+    spec.resolve(0).map_err(|e| Error::Invalid(format!("--{}: {}", e.field.replace('_', "-"), e.message)))
 }
 
 /// [`flash`] with explicit input/output, for tests and embedding.
@@ -194,7 +207,7 @@ pub async fn flash_with<R: BufRead, W: Write>(args: &FlashArgs, mut input: R, mu
         for (i, batch) in batches.iter().enumerate() {
             write!(out, "---\n{}", serde_yaml::to_string(&batch_job(args, i + 1, batch))?)?;
         }
-        return Ok(FlashReport { devices, completed_jobs: Vec::new() });
+        return Ok(FlashReport { devices, ..FlashReport::default() });
     }
 
     writeln!(out, "{} {} devices to flash with {} ({}):", matching.len(), args.device, args.firmware, args.version)?;
@@ -224,7 +237,9 @@ pub async fn flash_with<R: BufRead, W: Write>(args: &FlashArgs, mut input: R, mu
     }
 
     let jobs: Api<FlashJob> = Api::namespaced(client, &args.namespace);
-    let mut report = FlashReport { devices: devices.clone(), completed_jobs: Vec::new() };
+    let mut report = FlashReport { devices: devices.clone(), ..FlashReport::default() };
+    // The run is one wave whose gate is judged after every batch.
+    let mut counts = WaveCounts::default();
     for (i, batch) in batches.iter().enumerate() {
         let job = batch_job(args, i + 1, batch);
         let name = job.name_any();
@@ -240,15 +255,52 @@ pub async fn flash_with<R: BufRead, W: Write>(args: &FlashArgs, mut input: R, mu
             jobs.create(&PostParams::default(), &job).await?;
         }
         writeln!(out, "batch {}/{}: {name} flashing {} devices", i + 1, batches.len(), batch.len())?;
-        wait_for_job(&jobs, &name, args.batch_timeout, args.poll_interval).await?;
-        writeln!(out, "batch {}/{}: {name} completed", i + 1, batches.len())?;
+        counts.total += batch.len() as u64;
+        match wait_for_job(&jobs, &name, args.batch_timeout, args.poll_interval).await {
+            Ok(_) => {
+                counts.succeeded += batch.len() as u64;
+                writeln!(out, "batch {}/{}: {name} completed", i + 1, batches.len())?;
+            }
+            Err(Error::JobFailed { name, message }) => {
+                // The devices the job recorded as flashed count as done; the rest failed.
+                let done = jobs.get(&name).await?.status.map(|s| s.completed_uuids).unwrap_or_default();
+                let failed: Vec<String> = batch.iter().filter(|u| !done.contains(u)).cloned().collect();
+                counts.succeeded += (batch.len() - failed.len()) as u64;
+                counts.failed += failed.len() as u64;
+                report.failed_devices.extend(failed);
+                if let Verdict::Fail(reason) = engine::verdict(&strategy.gate, 0, &counts, false) {
+                    return Err(Error::JobFailed { name, message: format!("{message} ({reason})") });
+                }
+                writeln!(
+                    out,
+                    "batch {}/{}: {name} failed ({message}); {} of {} devices failed so far, within --failure-threshold {}",
+                    i + 1,
+                    batches.len(),
+                    counts.failed,
+                    counts.total,
+                    strategy.gate.failure_threshold
+                )?;
+                let delay = batch::delay(&strategy);
+                if i + 1 < batches.len() && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         report.completed_jobs.push(name);
         let delay = batch::delay(&strategy);
         if i + 1 < batches.len() && !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
     }
-    writeln!(out, "flashed {} devices in {} batches", devices.len(), batches.len())?;
+    writeln!(
+        out,
+        "flashed {} of {} devices in {} batches",
+        devices.len() - report.failed_devices.len(),
+        devices.len(),
+        batches.len()
+    )?;
     Ok(report)
 }
 

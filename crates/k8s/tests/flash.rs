@@ -33,6 +33,7 @@ fn args(fake: &FakeApiServer) -> FlashArgs {
         batch_delay: Duration::ZERO,
         batch_timeout: Duration::from_secs(20),
         poll_interval: Duration::from_millis(20),
+        failure_threshold: 0.0,
         host_endpoint: None,
         external_ip: None,
         yes: true,
@@ -126,6 +127,42 @@ async fn a_failed_batch_stops_the_run() {
     }
     assert_eq!(fake.count_requests("POST", "/flashjobs"), 1, "no batch after a failure");
     op.stop().await;
+}
+
+#[tokio::test]
+async fn a_failure_threshold_lets_failed_batches_pass_like_a_rollout_gate() {
+    let fake = fleet().await;
+    fake.set_pod_phase_on_create(Some("Failed"));
+    let op = RunningOperator::start(fake.client().await.expect("client"), fast_settings());
+    // Every device fails: with a threshold of 1 the gate never trips, so all
+    // three batches run and the failures are reported.
+    let mut a = args(&fake);
+    a.failure_threshold = 1.0;
+    let mut out = Vec::new();
+    let report = flash_with(&a, &b""[..], &mut out).await.expect("within the threshold");
+    assert_eq!(fake.count_requests("POST", "/flashjobs"), 3);
+    assert_eq!(report.failed_devices.len(), 5);
+    assert!(report.completed_jobs.is_empty());
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("within --failure-threshold 1"), "{text}");
+    assert!(text.contains("flashed 0 of 5 devices"), "{text}");
+    // A threshold below the failed share stops at the first batch, naming the gate.
+    let fake2 = fleet().await;
+    fake2.set_pod_phase_on_create(Some("Failed"));
+    let op2 = RunningOperator::start(fake2.client().await.expect("client"), fast_settings());
+    let mut a = args(&fake2);
+    a.failure_threshold = 0.5;
+    match flash_with(&a, &b""[..], &mut Vec::new()).await.expect_err("gate fails") {
+        Error::JobFailed { message, .. } => assert!(message.contains("failure threshold 0.5"), "{message}"),
+        other => panic!("unexpected {other}"),
+    }
+    assert_eq!(fake2.count_requests("POST", "/flashjobs"), 1);
+    let bad = FlashArgs { failure_threshold: 1.5, ..args(&fake2) };
+    assert!(
+        matches!(flash_with(&bad, &b""[..], &mut Vec::new()).await, Err(Error::Invalid(m)) if m.contains("failure-threshold"))
+    );
+    op.stop().await;
+    op2.stop().await;
 }
 
 #[tokio::test]
