@@ -78,7 +78,7 @@ pub enum Cmd {
     /// Release-signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// Measure performance (see docs/ARCHITECTURE.md for the figures).
+    /// Measure performance (see docs/BENCHMARKS.md for the figures).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
     /// Print shell completions.
