@@ -17,6 +17,7 @@ pub mod plan;
 pub mod protocol;
 pub mod selector;
 pub mod strategy;
+pub mod validate;
 pub mod window;
 
 pub use model::{

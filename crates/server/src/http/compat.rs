@@ -73,7 +73,7 @@ fn parse_wave(w: Option<&str>, default: Preset) -> ApiResult<Preset> {
 }
 
 fn non_empty_version(v: &str) -> ApiResult<()> {
-    super::devices::validate_version("version", v)
+    super::validate::version("version", v)
 }
 
 /// Health check (always open).

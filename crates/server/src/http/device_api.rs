@@ -39,7 +39,7 @@ pub async fn checkin(
     ApiJson(req): ApiJson<CheckinRequest>,
 ) -> ApiResult<Json<CheckinResponse>> {
     if let Some(v) = &req.current_version {
-        super::devices::validate_version("current_version", v)?;
+        super::validate::version("current_version", v)?;
     }
     state.metrics.checkins.inc();
     let now = otafleet_store::now_ms();

@@ -3,6 +3,7 @@
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
+use super::validate;
 use super::Page;
 use crate::time::{rfc3339, rfc3339_opt};
 use crate::{new_secret, AppState};
@@ -12,7 +13,6 @@ use axum::Json;
 use otafleet_api::{
     self as api, BulkRegister, BulkRegistered, DeviceListQuery, RegisterDevice, RegisteredDevice, UpdateDevice,
 };
-use otafleet_core::selector::{validate_label_key, validate_label_value, Labels};
 use otafleet_core::Selector;
 use otafleet_store::{Device, DeviceQuery, NewDevice, Role};
 use uuid::Uuid;
@@ -35,33 +35,13 @@ pub fn device_view(d: Device) -> api::Device {
 
 pub const MAX_BULK: usize = 10_000;
 
-pub fn validate_version(field: &str, v: &str) -> ApiResult<()> {
-    if v.trim().is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(ApiError::invalid(field, format!("'{v}' is not a valid version: 1 to 128 characters, no spaces")));
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_labels(prefix: &str, labels: &Labels) -> ApiResult<()> {
-    if labels.len() > 64 {
-        return Err(ApiError::invalid(prefix, "at most 64 labels"));
-    }
-    for (k, v) in labels {
-        validate_label_key(k).map_err(|m| ApiError::invalid(&format!("{prefix}.{k}"), m))?;
-        validate_label_value(v).map_err(|m| ApiError::invalid(&format!("{prefix}.{k}"), m))?;
-    }
-    Ok(())
-}
-
 fn to_new(r: RegisterDevice, field: &str) -> ApiResult<NewDevice> {
     let id = r.id.unwrap_or_else(Uuid::new_v4);
     let name = r.name.unwrap_or_else(|| id.to_string());
-    if name.trim().is_empty() || name.len() > 128 {
-        return Err(ApiError::invalid(&format!("{field}name"), "name must be 1 to 128 characters"));
-    }
-    validate_labels(&format!("{field}labels"), &r.labels)?;
+    validate::name(&format!("{field}name"), &name)?;
+    validate::labels(&format!("{field}labels"), &r.labels)?;
     if let Some(v) = &r.current_version {
-        validate_version(&format!("{field}current_version"), v)?;
+        validate::version(&format!("{field}current_version"), v)?;
     }
     Ok(NewDevice { id, name, labels: r.labels, current_version: r.current_version, token: Some(new_secret("dev")) })
 }
@@ -176,7 +156,7 @@ pub async fn update(
             None => labels.remove(&k),
         };
     }
-    validate_labels("labels", &labels)?;
+    validate::labels("labels", &labels)?;
     let d = state
         .store
         .set_device_labels(id, &labels, &caller.actor())

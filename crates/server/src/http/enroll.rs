@@ -4,9 +4,9 @@
 //! SHA-256 hashes.
 
 use super::auth::{bearer, Caller};
-use super::devices::{validate_labels, validate_version};
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
+use super::validate;
 use crate::time::{rfc3339, rfc3339_opt};
 use crate::{new_secret, AppState};
 use axum::extract::{FromRequestParts, State};
@@ -49,7 +49,7 @@ pub async fn create_token(
     if name.trim().is_empty() || name.len() > 128 {
         return Err(ApiError::invalid("name", "name must be 1 to 128 characters"));
     }
-    validate_labels("labels", &body.labels)?;
+    validate::labels("labels", &body.labels)?;
     if let Some(n) = body.max_uses {
         if n < 1 {
             return Err(ApiError::invalid("max_uses", "must be at least 1 (omit it for unlimited)"));
@@ -98,9 +98,9 @@ pub async fn enroll(
     if name.trim().is_empty() || name.len() > 128 {
         return Err(ApiError::invalid("name", "name must be 1 to 128 characters"));
     }
-    validate_labels("labels", &req.labels)?;
+    validate::labels("labels", &req.labels)?;
     if let Some(v) = &req.current_version {
-        validate_version("current_version", v)?;
+        validate::version("current_version", v)?;
     }
     let token = new_secret("dev");
     let new =

@@ -17,6 +17,7 @@ pub mod extract;
 pub mod releases;
 pub mod rollouts;
 pub mod tokens;
+pub mod validate;
 
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};

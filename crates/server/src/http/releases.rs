@@ -1,9 +1,9 @@
 //! `/api/v1/releases`: the release catalogue.
 
 use super::auth::Caller;
-use super::devices::validate_version;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
+use super::validate;
 use super::Page;
 use crate::time::rfc3339;
 use crate::AppState;
@@ -46,7 +46,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateRelease>,
 ) -> ApiResult<(StatusCode, Json<api::Release>)> {
     caller.require(Role::Operator)?;
-    validate_version("version", &body.version)?;
+    validate::version("version", &body.version)?;
     let kind: ReleaseKind = match body.kind.as_deref() {
         None => ReleaseKind::Firmware,
         Some(k) => k.parse().map_err(|_| {

@@ -1,9 +1,9 @@
 //! `/api/v1/rollouts`: create, inspect and steer rollouts.
 
 use super::auth::Caller;
-use super::devices::validate_version;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery};
+use super::validate;
 use super::{parse_id, Page};
 use crate::service::{self, CreateRollout, ReleaseRef};
 use crate::time::{parse_rfc3339, rfc3339, rfc3339_opt};
@@ -97,7 +97,7 @@ pub async fn create(
     caller.require(Role::Operator)?;
     let release = match (body.version, body.release_id) {
         (Some(v), None) => {
-            validate_version("version", &v)?;
+            validate::version("version", &v)?;
             ReleaseRef::Version(v)
         }
         (None, Some(id)) => ReleaseRef::Id(id),
