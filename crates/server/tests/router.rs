@@ -56,6 +56,12 @@ async fn errors_are_json_and_name_the_field() {
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(v["error"]["field"].as_str().unwrap().starts_with("strategy"), "{v}");
+    // Invalid UTF-8 in a query is refused, not stored as U+FFFD.
+    let (s, v) = call(&app, "POST", "/ota/deploy?version=%ff%fe&wave=canary", Some(&app.token), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["field"], "version");
+    assert!(app.state.store.rollout_summaries().await.unwrap().is_empty(), "nothing was stored");
+    assert!(app.state.store.get_release_by_version("\u{fffd}\u{fffd}").await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -77,7 +77,43 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let q = parts.uri.query().unwrap_or("");
+        strict_utf8(q)?;
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
         serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| data_error(e, "query parameter"))
+    }
+}
+
+/// `form_urlencoded` decodes invalid UTF-8 to U+FFFD, which would then be
+/// stored as if the client had sent it: refuse such a query instead, naming
+/// the parameter.
+fn strict_utf8(query: &str) -> Result<(), ApiError> {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            let plus = s.replace('+', " ");
+            percent_encoding::percent_decode_str(&plus).decode_utf8().map(|c| c.into_owned())
+        };
+        let name = decode(key).map_err(|_| ApiError::bad_request("a query parameter name is not valid UTF-8"))?;
+        if decode(value).is_err() {
+            return Err(ApiError {
+                field: Some(name.clone()),
+                ..ApiError::bad_request(format!("query parameter '{}' is not valid UTF-8", name.escape_debug()))
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strict_utf8;
+
+    #[test]
+    fn invalid_utf8_in_a_query_is_refused_naming_the_parameter() {
+        assert!(strict_utf8("version=2.0.0&wave=canary").is_ok());
+        assert!(strict_utf8("version=%E2%9C%93&x=a+b&&flag").is_ok());
+        let e = strict_utf8("version=%ff%fe&wave=canary").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.field.as_deref()), (400, Some("version")));
+        assert!(strict_utf8("%ff=1").is_err());
     }
 }
