@@ -8,18 +8,36 @@ use crate::selector::{validate_label_key, validate_label_value, Labels};
 /// Labels a device, an enrollment token or a selector may carry at most.
 pub const MAX_LABELS: usize = 64;
 
-/// A version: 1 to 128 characters, no whitespace or control characters.
+/// Characters that make text lie about itself when printed: control
+/// characters (newlines, NUL, the ESC of ANSI sequences) forge log lines and
+/// terminal output; bidirectional overrides and zero-width characters make
+/// two different strings look alike.
+pub fn is_deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A version: 1 to 128 characters, no whitespace, control, bidi or zero-width characters.
 pub fn version(v: &str) -> Result<(), String> {
-    if v.trim().is_empty() || v.len() > 128 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("'{}' is not a valid version: 1 to 128 characters, no spaces", v.escape_debug()));
+    if v.trim().is_empty() || v.len() > 128 || v.chars().any(|c| is_deceptive(c) || c.is_whitespace()) {
+        return Err(format!(
+            "'{}' is not a valid version: 1 to 128 characters, no spaces, control, bidi or zero-width characters",
+            v.escape_debug()
+        ));
     }
     Ok(())
 }
 
-/// A device's (or token's) display name: 1 to 128 characters.
+/// A device's (or token's) display name: 1 to 128 characters, no control,
+/// bidi or zero-width characters.
 pub fn name(n: &str) -> Result<(), String> {
     if n.trim().is_empty() || n.len() > 128 {
         return Err("name must be 1 to 128 characters".into());
+    }
+    if n.chars().any(is_deceptive) {
+        return Err(format!("name '{}' contains control, bidi or zero-width characters", n.escape_debug()));
     }
     Ok(())
 }
@@ -49,6 +67,11 @@ mod tests {
         }
         assert!(version("a\nb").unwrap_err().contains("a\\nb"), "control characters are escaped in the message");
         assert!(name("robot-1").is_ok());
+        assert!(name("Roboter Süd 3").is_ok());
+        for bad in ["a\nb", "evil\u{1b}[31m", "nul\0", "admin\u{202E}txt", "zero\u{200B}width"] {
+            assert!(name(bad).is_err(), "{bad:?}");
+        }
+        assert!(version("2.0.0\u{202E}").is_err() && version("2.0\u{200B}.0").is_err());
         assert!(name("").is_err() && name(&"n".repeat(129)).is_err());
         let mut l = Labels::new();
         l.insert("site".into(), "a".into());
