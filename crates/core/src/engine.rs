@@ -132,9 +132,13 @@ const IDLE: Decision = Decision::Idle { wake_at: None };
 /// The next step of a rollout at time `now`.
 pub fn decide(s: &Snapshot<'_>, now: Millis) -> Decision {
     use RolloutState::*;
+    if s.waves == 0 {
+        // Nothing planned: an external executor (the original tracker's job
+        // runner) owns this job and reports its state; the driver never moves it.
+        return IDLE;
+    }
     match s.state {
         Pending => match s.start_at {
-            _ if s.waves == 0 => IDLE,
             Some(t) if t > now => Decision::Idle { wake_at: Some(t) },
             _ => Decision::Start,
         },
@@ -322,6 +326,13 @@ mod tests {
         assert_eq!(decide(&s, 0), Decision::Idle { wake_at: Some(100) });
         s.waves = 0;
         assert_eq!(decide(&s, 1000), IDLE);
+        // An external executor moved it along: the driver still leaves it alone
+        // (with nothing planned, a gate would otherwise fail it at once).
+        for state in [RolloutState::Running, RolloutState::Paused, RolloutState::Failed] {
+            s.state = state;
+            s.rollback.requested = true;
+            assert_eq!(decide(&s, 1000), IDLE, "{state}");
+        }
     }
 
     #[test]

@@ -95,3 +95,25 @@ async fn a_rollout_created_through_the_router_is_stored_with_its_preset() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(jobs[0]["wave"], "blue");
 }
+
+/// A tracker job with no device of ours belongs to an external executor: the
+/// driver neither fails it (a gate over zero devices) nor reads it on every pass.
+#[tokio::test]
+async fn jobs_of_an_external_executor_are_left_to_it() {
+    let app = app().await;
+    let (s, job) = call(&app, "POST", "/ota/deploy?version=3.0.0&wave=green", Some(&app.token), None).await;
+    assert!(s.is_success(), "{s} {job}");
+    let id = job["job_id"].as_i64().unwrap();
+    assert!(app.state.store.drivable_rollouts().await.unwrap().is_empty(), "parked jobs cost the driver nothing");
+    let (s, v) =
+        call(&app, "POST", &format!("/ota/update_status?job_id={id}&status=running"), Some(&app.token), None).await;
+    assert!(s.is_success(), "{s} {v}");
+    let mut idle = otafleet_server::driver::IdleUntil::new();
+    otafleet_server::driver::pass(&app.state, &mut idle, true).await.unwrap();
+    let r = app.state.store.get_rollout(id).await.unwrap().unwrap();
+    assert_eq!(r.state, otafleet_core::RolloutState::Running, "the executor said running; the driver did not fail it");
+    let (s, _) =
+        call(&app, "POST", &format!("/ota/update_status?job_id={id}&status=complete"), Some(&app.token), None).await;
+    assert!(s.is_success());
+    assert_eq!(app.state.store.get_rollout(id).await.unwrap().unwrap().state, otafleet_core::RolloutState::Succeeded);
+}

@@ -143,11 +143,12 @@ impl Store {
         rows.iter().map(|r| r.parsed::<Uuid>("device_id")).collect()
     }
 
-    /// Rollouts the driver has to look at.
+    /// Rollouts the driver has to look at. Jobs with nothing planned (waves = 0)
+    /// belong to an external executor and cost the driver nothing.
     pub async fn drivable_rollouts(&self) -> Result<Vec<i64>> {
         let rows = sqlx::query(&format!(
-            "SELECT id FROM rollouts WHERE state IN {ACTIVE} \
-             OR (rollback_requested = 1 AND state IN {ROLLBACKABLE}) ORDER BY id"
+            "SELECT id FROM rollouts WHERE waves > 0 AND (state IN {ACTIVE} \
+             OR (rollback_requested = 1 AND state IN {ROLLBACKABLE})) ORDER BY id"
         ))
         .fetch_all(&self.pool)
         .await?;
