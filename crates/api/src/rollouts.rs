@@ -109,6 +109,13 @@ pub struct CreateRollout {
     /// RFC 3339 time before which the rollout does not start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_at: Option<String>,
+    /// `driver` (default): the driver releases the planned actions, and a rollout
+    /// that would reach no device is refused (422, saying why). `external`: a job
+    /// run elsewhere and recorded here (as `otafleet update` does): nothing is
+    /// planned; its state is reported through `POST /ota/update_status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub executor: Option<otafleet_core::Executor>,
 }
 
 /// `GET /api/v1/rollouts` query.

@@ -652,6 +652,7 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
                 strategy: Some(s),
                 start_at,
                 release_id: None,
+                executor: None,
             };
             api.send(Method::POST, "/api/v1/rollouts", &body).await?
         }
@@ -678,7 +679,8 @@ pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token:
     let outcome = otafleet_k8s::update::update(args).await;
     if let Some(t) = token {
         let api = Api::new(server, Some(t))?;
-        let body = json!({"version": version, "selector": selector, "strategy": strategy});
+        // Run here, recorded there: the server plans nothing for it.
+        let body = json!({"version": version, "selector": selector, "strategy": strategy, "executor": "external"});
         let recorded: Result<Value> = async {
             // The release may already exist (409): that is fine.
             let release = json!({"version": version, "kind": "k8s"});

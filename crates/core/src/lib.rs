@@ -21,7 +21,7 @@ pub mod validate;
 pub mod window;
 
 pub use model::{
-    ActionKind, ActionState, DeviceHealth, EventKind, ReleaseKind, RolloutKind, RolloutState, TransitionError,
+    ActionKind, ActionState, DeviceHealth, EventKind, Executor, ReleaseKind, RolloutKind, RolloutState, TransitionError,
 };
 pub use selector::Selector;
 pub use strategy::{Gate, Preset, Step, Strategy, StrategySpec};

@@ -243,6 +243,16 @@ impl Default for ReleaseKind {
 }
 
 str_enum!(
+    /// Who carries out a rollout's actions: `driver` (the default) releases the
+    /// planned actions to their devices; `external` is a job someone else runs
+    /// (`otafleet update`, the original tracker's job runner) and reports
+    /// through `/ota/update_status`: nothing is planned, the driver never moves it.
+    Executor, "executor", {
+    Driver => "driver",
+    External => "external",
+});
+
+str_enum!(
     /// What a rollout is for: going to a release, or back to an earlier one
     /// (the tracker's `POST /ota/rollback`).
     RolloutKind, "rollout kind", {

@@ -42,6 +42,79 @@ impl Plan {
     }
 }
 
+/// Why a targeted device is left out of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Exclusion {
+    /// It already runs the release's version.
+    AlreadyOnVersion,
+    /// It has unfinished work in another active rollout.
+    Busy,
+    /// Its `device_type` is not one the release is compatible with.
+    Incompatible,
+}
+
+/// What eligibility needs to know about a targeted device.
+#[derive(Debug, Clone, Copy)]
+pub struct Targeted<'a> {
+    pub current_version: Option<&'a str>,
+    pub device_type: Option<&'a str>,
+    pub busy: bool,
+}
+
+/// Whether a targeted device takes part in a rollout of `version` (compatible
+/// with `compatible` device types; empty: any), and if not, why.
+pub fn exclusion(d: Targeted<'_>, version: &str, compatible: &[String]) -> Option<Exclusion> {
+    if d.current_version == Some(version) {
+        Some(Exclusion::AlreadyOnVersion)
+    } else if d.busy {
+        Some(Exclusion::Busy)
+    } else if !compatible.is_empty() && !d.device_type.is_some_and(|t| compatible.iter().any(|c| c == t)) {
+        Some(Exclusion::Incompatible)
+    } else {
+        None
+    }
+}
+
+/// Counts of the devices left out, by reason: the explanation of a rollout
+/// that would reach no device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exclusions {
+    pub targeted: u64,
+    pub already_on_version: u64,
+    pub busy: u64,
+    pub incompatible: u64,
+}
+
+impl Exclusions {
+    pub fn count(&mut self, e: Option<Exclusion>) {
+        self.targeted += 1;
+        match e {
+            Some(Exclusion::AlreadyOnVersion) => self.already_on_version += 1,
+            Some(Exclusion::Busy) => self.busy += 1,
+            Some(Exclusion::Incompatible) => self.incompatible += 1,
+            None => {}
+        }
+    }
+
+    /// `"no eligible device: 5 targeted; 3 already on 2.0.0, 2 busy in another active rollout"`.
+    pub fn explain(&self, version: &str) -> String {
+        if self.targeted == 0 {
+            return "no eligible device: the target matches no device".into();
+        }
+        let mut why = Vec::new();
+        if self.already_on_version > 0 {
+            why.push(format!("{} already on {version}", self.already_on_version));
+        }
+        if self.busy > 0 {
+            why.push(format!("{} busy in another active rollout", self.busy));
+        }
+        if self.incompatible > 0 {
+            why.push(format!("{} of a device type the release is not compatible with", self.incompatible));
+        }
+        format!("no eligible device: {} targeted; {}", self.targeted, why.join(", "))
+    }
+}
+
 /// Plans the waves of a rollout over `candidates` (the eligible devices).
 pub fn plan(mut candidates: Vec<Candidate>, strategy: &Strategy) -> Plan {
     // Independent of the caller's order: sort, then shuffle with the seed.
@@ -110,6 +183,31 @@ mod tests {
         let only_good = f[49].id;
         let p = plan(f, &custom("[1,\"100%\"]", 9));
         assert_eq!(p.waves[0], vec![only_good]);
+    }
+
+    #[test]
+    fn eligibility_names_why_a_device_is_left_out() {
+        let d = |v: Option<&'static str>, t: Option<&'static str>, busy| Targeted {
+            current_version: v,
+            device_type: t,
+            busy,
+        };
+        let esp = vec!["esp32".to_string()];
+        assert_eq!(exclusion(d(Some("1.0"), Some("esp32"), false), "2.0", &esp), None);
+        assert_eq!(exclusion(d(Some("2.0"), Some("esp32"), true), "2.0", &esp), Some(Exclusion::AlreadyOnVersion));
+        assert_eq!(exclusion(d(None, Some("esp32"), true), "2.0", &esp), Some(Exclusion::Busy));
+        assert_eq!(exclusion(d(None, Some("rpi"), false), "2.0", &esp), Some(Exclusion::Incompatible));
+        assert_eq!(exclusion(d(None, None, false), "2.0", &esp), Some(Exclusion::Incompatible));
+        assert_eq!(exclusion(d(None, None, false), "2.0", &[]), None);
+        let mut x = Exclusions::default();
+        for e in [Some(Exclusion::AlreadyOnVersion), Some(Exclusion::Busy), Some(Exclusion::Busy)] {
+            x.count(e);
+        }
+        assert_eq!(
+            x.explain("2.0"),
+            "no eligible device: 3 targeted; 1 already on 2.0, 2 busy in another active rollout"
+        );
+        assert!(Exclusions::default().explain("2.0").contains("matches no device"));
     }
 
     #[test]

@@ -196,6 +196,8 @@ mod tests {
                 strategy: serde_json::from_str(r#"{"steps":[1,"100%"]}"#).unwrap(),
                 start_at: None,
                 actor: "t".into(),
+                executor: otafleet_core::Executor::Driver,
+                keep_if_empty: false,
             },
         )
         .await

@@ -117,3 +117,36 @@ async fn jobs_of_an_external_executor_are_left_to_it() {
     assert!(s.is_success());
     assert_eq!(app.state.store.get_rollout(id).await.unwrap().unwrap().state, otafleet_core::RolloutState::Succeeded);
 }
+
+#[tokio::test]
+async fn a_rollout_that_would_reach_no_device_is_refused_saying_why() {
+    let app = app().await;
+    for (i, v) in ["2.0.0", "2.0.0", "1.0.0"].iter().enumerate() {
+        let body = json!({"name": format!("d{i}"), "labels": {"device_type": if i < 2 { "esp32" } else { "rpi" }}, "current_version": v});
+        assert_eq!(call(&app, "POST", "/api/v1/devices", Some(&app.token), Some(body)).await.0, StatusCode::CREATED);
+    }
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/api/v1/releases",
+        Some(&app.token),
+        Some(json!({"version": "2.0.0", "compatible": ["esp32"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) =
+        call(&app, "POST", "/api/v1/rollouts", Some(&app.token), Some(json!({"version": "2.0.0", "selector": ""})))
+            .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["field"], "selector");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("3 targeted") && msg.contains("2 already on 2.0.0") && msg.contains("1 of a device type"),
+        "{msg}"
+    );
+    assert!(app.state.store.rollout_summaries().await.unwrap().is_empty(), "nothing stored");
+    // The tracker's deploy keeps such a job for an external executor, as it always did.
+    let (s, job) = call(&app, "POST", "/ota/deploy?version=2.0.0&wave=green", Some(&app.token), None).await;
+    assert!(s.is_success(), "{s} {job}");
+    assert_eq!(job["status"], "pending");
+}

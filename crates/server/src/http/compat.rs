@@ -110,6 +110,8 @@ pub async fn deploy(
             strategy: StrategySpec::preset(wave),
             start_at: None,
             actor: caller.actor(),
+            executor: otafleet_core::Executor::Driver,
+            keep_if_empty: true,
         },
     )
     .await?;
@@ -216,6 +218,8 @@ pub async fn rollback(
             strategy: StrategySpec { auto_rollback: Some(false), ..StrategySpec::preset(wave) },
             start_at: None,
             actor: caller.actor(),
+            executor: otafleet_core::Executor::Driver,
+            keep_if_empty: true,
         },
     )
     .await?;

@@ -122,6 +122,8 @@ pub async fn create(
             strategy: body.strategy.unwrap_or_default(),
             start_at,
             actor: caller.actor(),
+            executor: body.executor.unwrap_or(otafleet_core::Executor::Driver),
+            keep_if_empty: false,
         },
     )
     .await?;

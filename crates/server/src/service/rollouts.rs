@@ -3,8 +3,8 @@
 
 use super::{ServiceError, ServiceResult};
 use crate::AppState;
-use otafleet_core::plan::{plan, Candidate};
-use otafleet_core::{DeviceHealth, Selector, StrategySpec};
+use otafleet_core::plan::{exclusion, plan, Candidate, Exclusions, Targeted};
+use otafleet_core::{DeviceHealth, Executor, Selector, StrategySpec};
 use otafleet_store::{NewRollout, Release, Rollout, Target, TargetDevice};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -25,6 +25,11 @@ pub struct CreateRollout {
     pub strategy: StrategySpec,
     pub start_at: Option<i64>,
     pub actor: String,
+    pub executor: Executor,
+    /// The tracker's verbs: a job that reaches no device of ours is kept,
+    /// `pending`, for an external executor to run and report. Everywhere else a
+    /// rollout with no eligible device is refused, saying why.
+    pub keep_if_empty: bool,
 }
 
 async fn resolve_release(state: &AppState, r: &ReleaseRef, actor: &str) -> ServiceResult<Release> {
@@ -70,18 +75,32 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ServiceResu
             found
         }
     };
+    // A job run elsewhere plans nothing: the driver must never release it.
+    let devices = if req.executor == Executor::External { Vec::new() } else { devices };
     let t_resolve = t0.elapsed();
     let busy = state.store.busy_devices().await?;
     let online_after = otafleet_store::now_ms() - 3 * state.config.poll_interval_secs as i64 * 1000;
+    let mut left_out = Exclusions::default();
     let eligible: Vec<&TargetDevice> = devices
         .iter()
-        .filter(|d| d.current_version.as_deref() != Some(release.version.as_str()))
-        .filter(|d| !busy.contains(&d.id))
         .filter(|d| {
-            release.compatible.is_empty()
-                || d.device_type.as_ref().is_some_and(|t| release.compatible.iter().any(|c| c == t))
+            let targeted = Targeted {
+                current_version: d.current_version.as_deref(),
+                device_type: d.device_type.as_deref(),
+                busy: busy.contains(&d.id),
+            };
+            let e = exclusion(targeted, &release.version, &release.compatible);
+            left_out.count(e);
+            e.is_none()
         })
         .collect();
+    if eligible.is_empty() && req.executor == Executor::Driver && !req.keep_if_empty {
+        let field = match req.target {
+            Target::Selector(_) => "selector",
+            Target::Devices(_) => "devices",
+        };
+        return Err(ServiceError::invalid(field, left_out.explain(&release.version)));
+    }
     let candidates = eligible
         .iter()
         .map(|d| Candidate {
