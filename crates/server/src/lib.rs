@@ -3,9 +3,11 @@
 //! `serve` wires the pieces: the [`otafleet_store::Store`], the HTTP router
 //! (management API `/api/v1`, device API `/device/v1`, the original tracker's
 //! `/ota/*`, `/metrics`), and the rollout [`driver`] task. Everything shares one
-//! [`AppState`]. Shutdown (SIGTERM/ctrl-c, or the future passed in) stops
-//! accepting connections, lets in-flight requests and the current driver step
-//! finish, then closes the database.
+//! [`AppState`]. The driver runs only on the replica holding the driver's
+//! lease ([`leader`]). Shutdown (SIGTERM/ctrl-c, or the future passed in)
+//! stops the driver at once (its current step finishes) and releases the
+//! lease, stops accepting connections, lets in-flight requests finish, then
+//! closes the database.
 #![forbid(unsafe_code)]
 
 pub mod driver;

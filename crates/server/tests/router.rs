@@ -89,3 +89,30 @@ async fn a_rollout_created_through_the_router_is_stored_with_its_preset() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(jobs[0]["wave"], "blue");
 }
+
+#[tokio::test]
+async fn probes_say_alive_always_and_ready_only_when_warm() {
+    let app = app().await;
+    let (s, v) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!((s, &v["status"]), (StatusCode::OK, &json!("alive")));
+    // Caches not warmed yet: not ready, and the answer says why.
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["not_ready"], json!(["caches"]), "{v}");
+    assert_eq!(v["checks"]["database"], "ok");
+    assert_eq!(v["checks"]["migrations"], "ok");
+    otafleet_server::service::delivery::warm(&app.state).await.unwrap();
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "ready");
+    // The tracker's health answer is still there.
+    let (s, _) = call(&app, "GET", "/", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    // The database gone: alive, but not ready.
+    app.state.store.close().await;
+    let (s, _) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["not_ready"], json!(["database", "migrations"]), "{v}");
+}
