@@ -18,7 +18,7 @@ pub struct ServeArgs {
     #[arg(long, env = "OTAFLEET_DATABASE_URL", default_value = "sqlite://otafleet.db")]
     pub database_url: String,
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
-    /// data_dir, signing_key, mqtt_url.
+    /// data_dir, signing_key, mqtt_url, lease_secs, replica_id.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -42,6 +42,13 @@ pub struct ServeArgs {
     /// MQTT broker, mqtt://host:port: devices are woken on otafleet/<device-id>/cmd.
     #[arg(long, env = "OTAFLEET_MQTT_URL")]
     pub mqtt_url: Option<String>,
+    /// Seconds the driver's lease lasts: one replica drives rollouts; if it dies, another takes over
+    /// within this time and a third.
+    #[arg(long, env = "OTAFLEET_LEASE_SECS", default_value_t = 10)]
+    pub lease_secs: u64,
+    /// This replica's id, unique among the replicas on one database (default: hostname-pid-random).
+    #[arg(long, env = "OTAFLEET_REPLICA_ID")]
+    pub replica_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +63,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     signing_key: Option<PathBuf>,
     mqtt_url: Option<String>,
+    lease_secs: Option<u64>,
+    replica_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -83,11 +92,15 @@ impl ServeArgs {
             take!(body_limit);
             take!(poll_interval_secs);
             take!(data_dir);
+            take!(lease_secs);
             if self.signing_key.is_none() {
                 self.signing_key = file.signing_key;
             }
             if self.mqtt_url.is_none() {
                 self.mqtt_url = file.mqtt_url;
+            }
+            if self.replica_id.is_none() {
+                self.replica_id = file.replica_id;
             }
         }
         let release_signer = match &self.signing_key {
@@ -101,6 +114,14 @@ impl ServeArgs {
         if self.body_limit < 1024 {
             anyhow::bail!("--body-limit must be at least 1024 bytes");
         }
+        if self.lease_secs == 0 {
+            anyhow::bail!("--lease-secs must be at least 1");
+        }
+        let replica_id = match self.replica_id.map(|r| r.trim().to_string()) {
+            Some(r) if r.is_empty() => anyhow::bail!("--replica-id must not be empty"),
+            Some(r) => r,
+            None => otafleet_server::leader::default_replica_id(),
+        };
         Ok(otafleet_server::Config {
             listen: self.listen,
             database_url: self.database_url,
@@ -112,6 +133,8 @@ impl ServeArgs {
             data_dir: self.data_dir,
             release_signer,
             mqtt,
+            lease: std::time::Duration::from_secs(self.lease_secs),
+            replica_id,
             ..Default::default()
         })
     }
@@ -130,7 +153,7 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<()> {
         Some(k) => tracing::info!(public_key = %k.public_hex(), "signing release manifests"),
         None => tracing::warn!("no --signing-key: release manifests are unsigned and agents will refuse them"),
     }
-    tracing::info!(listen = %config.listen, database = %otafleet_server::redact(&config.database_url), "starting otafleet serve");
+    tracing::info!(listen = %config.listen, database = %otafleet_server::redact(&config.database_url), replica = %config.replica_id, "starting otafleet serve");
     let running = otafleet_server::start(config).await?;
     announce(&running);
     tracing::info!(addr = %running.addr, "listening");

@@ -12,6 +12,7 @@ pub mod batch;
 pub mod duration;
 pub mod effects;
 pub mod engine;
+pub mod lease;
 pub mod model;
 pub mod plan;
 pub mod protocol;

@@ -8,6 +8,7 @@
 //! duration) without a successful renewal — before anyone else may take the
 //! Lease over — and the operator then stops its controller.
 
+use otafleet_core::lease::LeaseClock;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -33,14 +34,14 @@ pub struct LeaseConfig {
 }
 
 impl LeaseConfig {
-    /// Interval between renewals (a third of the lease duration).
+    /// Interval between renewals (a third of the lease duration: `core::lease`).
     pub fn renew_interval(&self) -> Duration {
-        self.lease_duration / 3
+        LeaseClock::new(self.lease_duration).renew_interval()
     }
 
     /// How long the leader keeps acting without a successful renewal.
     pub fn renew_deadline(&self) -> Duration {
-        self.lease_duration * 2 / 3
+        LeaseClock::new(self.lease_duration).act_window()
     }
 }
 

@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -117,6 +118,7 @@ fn check(doc: &Value) -> Result<(), String> {
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => roundtrip::<RoleBinding>(doc),
         ("autoscaling/v2", "HorizontalPodAutoscaler") => roundtrip::<HorizontalPodAutoscaler>(doc),
         ("networking.k8s.io/v1", "Ingress") => roundtrip::<Ingress>(doc),
+        ("policy/v1", "PodDisruptionBudget") => roundtrip::<PodDisruptionBudget>(doc),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => roundtrip::<CustomResourceDefinition>(doc),
         ("monitoring.coreos.com/v1", "ServiceMonitor") => check_service_monitor(doc),
         _ => Err(format!("no check for {api_version} {kind}: add one")),
@@ -160,6 +162,7 @@ fn every_kubernetes_manifest_matches_its_type() {
         "ConfigMap",
         "HorizontalPodAutoscaler",
         "Ingress",
+        "PodDisruptionBudget",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} under deploy/");
     }
@@ -262,4 +265,24 @@ fn grafana_dashboard_covers_the_metrics() {
     ] {
         assert!(exprs.contains(metric), "dashboard lacks {metric}");
     }
+}
+
+#[test]
+fn control_plane_probes_are_the_health_endpoints_and_disruptions_are_budgeted() {
+    let text = std::fs::read_to_string(deploy_dir().join("otafleet/deployment.yaml")).expect("readable");
+    let d: Deployment = serde_yaml::from_str(&text).expect("a Deployment");
+    let spec = d.spec.expect("spec");
+    let c = &spec.template.spec.expect("pod spec").containers[0];
+    let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone()).unwrap_or_default()
+    };
+    assert_eq!(path(&c.liveness_probe), "/healthz");
+    assert_eq!(path(&c.readiness_probe), "/readyz");
+    let env = c.env.as_deref().unwrap_or_default();
+    assert!(env.iter().any(|e| e.name == "OTAFLEET_REPLICA_ID"), "the pod name is the replica id");
+    let text = std::fs::read_to_string(deploy_dir().join("otafleet/pdb.yaml")).expect("readable");
+    let pdb: PodDisruptionBudget = serde_yaml::from_str(&text).expect("a PodDisruptionBudget");
+    let pdb = pdb.spec.expect("spec");
+    assert_eq!(pdb.selector, Some(spec.selector), "the budget covers the Deployment's pods");
+    assert!(pdb.max_unavailable.is_some() || pdb.min_available.is_some());
 }

@@ -6,11 +6,16 @@
 //! (a status report, an operator command, a new rollout), or a safety tick.
 //! All state lives in the database, so a killed process resumes where the last
 //! committed step left it; a step is never half-applied.
+//!
+//! With several replicas only the holder of the driver's lease runs passes
+//! ([`crate::leader`]); every step and every expiry carries its fence and is
+//! refused by the store once the lease is gone. The others keep flushing
+//! their own check-ins and serving requests.
 
 use crate::service::delivery;
 use crate::AppState;
 use otafleet_core::engine::Decision;
-use otafleet_store::now_ms;
+use otafleet_store::{now_ms, Fence, StoreError};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -61,13 +66,16 @@ const FULL_PASS_EVERY: Duration = Duration::from_secs(10);
 /// One pass over every drivable rollout. Returns the earliest requested wake-up.
 ///
 /// `full == false` skips rollouts recorded in `idle` whose wake-up has not come.
+/// Every write carries `fence`; a lapsed lease ends the pass with
+/// [`StoreError::Fenced`].
 pub async fn pass(
     state: &AppState,
     idle: &mut IdleUntil,
     full: bool,
-) -> Result<Option<i64>, otafleet_store::StoreError> {
+    fence: &Fence,
+) -> Result<Option<i64>, StoreError> {
     let now = now_ms();
-    let expired = state.store.expire_actions(now, 5_000).await?;
+    let expired = state.store.expire_actions(now, 5_000, fence).await?;
     if !expired.is_empty() {
         tracing::info!(expired = expired.len(), "actions timed out");
         delivery::expired(state, &expired);
@@ -89,7 +97,7 @@ pub async fn pass(
         idle.remove(&id);
         for _ in 0..MAX_STEPS_PER_PASS {
             let now = now_ms();
-            let (decision, released) = state.store.drive_step(id, now).await?;
+            let (decision, released) = state.store.drive_step(id, now, fence).await?;
             delivery::released(state, &released);
             if let Decision::Idle { wake_at } = decision {
                 if let Some(t) = wake_at {
@@ -132,23 +140,37 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         }
         let started = std::time::Instant::now();
-        let full = nudged || !single_owner || last_full.elapsed() >= FULL_PASS_EVERY;
-        if full {
-            last_full = std::time::Instant::now();
-        }
-        let result = pass(&state, &mut idle, full).await;
-        nudged = false;
-        let pause = debounce(started.elapsed());
-        let sleep_for = match result {
-            Ok(wake) => {
-                let until = wake.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64)).unwrap_or(tick);
-                until.min(tick)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "driver pass failed; retrying");
+        let sleep_for = match state.leader.fence() {
+            // Not the leader: another replica drives (or nobody, until the
+            // lease is taken); becoming the leader wakes this loop.
+            None => {
+                idle.clear();
                 tick
             }
+            Some(fence) => {
+                let full = nudged || !single_owner || last_full.elapsed() >= FULL_PASS_EVERY;
+                if full {
+                    last_full = std::time::Instant::now();
+                }
+                match pass(&state, &mut idle, full, &fence).await {
+                    Ok(wake) => {
+                        let until = wake.map(|t| Duration::from_millis((t - now_ms()).max(0) as u64)).unwrap_or(tick);
+                        until.min(tick)
+                    }
+                    Err(StoreError::Fenced(e)) => {
+                        tracing::warn!(error = %e, "driver pass stopped: the lease is gone");
+                        idle.clear();
+                        tick
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "driver pass failed; retrying");
+                        tick
+                    }
+                }
+            }
         };
+        nudged = false;
+        let pause = debounce(started.elapsed());
         tokio::select! {
             _ = tokio::time::sleep(sleep_for) => {}
             _ = state.driver_wake.notified() => {
@@ -187,6 +209,11 @@ mod tests {
             .collect();
         store.insert_devices(&devices, "t").await.unwrap();
         let state = AppState::new(store.clone(), crate::Config::default());
+        let fence = store
+            .acquire_or_renew_lease(otafleet_store::DRIVER_LEASE, "t", Duration::from_secs(600), now_ms())
+            .await
+            .unwrap()
+            .unwrap();
         let r = create_rollout(
             &state,
             CreateRollout {
@@ -203,7 +230,7 @@ mod tests {
         .await
         .unwrap();
         let mut idle = IdleUntil::new();
-        pass(&state, &mut idle, true).await.unwrap();
+        pass(&state, &mut idle, true, &fence).await.unwrap();
         assert_eq!(idle.get(&r.id), Some(&None), "waiting on the canary, no timer");
         let canary = store
             .list_actions(&ActionQuery {
@@ -225,10 +252,10 @@ mod tests {
         };
         store.report_status(a.device_id, &report, now_ms()).await.unwrap();
         // A tick without a nudge leaves the idle rollout alone...
-        pass(&state, &mut idle, false).await.unwrap();
+        pass(&state, &mut idle, false, &fence).await.unwrap();
         assert_eq!(store.get_rollout(r.id).await.unwrap().unwrap().current_wave, 0);
         // ...a full pass moves it on to the next wave.
-        pass(&state, &mut idle, true).await.unwrap();
+        pass(&state, &mut idle, true, &fence).await.unwrap();
         assert_eq!(store.get_rollout(r.id).await.unwrap().unwrap().current_wave, 1);
     }
 

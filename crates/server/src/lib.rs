@@ -3,13 +3,16 @@
 //! `serve` wires the pieces: the [`otafleet_store::Store`], the HTTP router
 //! (management API `/api/v1`, device API `/device/v1`, the original tracker's
 //! `/ota/*`, `/metrics`), and the rollout [`driver`] task. Everything shares one
-//! [`AppState`]. Shutdown (SIGTERM/ctrl-c, or the future passed in) stops
-//! accepting connections, lets in-flight requests and the current driver step
-//! finish, then closes the database.
+//! [`AppState`]. The driver runs only on the replica holding the driver's
+//! lease ([`leader`]). Shutdown (SIGTERM/ctrl-c, or the future passed in)
+//! stops the driver at once (its current step finishes) and releases the
+//! lease, stops accepting connections, lets in-flight requests finish, then
+//! closes the database.
 #![forbid(unsafe_code)]
 
 pub mod driver;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod mqtt;
 pub mod reports;
@@ -47,6 +50,11 @@ pub struct Config {
     pub release_signer: Option<signing::ReleaseSigner>,
     /// Broker for device wake-ups (`--mqtt-url`).
     pub mqtt: Option<mqtt::Broker>,
+    /// Duration of the driver's lease (`--lease-secs`): how long a dead
+    /// leader's replicas wait before one of them drives.
+    pub lease: std::time::Duration,
+    /// This process among the replicas (`--replica-id`); must be unique.
+    pub replica_id: String,
 }
 
 impl Default for Config {
@@ -63,6 +71,8 @@ impl Default for Config {
             data_dir: "./otafleet-data".into(),
             release_signer: None,
             mqtt: None,
+            lease: std::time::Duration::from_secs(10),
+            replica_id: leader::default_replica_id(),
         }
     }
 }
@@ -80,6 +90,10 @@ pub struct AppState {
     pub mqtt: Option<mqtt::Publisher>,
     /// Status reports, applied in group commits.
     pub reports: reports::ReportQueue,
+    /// Whether this replica holds the driver's lease (see [`leader`]).
+    pub leader: Arc<leader::Leadership>,
+    /// Set once the caches are warm (`service::delivery::warm`): `/readyz`.
+    pub warm: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -89,8 +103,11 @@ impl AppState {
         let poll = std::time::Duration::from_secs(config.poll_interval_secs);
         let mqtt =
             config.mqtt.as_ref().map(|b| mqtt::Publisher::start(b, &format!("otafleet-{}", uuid::Uuid::new_v4())));
+        let leader = Arc::new(leader::Leadership::new(config.replica_id.clone(), config.lease));
         AppState {
             mqtt,
+            leader,
+            warm: Default::default(),
             reports: reports::ReportQueue::start(store.clone()),
             store,
             config: Arc::new(config),
@@ -159,22 +176,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let task = tokio::spawn(async move {
         let app = http::router(state.clone());
         let (driver_stop, driver_stopped) = watch::channel(false);
-        let driver = tokio::spawn(driver::run(state.clone(), driver_stopped));
+        let driver = tokio::spawn(driver::run(state.clone(), driver_stopped.clone()));
+        let lease = tokio::spawn(leader::run(state.clone(), driver_stopped));
+        let wake = state.driver_wake.clone();
         let signal = async move {
             tokio::select! {
                 _ = otafleet_rt::shutdown_signal() => {}
                 _ = stopped.wait_for(|s| *s) => {}
             }
             tracing::info!("shutting down: finishing in-flight requests");
+            // Step down at once, while requests drain: the driver finishes the
+            // step it is in (one transaction) and the lease is released, so
+            // another replica drives without waiting for the lease to lapse.
+            let _ = driver_stop.send(true);
+            wake.notify_one();
         };
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(signal)
             .await
             .context("http server")?;
-        // Let the driver finish the step it is in (each step is one transaction).
-        let _ = driver_stop.send(true);
-        state.driver_wake.notify_one();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease).await;
         if let Err(e) = state.caches.flush_seen(&state.store).await {
             tracing::warn!(error = %e, "could not record the last check-ins");
         }

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub checkins: Counter,
     pub status_reports: Family<Labels, Counter>,
     pub driver_decisions: Family<Labels, Counter>,
+    /// 1 on the replica that holds the driver's lease, 0 on the others.
+    pub leader: Family<Labels, Gauge>,
+    /// Times this replica became the leader.
+    pub leader_takeovers: Counter,
     updated_pods: Counter,
     last_run: Gauge<f64, AtomicU64>,
     jobs_pending: Gauge,
@@ -54,6 +58,8 @@ impl Metrics {
             checkins: Counter::default(),
             status_reports: Family::default(),
             driver_decisions: Family::default(),
+            leader: Family::default(),
+            leader_takeovers: Counter::default(),
             updated_pods: Counter::default(),
             last_run: Gauge::default(),
             jobs_pending: Gauge::default(),
@@ -89,6 +95,16 @@ impl Metrics {
             "otafleet_driver_decisions",
             "Rollout driver decisions applied, by decision",
             m.driver_decisions.clone(),
+        );
+        registry.register(
+            "otafleet_leader",
+            "1 if this replica holds the driver's lease (drives rollouts), else 0",
+            m.leader.clone(),
+        );
+        registry.register(
+            "otafleet_leader_takeovers",
+            "Times this replica became the holder of the driver's lease",
+            m.leader_takeovers.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -109,7 +109,19 @@ async fn jobs_of_an_external_executor_are_left_to_it() {
         call(&app, "POST", &format!("/ota/update_status?job_id={id}&status=running"), Some(&app.token), None).await;
     assert!(s.is_success(), "{s} {v}");
     let mut idle = otafleet_server::driver::IdleUntil::new();
-    otafleet_server::driver::pass(&app.state, &mut idle, true).await.unwrap();
+    let fence = app
+        .state
+        .store
+        .acquire_or_renew_lease(
+            otafleet_store::DRIVER_LEASE,
+            "t",
+            std::time::Duration::from_secs(60),
+            otafleet_store::now_ms(),
+        )
+        .await
+        .unwrap()
+        .expect("the lease is free");
+    otafleet_server::driver::pass(&app.state, &mut idle, true, &fence).await.unwrap();
     let r = app.state.store.get_rollout(id).await.unwrap().unwrap();
     assert_eq!(r.state, otafleet_core::RolloutState::Running, "the executor said running; the driver did not fail it");
     let (s, _) =
@@ -149,4 +161,31 @@ async fn a_rollout_that_would_reach_no_device_is_refused_saying_why() {
     let (s, job) = call(&app, "POST", "/ota/deploy?version=2.0.0&wave=green", Some(&app.token), None).await;
     assert!(s.is_success(), "{s} {job}");
     assert_eq!(job["status"], "pending");
+}
+
+#[tokio::test]
+async fn probes_say_alive_always_and_ready_only_when_warm() {
+    let app = app().await;
+    let (s, v) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!((s, &v["status"]), (StatusCode::OK, &json!("alive")));
+    // Caches not warmed yet: not ready, and the answer says why.
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["not_ready"], json!(["caches"]), "{v}");
+    assert_eq!(v["checks"]["database"], "ok");
+    assert_eq!(v["checks"]["migrations"], "ok");
+    otafleet_server::service::delivery::warm(&app.state).await.unwrap();
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "ready");
+    // The tracker's health answer is still there.
+    let (s, _) = call(&app, "GET", "/", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    // The database gone: alive, but not ready.
+    app.state.store.close().await;
+    let (s, _) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["not_ready"], json!(["database", "migrations"]), "{v}");
 }

@@ -14,6 +14,7 @@ mod artifacts;
 mod devices;
 mod enroll;
 mod events;
+mod leases;
 mod releases;
 mod rollouts;
 mod sql;
@@ -22,6 +23,7 @@ mod tokens;
 pub use devices::{Device, DeviceQuery, NewDevice, TargetDevice};
 pub use enroll::{EnrollRefusal, EnrollmentToken, NewEnrollmentToken};
 pub use events::{Event, EventQuery, NewEvent};
+pub use leases::{Fence, DRIVER_LEASE};
 pub use releases::{Artifact, NewArtifact, NewRelease, Release};
 pub use rollouts::{
     Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, RolloutSummary, Target,
@@ -61,6 +63,10 @@ pub enum StoreError {
     /// The store (or the writer in front of it) is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// A leader's write was refused: its lease lapsed or changed hands, so
+    /// another replica may be acting (see `leases`). Nothing was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -80,18 +86,20 @@ pub struct Store {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 4] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 5] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/sqlite/0003_action_counts.sql")),
             (4, "preset", include_str!("../migrations/sqlite/0004_preset.sql")),
+            (5, "leases", include_str!("../migrations/sqlite/0005_leases.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
             (2, "agent", include_str!("../migrations/postgres/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/postgres/0003_action_counts.sql")),
             (4, "preset", include_str!("../migrations/postgres/0004_preset.sql")),
+            (5, "leases", include_str!("../migrations/postgres/0005_leases.sql")),
         ],
     };
     Migrator {
@@ -178,6 +186,14 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// The migrations this binary knows that the database has not applied
+    /// (empty when the schema is current).
+    pub async fn missing_migrations(&self) -> Result<Vec<i64>> {
+        let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(&self.pool).await?;
+        let applied = rows.iter().map(|r| r.i64("version")).collect::<Result<Vec<_>>>()?;
+        Ok(migrator(self.backend).iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect())
     }
 
     pub async fn close(&self) {

@@ -187,10 +187,16 @@ async fn make_rollout(s: &Store, n: u128, spec: StrategySpec) -> Rollout {
     .unwrap()
 }
 
+/// The driver's lease for the tests' single holder, valid for any test time.
+async fn lead(s: &Store) -> Fence {
+    s.acquire_or_renew_lease(DRIVER_LEASE, "test", std::time::Duration::from_secs(1 << 40), 0).await.unwrap().unwrap()
+}
+
 async fn drive(s: &Store, id: i64, now: i64) -> Vec<Decision> {
+    let fence = lead(s).await;
     let mut out = Vec::new();
     loop {
-        let (d, _) = s.drive_step(id, now).await.unwrap();
+        let (d, _) = s.drive_step(id, now, &fence).await.unwrap();
         if matches!(d, Decision::Idle { .. }) {
             return out;
         }
@@ -430,7 +436,7 @@ async fn failed_canary_is_rolled_back_and_timeouts_retry(s: Store) {
         .unwrap()[0]
         .clone();
     // No report within the timeout: retried after backoff.
-    assert_eq!(s.expire_actions(10_000, 100).await.unwrap().len(), 1);
+    assert_eq!(s.expire_actions(10_000, 100, &lead(&s).await).await.unwrap().len(), 1);
     let a2 = s.get_action(a.id).await.unwrap().unwrap();
     assert_eq!((a2.state, a2.not_before), (ActionState::Scheduled, 11_000));
     assert_eq!(drive(&s, r.id, 10_500).await, vec![]);
@@ -545,4 +551,121 @@ async fn failed_rollback_is_retried_through_scheduled_then_left_for_an_operator(
     assert_eq!(failed.last().unwrap().data["needs_operator"], true);
     assert_eq!(drive(&s, r.id, 1_200).await, vec![Decision::FinishRollback]);
     assert_eq!(s.get_rollout(r.id).await.unwrap().unwrap().state, RolloutState::RolledBack);
+}
+
+both!(a_live_lease_is_exclusive_and_a_lapsed_one_is_taken_with_a_larger_token);
+async fn a_live_lease_is_exclusive_and_a_lapsed_one_is_taken_with_a_larger_token(s: Store) {
+    let ttl = std::time::Duration::from_secs(10);
+    let a = s.acquire_or_renew_lease("driver", "a", ttl, 1_000).await.unwrap().expect("a free lease is taken");
+    assert_eq!((a.holder.as_str(), a.token, a.expires_at), ("a", 1, 11_000));
+    // Someone else cannot take it while it is live, even a moment before it lapses.
+    assert_eq!(s.acquire_or_renew_lease("driver", "b", ttl, 5_000).await.unwrap(), None);
+    assert_eq!(s.acquire_or_renew_lease("driver", "b", ttl, 10_999).await.unwrap(), None);
+    // Its holder renews it: same token, later expiry.
+    let a = s.acquire_or_renew_lease("driver", "a", ttl, 10_000).await.unwrap().unwrap();
+    assert_eq!((a.token, a.expires_at), (1, 20_000));
+    assert_eq!(s.lease_holder("driver", 19_999).await.unwrap().map(|f| f.holder), Some("a".into()));
+    assert_eq!(s.lease_holder("driver", 20_000).await.unwrap(), None, "lapsed");
+    // Lapsed: another holder takes it, with a larger token; the old holder is out.
+    let b = s.acquire_or_renew_lease("driver", "b", ttl, 20_000).await.unwrap().expect("a lapsed lease is taken");
+    assert_eq!((b.holder.as_str(), b.token, b.expires_at), ("b", 2, 30_000));
+    assert_eq!(s.acquire_or_renew_lease("driver", "a", ttl, 21_000).await.unwrap(), None);
+    // Only the current holder with the current token can release it; the row
+    // stays, so the next holding gets a larger token again.
+    assert!(!s.release_lease("driver", "a", 1).await.unwrap());
+    assert!(!s.release_lease("driver", "b", 1).await.unwrap());
+    assert!(s.release_lease("driver", "b", 2).await.unwrap());
+    let a = s.acquire_or_renew_lease("driver", "a", ttl, 21_000).await.unwrap().expect("released: free at once");
+    assert_eq!(a.token, 3);
+    // Leases are independent by name.
+    let other = s.acquire_or_renew_lease("other", "b", ttl, 21_000).await.unwrap().unwrap();
+    assert_eq!(other.token, 1);
+    // A process starting on a database it owns alone takes the lease outright,
+    // live or not, with a larger token; the former holder is out.
+    let c = s.take_lease("driver", "c", ttl, 22_000).await.unwrap();
+    assert_eq!((c.holder.as_str(), c.token, c.expires_at), ("c", 4, 32_000));
+    assert_eq!(s.acquire_or_renew_lease("driver", "a", ttl, 22_001).await.unwrap(), None);
+    assert_eq!(s.take_lease("fresh", "c", ttl, 0).await.unwrap().token, 1);
+}
+
+both!(concurrent_candidates_for_a_free_lease_elect_exactly_one);
+async fn concurrent_candidates_for_a_free_lease_elect_exactly_one(s: Store) {
+    for round in 0..5i64 {
+        // Each round the lease is free (round 0) or lapsed (later rounds).
+        let now = 1_000_000 * (round + 1);
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.acquire_or_renew_lease("race", &format!("r{i}"), std::time::Duration::from_secs(60), now).await
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            if let Some(f) = t.await.unwrap().unwrap() {
+                winners.push(f);
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(winners[0].token, round + 1, "one new token per holding");
+    }
+}
+
+/// What a stale leader could have changed: the rollout row, every action, the events.
+async fn footprint(s: &Store, id: i64) -> (String, Vec<(i64, ActionState, i64)>, usize) {
+    let r = s.get_rollout(id).await.unwrap().unwrap();
+    let acts = s.list_actions(&ActionQuery { rollout_id: Some(id), limit: 100, ..Default::default() }).await.unwrap();
+    let events = s.list_events(&EventQuery { rollout_id: Some(id), limit: 1000, ..Default::default() }).await.unwrap();
+    (serde_json::to_string(&r).unwrap(), acts.iter().map(|a| (a.id, a.state, a.attempts)).collect(), events.len())
+}
+
+both!(a_stale_fence_is_refused_and_writes_nothing);
+async fn a_stale_fence_is_refused_and_writes_nothing(s: Store) {
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"],"timeout_secs":10}"#).unwrap();
+    let r = make_rollout(&s, 3, spec).await;
+    let sec = std::time::Duration::from_secs(1);
+    let a = s.acquire_or_renew_lease(DRIVER_LEASE, "a", sec, 0).await.unwrap().unwrap();
+    // a's lease lapsed at 1 000 and nobody took over yet: a may not drive.
+    let before = footprint(&s, r.id).await;
+    let err = s.drive_step(r.id, 2_000, &a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    assert_eq!(footprint(&s, r.id).await, before);
+    // b takes over; a, even by a clock that says its lease is still live, is refused.
+    let b =
+        s.acquire_or_renew_lease(DRIVER_LEASE, "b", std::time::Duration::from_secs(60), 2_000).await.unwrap().unwrap();
+    assert!(b.token > a.token);
+    let err = s.drive_step(r.id, 500, &a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    assert_eq!(footprint(&s, r.id).await, before);
+    // b drives: the rollout starts and releases its three devices (deadline 12 000).
+    let mut ds = Vec::new();
+    loop {
+        let (d, _) = s.drive_step(r.id, 2_000, &b).await.unwrap();
+        if matches!(d, Decision::Idle { .. }) {
+            break;
+        }
+        ds.push(d);
+    }
+    assert_eq!(ds, vec![Decision::Start, Decision::Release { count: 3 }]);
+    // The actions time out; a's expiry is refused and changes nothing...
+    let before = footprint(&s, r.id).await;
+    assert!(before.1.iter().all(|(_, st, _)| *st == ActionState::Notified));
+    let err = s.expire_actions(20_000, 100, &a).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    assert_eq!(footprint(&s, r.id).await, before);
+    // ...and a fence of b's from before it lapsed is refused too, once it has.
+    let err = s.expire_actions(62_000, 100, &b).await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced(_)), "{err}");
+    assert_eq!(footprint(&s, r.id).await, before);
+    // The live holder expires them.
+    assert_eq!(s.expire_actions(20_000, 100, &b).await.unwrap().len(), 3);
+    assert_ne!(footprint(&s, r.id).await, before);
+}
+
+both!(readiness_sees_every_migration_applied);
+async fn readiness_sees_every_migration_applied(s: Store) {
+    assert_eq!(s.missing_migrations().await.unwrap(), Vec::<i64>::new());
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 5").execute(s.pool()).await.unwrap();
+    assert_eq!(s.missing_migrations().await.unwrap(), vec![5]);
 }

@@ -14,6 +14,7 @@ pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod health;
 pub mod releases;
 pub mod rollouts;
 pub mod tokens;
@@ -134,6 +135,8 @@ pub fn router(state: AppState) -> Router {
         .route("/artifacts/{sha256}", get(artifacts::download));
     Router::new()
         .route("/", get(compat::health))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/ota/deploy", post(compat::deploy))
         .route("/ota/jobs", get(compat::jobs))
         .route("/ota/update_status", post(compat::update_status))

@@ -137,5 +137,6 @@ pub fn device_deleted(state: &AppState, device: Uuid) {
 /// At start: devices that may have an action in flight.
 pub async fn warm(state: &AppState) -> ServiceResult<()> {
     state.caches.inbox_add(&state.store.devices_in_flight().await?);
+    state.warm.store(true, std::sync::atomic::Ordering::Release);
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use super::apply::apply_effects;
 use super::{rollout_from_row, Action, Rollout, FAILED, IN_FLIGHT, MISSING_ROLLBACK, ROLLOUT_COLS, TERMINAL};
+use crate::leases::{check_fence, Fence};
 use crate::{Result, RowExt, Store, StoreError};
 use otafleet_core::effects;
 use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
@@ -116,13 +117,18 @@ impl Store {
     /// do" case; otherwise the snapshot is read again inside the write
     /// transaction and that decision is the one applied, so concurrent status
     /// reports can never be decided over stale counts.
-    pub async fn drive_step(&self, id: i64, now: i64) -> Result<(Decision, Vec<Action>)> {
+    ///
+    /// Only the holder of the driver's lease may drive: `fence` is checked
+    /// first inside the write transaction, and a lapsed or taken-over lease
+    /// ends the step with [`StoreError::Fenced`] before anything is written.
+    pub async fn drive_step(&self, id: i64, now: i64, fence: &Fence) -> Result<(Decision, Vec<Action>)> {
         let parts = self.snapshot(id, now).await?;
         let decision = engine::decide(&parts.snapshot(), now);
         if matches!(decision, Decision::Idle { .. }) {
             return Ok((decision, Vec::new()));
         }
         let mut tx = self.write_tx().await?;
+        check_fence(&mut tx, self.backend, fence, now).await?;
         let parts = read_parts(&mut tx, id, now).await?;
         let snapshot = parts.snapshot();
         let decision = engine::decide(&snapshot, now);

@@ -4,6 +4,7 @@
 
 use super::apply::apply_action_change;
 use super::{load_action, load_rollout, Action, Rollout, Tx, IN_FLIGHT};
+use crate::leases::{check_fence, Fence};
 use crate::{Result, RowExt, Store, StoreError};
 use otafleet_core::effects::{self, ActionFacts};
 use uuid::Uuid;
@@ -11,7 +12,11 @@ use uuid::Uuid;
 impl Store {
     /// Applies timeouts: in-flight actions past their deadline are retried with
     /// backoff or failed. Returns the devices whose action changed.
-    pub async fn expire_actions(&self, now: i64, limit: i64) -> Result<Vec<Uuid>> {
+    ///
+    /// Like [`Store::drive_step`], only for the holder of `fence`: each
+    /// action's transaction checks it first and a lapsed lease ends the call
+    /// with [`StoreError::Fenced`] (what was committed before stays).
+    pub async fn expire_actions(&self, now: i64, limit: i64, fence: &Fence) -> Result<Vec<Uuid>> {
         let rows = sqlx::query(&format!(
             "SELECT id FROM actions WHERE deadline IS NOT NULL AND deadline <= $1 AND state IN {IN_FLIGHT} ORDER BY deadline LIMIT $2"
         ))
@@ -23,6 +28,7 @@ impl Store {
         for row in rows {
             let id = row.i64("id")?;
             let mut tx = self.write_tx().await?;
+            check_fence(&mut tx, self.backend, fence, now).await?;
             let Some(a) = load_action(&mut tx, id).await? else { continue };
             if !a.state.is_in_flight() || a.deadline.is_none_or(|d| d > now) {
                 continue;
