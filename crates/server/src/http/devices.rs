@@ -71,8 +71,8 @@ fn registered(d: Device, token: String) -> RegisteredDevice {
 }
 
 /// Register one device.
-#[utoipa::path(post, path = "/api/v1/devices", request_body = RegisterDevice,
-    responses((status = 201, body = RegisteredDevice), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "registerDevice", path = "/api/v1/devices", request_body = RegisterDevice,
+    responses((status = 201, body = RegisteredDevice), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn register(
     State(state): State<AppState>,
@@ -88,8 +88,8 @@ pub async fn register(
 }
 
 /// Register many devices at once (all or none, at most 10,000).
-#[utoipa::path(post, path = "/api/v1/devices/bulk", request_body = BulkRegister,
-    responses((status = 201, body = BulkRegistered), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "registerDevicesBulk", path = "/api/v1/devices/bulk", request_body = BulkRegister,
+    responses((status = 201, body = BulkRegistered), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn bulk_register(
     State(state): State<AppState>,
@@ -115,8 +115,8 @@ pub async fn bulk_register(
 }
 
 /// List devices, filtered by a label selector, paginated by id.
-#[utoipa::path(get, path = "/api/v1/devices", params(DeviceListQuery),
-    responses((status = 200, body = Page<api::Device>), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "listDevices", path = "/api/v1/devices", params(DeviceListQuery),
+    responses((status = 200, body = Page<api::Device>), super::error::doc::AuthErrors, super::error::doc::QueryErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn list(
     State(state): State<AppState>,
@@ -142,8 +142,8 @@ fn parse_uuid(raw: &str) -> ApiResult<Uuid> {
 }
 
 /// Get one device.
-#[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "getDevice", path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -157,8 +157,8 @@ pub async fn get_one(
 }
 
 /// Update a device's labels (merge; `null` removes a label).
-#[utoipa::path(patch, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)), request_body = UpdateDevice,
-    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(patch, operation_id = "updateDevice", path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)), request_body = UpdateDevice,
+    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn update(
     State(state): State<AppState>,
@@ -186,8 +186,8 @@ pub async fn update(
 }
 
 /// Delete a device; its unfinished actions are skipped.
-#[utoipa::path(delete, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(delete, operation_id = "deleteDevice", path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;

@@ -36,8 +36,8 @@ fn view(t: EnrollmentToken, token: String) -> api::EnrollmentToken {
 const MAX_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// Create an enrollment token; the secret is in the answer, once.
-#[utoipa::path(post, path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentToken,
-    responses((status = 201, body = api::EnrollmentToken), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "createEnrollmentToken", path = "/api/v1/enrollment-tokens", request_body = CreateEnrollmentToken,
+    responses((status = 201, body = api::EnrollmentToken), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn create_token(
     State(state): State<AppState>,
@@ -84,9 +84,8 @@ impl FromRequestParts<AppState> for EnrollmentSecret {
 }
 
 /// Enroll a device with an enrollment token; answers with its own device token, once.
-#[utoipa::path(post, path = "/device/v1/enroll", request_body(content = Object, description = "EnrollRequest"),
-    responses((status = 201, description = "EnrollResponse"), (status = 401, body = super::error::ErrorBody),
-        (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "deviceEnroll", path = "/device/v1/enroll", request_body = EnrollRequest,
+    responses((status = 201, body = EnrollResponse), super::error::doc::DeviceAuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "device")]
 pub async fn enroll(
     State(state): State<AppState>,

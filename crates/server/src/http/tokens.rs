@@ -11,8 +11,8 @@ use otafleet_api::{CreateToken, CreatedToken};
 use otafleet_store::Role;
 
 /// Create an API token.
-#[utoipa::path(post, path = "/api/v1/tokens", request_body = CreateToken,
-    responses((status = 201, body = CreatedToken), (status = 403, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "tokens")]
+#[utoipa::path(post, operation_id = "createToken", path = "/api/v1/tokens", request_body = CreateToken,
+    responses((status = 201, body = CreatedToken), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors), security(("bearer" = [])), tag = "tokens")]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
