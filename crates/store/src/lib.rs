@@ -27,7 +27,7 @@ pub use rollouts::{
     Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, RolloutSummary, Target,
     WaveProgress,
 };
-pub use tokens::{hash_token, Role, TokenRecord};
+pub use tokens::{hash_token, Bootstrap, NewToken, Role, TokenRecord};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -80,18 +80,24 @@ pub struct Store {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 4] = match backend {
+    // Version 5 is left free for the driver's leadership migration, developed
+    // alongside: sqlx applies every known version a database lacks, whatever
+    // was applied after it, so the gap is fine and a 0005 merged later still
+    // runs on databases that already have 0006 (the two touch different tables).
+    let sqls: [(i64, &'static str, &'static str); 5] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/sqlite/0003_action_counts.sql")),
             (4, "preset", include_str!("../migrations/sqlite/0004_preset.sql")),
+            (6, "token_lifecycle", include_str!("../migrations/sqlite/0006_token_lifecycle.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
             (2, "agent", include_str!("../migrations/postgres/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/postgres/0003_action_counts.sql")),
             (4, "preset", include_str!("../migrations/postgres/0004_preset.sql")),
+            (6, "token_lifecycle", include_str!("../migrations/postgres/0006_token_lifecycle.sql")),
         ],
     };
     Migrator {
