@@ -423,7 +423,7 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
         }
         Cmd::Token(TokenCmd::Create { role, name }) => {
             let name = name.unwrap_or_else(|| format!("{role}-token"));
-            let body = api::CreateToken { name, role };
+            let body = api::CreateToken { name, role, expires_in_secs: None };
             let t: Answer<api::CreatedToken> = api.send(Method::POST, "/api/v1/tokens", &body).await?;
             show(fmt, &t.json, &t.body, |t| {
                 println!("created {} token '{}' (id {}). The secret is shown only once:", t.role, t.name, t.id);

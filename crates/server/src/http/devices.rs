@@ -185,6 +185,28 @@ pub async fn update(
     Ok(Json(device_view(d)))
 }
 
+/// Replace a device's token: the answer carries the new one (once); the old
+/// one is refused from the next request on. The agent must be given the new
+/// token (its `identity.json`).
+#[utoipa::path(post, operation_id = "rotateDeviceToken", path = "/api/v1/devices/{id}/token", params(("id" = Uuid, Path)),
+    responses((status = 200, body = api::DeviceToken), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn rotate_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::DeviceToken>> {
+    caller.require(Role::Operator)?;
+    let id = parse_uuid(&id)?;
+    let token = new_secret("dev");
+    if !state.store.rotate_device_token(id, &token, &caller.actor()).await? {
+        return Err(ApiError::not_found(format!("device {id} not found")));
+    }
+    crate::service::delivery::device_token_rotated(&state, id);
+    tracing::info!(device = %id, by = %caller.actor(), "device token rotated");
+    Ok(Json(api::DeviceToken { device_id: id, token }))
+}
+
 /// Delete a device; its unfinished actions are skipped.
 #[utoipa::path(delete, operation_id = "deleteDevice", path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),

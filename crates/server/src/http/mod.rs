@@ -42,10 +42,10 @@ pub use otafleet_api::Page;
         releases::create, releases::list, releases::get_one,
         rollouts::create, rollouts::list, rollouts::get_one, rollouts::actions,
         rollouts::pause, rollouts::resume, rollouts::abort, rollouts::promote, rollouts::rollback,
-        events::list, tokens::create,
+        devices::rotate_token, events::list, tokens::create, tokens::list, tokens::get_one, tokens::revoke,
         compat::health, compat::deploy, compat::jobs, compat::update_status, compat::rollback,
         device_api::checkin, device_api::status,
-        enroll::create_token, enroll::enroll,
+        enroll::create_token, enroll::list_tokens, enroll::get_token, enroll::revoke_token, enroll::enroll,
         artifacts::upload, artifacts::download, device_actions::get_one,
         openapi_json, metrics,
     ),
@@ -146,6 +146,7 @@ fn routes() -> Routes {
         .route("/api/v1/devices", post(devices::register).get(devices::list))
         .route("/api/v1/devices/bulk", post(devices::bulk_register))
         .route("/api/v1/devices/{id}", get(devices::get_one).patch(devices::update).delete(devices::delete))
+        .route("/api/v1/devices/{id}/token", post(devices::rotate_token))
         .route("/api/v1/releases", post(releases::create).get(releases::list))
         .route("/api/v1/releases/{id}", get(releases::get_one))
         .route("/api/v1/rollouts", post(rollouts::create).get(rollouts::list))
@@ -157,8 +158,12 @@ fn routes() -> Routes {
         .route("/api/v1/rollouts/{id}/promote", post(rollouts::promote))
         .route("/api/v1/rollouts/{id}/rollback", post(rollouts::rollback))
         .route("/api/v1/events", get(events::list))
-        .route("/api/v1/tokens", post(tokens::create))
-        .route("/api/v1/enrollment-tokens", post(enroll::create_token))
+        .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/api/v1/tokens/{id}", get(tokens::get_one))
+        .route("/api/v1/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/api/v1/enrollment-tokens", post(enroll::create_token).get(enroll::list_tokens))
+        .route("/api/v1/enrollment-tokens/{id}", get(enroll::get_token))
+        .route("/api/v1/enrollment-tokens/{id}/revoke", post(enroll::revoke_token))
         .route("/api/v1/releases/{id}/artifacts/{name}", put(artifacts::upload).layer(DefaultBodyLimit::disable()))
         .route("/api/v1/openapi.json", get(openapi_json))
         // Device API.
