@@ -71,6 +71,7 @@ pub struct UpdateDevice {
 
 /// `GET /api/v1/devices` query.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceListQuery {
     /// Label selector, e.g. `device_type=esp32,site in (a,b)`.

@@ -38,3 +38,20 @@ pub struct EnrollmentToken {
     /// The secret to give devices (`otafleet-agent` `enrollment_token`). Shown only once.
     pub token: String,
 }
+
+/// An enrollment token as listed and shown: everything but the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EnrollmentTokenInfo {
+    pub id: i64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: crate::TokenState,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub expires_at: Option<String>,
+    pub created_by: String,
+    pub created_at: String,
+    /// The last enrollment with it; `null` = never used.
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+}

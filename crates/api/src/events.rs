@@ -15,12 +15,14 @@ pub struct Event {
     pub device_id: Option<Uuid>,
     pub action_id: Option<i64>,
     pub actor: String,
-    #[schema(value_type = Object)]
+    /// Details of the event; `null` for events that have none (e.g. `device.deleted`).
+    #[schema(value_type = Option<Object>)]
     pub data: serde_json::Value,
 }
 
 /// `GET /api/v1/events` query.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventListQuery {
     #[serde(skip_serializing_if = "Option::is_none")]

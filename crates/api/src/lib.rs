@@ -25,12 +25,12 @@ pub mod tracker;
 pub use devices::{
     BulkRegister, BulkRegistered, Device, DeviceListQuery, RegisterDevice, RegisteredDevice, UpdateDevice,
 };
-pub use enroll::{CreateEnrollmentToken, EnrollmentToken};
+pub use enroll::{CreateEnrollmentToken, EnrollmentToken, EnrollmentTokenInfo};
 pub use error::{ErrorBody, ErrorDetail};
 pub use events::{Event, EventListQuery};
 pub use releases::{Artifact, CreateRelease, Release, ReleaseListQuery, UploadQuery};
 pub use rollouts::{Action, ActionListQuery, CreateRollout, Rollout, RolloutListQuery, RolloutTarget, WaveProgress};
-pub use tokens::{CreateToken, CreatedToken};
+pub use tokens::{CreateToken, CreatedToken, DeviceToken, TokenInfo, TokenState};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

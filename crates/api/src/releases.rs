@@ -52,6 +52,7 @@ pub struct CreateRelease {
 
 /// `GET /api/v1/releases` query.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseListQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +64,7 @@ pub struct ReleaseListQuery {
 
 /// `PUT /api/v1/releases/{id}/artifacts/{name}` query.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// Expected hex SHA-256 of the body: the upload is refused (422) if it differs.

@@ -120,6 +120,7 @@ pub struct CreateRollout {
 
 /// `GET /api/v1/rollouts` query.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutListQuery {
     /// Filter by state.
@@ -134,6 +135,7 @@ pub struct RolloutListQuery {
 
 /// `GET /api/v1/rollouts/{id}/actions` query.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ActionListQuery {
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -16,6 +16,7 @@ pub struct Health {
 
 /// `POST /ota/deploy` query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeployQuery {
     pub version: String,
     /// `canary` (default), `blue` or `green`.
@@ -43,6 +44,7 @@ pub struct Job {
 
 /// `POST /ota/update_status` query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UpdateStatusQuery {
     pub job_id: i64,
     pub status: String,
@@ -57,6 +59,7 @@ pub struct UpdateStatusResponse {
 
 /// `POST /ota/rollback` query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RollbackQuery {
     /// The version to go back to.
     pub version: String,

@@ -98,6 +98,9 @@ pub enum DevicesCmd {
     },
     /// Delete a device.
     Delete { id: String },
+    /// Give a device a new token (operator); prints it once. The old one is refused from now on.
+    #[command(name = "rotate-token")]
+    RotateToken { id: String },
     /// Enrollment tokens that let devices (otafleet-agent) register themselves.
     #[command(subcommand, name = "enroll-token")]
     EnrollToken(EnrollTokenCmd),
@@ -119,6 +122,12 @@ pub enum EnrollTokenCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// List enrollment tokens (operator): state, uses, expiry, last use; never the secrets.
+    List,
+    /// Show one enrollment token (never its secret).
+    Show { id: i64 },
+    /// Revoke an enrollment token: no device can enroll with it any more.
+    Revoke { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -237,7 +246,71 @@ pub enum TokenCmd {
         role: String,
         #[arg(long)]
         name: Option<String>,
+        /// Lifetime, e.g. 24h, 30d (default: no expiry).
+        #[arg(long, value_parser = otafleet_core::duration::parse_arg)]
+        expires_in: Option<std::time::Duration>,
     },
+    /// List API tokens (admin): role, state, created, expires, last used; never the secrets.
+    List,
+    /// Show one API token (never its secret).
+    Show { id: i64 },
+    /// Revoke an API token: refused from the next request on.
+    Revoke { id: i64 },
+}
+
+const TOKEN_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("ROLE", "role"),
+    ("STATE", "state"),
+    ("CREATED", "created_at"),
+    ("EXPIRES", "expires_at"),
+    ("LAST USED", "last_used_at"),
+    ("REVOKED", "revoked_at"),
+];
+
+const TOKEN_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "role",
+    "state",
+    "bootstrap",
+    "created_at",
+    "created_by",
+    "expires_at",
+    "last_used_at",
+    "revoked_at",
+];
+
+const ENROLL_TOKEN_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("LABELS", "labels"),
+    ("STATE", "state"),
+    ("USES", "uses"),
+    ("MAX", "max_uses"),
+    ("EXPIRES", "expires_at"),
+    ("LAST USED", "last_used_at"),
+    ("REVOKED", "revoked_at"),
+];
+
+const ENROLL_TOKEN_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "labels",
+    "state",
+    "uses",
+    "max_uses",
+    "created_at",
+    "created_by",
+    "expires_at",
+    "last_used_at",
+    "revoked_at",
+];
+
+/// A lifetime flag as the API's `expires_in_secs` (at least one second).
+fn lifetime_secs(d: Option<std::time::Duration>) -> Option<u64> {
+    d.map(|d| d.as_secs().max(1))
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -421,14 +494,27 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
                 )
             });
         }
-        Cmd::Token(TokenCmd::Create { role, name }) => {
+        Cmd::Token(TokenCmd::Create { role, name, expires_in }) => {
             let name = name.unwrap_or_else(|| format!("{role}-token"));
-            let body = api::CreateToken { name, role };
+            let body = api::CreateToken { name, role, expires_in_secs: lifetime_secs(expires_in) };
             let t: Answer<api::CreatedToken> = api.send(Method::POST, "/api/v1/tokens", &body).await?;
             show(fmt, &t.json, &t.body, |t| {
-                println!("created {} token '{}' (id {}). The secret is shown only once:", t.role, t.name, t.id);
+                let expiry = t.expires_at.as_deref().map(|e| format!(", expires {e}")).unwrap_or_default();
+                println!("created {} token '{}' (id {}{expiry}). The secret is shown only once:", t.role, t.name, t.id);
                 println!("{}", t.token);
             });
+        }
+        Cmd::Token(TokenCmd::List) => {
+            let p: Answer<Page<api::TokenInfo>> = api.fetch("/api/v1/tokens").await?;
+            show(fmt, &p.json, &p.body, |p| output::table(&output::rows(&p.items), TOKEN_COLS));
+        }
+        Cmd::Token(TokenCmd::Show { id }) => {
+            let t: Answer<api::TokenInfo> = api.fetch(&format!("/api/v1/tokens/{id}")).await?;
+            show(fmt, &t.json, &t.body, |t| output::record(&output::value(t), TOKEN_FIELDS));
+        }
+        Cmd::Token(TokenCmd::Revoke { id }) => {
+            let t: Answer<api::TokenInfo> = api.empty(Method::POST, &format!("/api/v1/tokens/{id}/revoke")).await?;
+            show(fmt, &t.json, &t.body, |t| println!("revoked token '{}' (id {})", t.name, t.id));
         }
         Cmd::Serve(_)
         | Cmd::Demo(_)
@@ -510,7 +596,7 @@ async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
             let body = api::CreateEnrollmentToken {
                 name,
                 labels: labels_map(labels),
-                expires_in_secs: expires_in.map(|d| d.as_secs().max(1)),
+                expires_in_secs: lifetime_secs(expires_in),
                 max_uses,
             };
             let t: Answer<api::EnrollmentToken> = api.send(Method::POST, "/api/v1/enrollment-tokens", &body).await?;
@@ -522,6 +608,26 @@ async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
                     output::cell(&output::value(&t.labels))
                 );
                 println!("{}", t.token);
+            });
+        }
+        DevicesCmd::EnrollToken(EnrollTokenCmd::List) => {
+            let p: Answer<Page<api::EnrollmentTokenInfo>> = api.fetch("/api/v1/enrollment-tokens").await?;
+            show(fmt, &p.json, &p.body, |p| output::table(&output::rows(&p.items), ENROLL_TOKEN_COLS));
+        }
+        DevicesCmd::EnrollToken(EnrollTokenCmd::Show { id }) => {
+            let t: Answer<api::EnrollmentTokenInfo> = api.fetch(&format!("/api/v1/enrollment-tokens/{id}")).await?;
+            show(fmt, &t.json, &t.body, |t| output::record(&output::value(t), ENROLL_TOKEN_FIELDS));
+        }
+        DevicesCmd::EnrollToken(EnrollTokenCmd::Revoke { id }) => {
+            let path = format!("/api/v1/enrollment-tokens/{id}/revoke");
+            let t: Answer<api::EnrollmentTokenInfo> = api.empty(Method::POST, &path).await?;
+            show(fmt, &t.json, &t.body, |t| println!("revoked enrollment token '{}' (id {})", t.name, t.id));
+        }
+        DevicesCmd::RotateToken { id } => {
+            let t: Answer<api::DeviceToken> = api.empty(Method::POST, &format!("/api/v1/devices/{id}/token")).await?;
+            show(fmt, &t.json, &t.body, |t| {
+                println!("device {} has a new token; the old one is refused from now on.", t.device_id);
+                println!("device token (shown once): {}", t.token);
             });
         }
         DevicesCmd::Delete { id } => {

@@ -295,6 +295,10 @@ str_enum!(
     DeviceVersionChanged => "device.version_changed",
     ReleaseCreated => "release.created",
     ReleaseArtifactAdded => "release.artifact_added",
+    DeviceTokenRotated => "device.token_rotated",
+    TokenCreated => "token.created",
+    TokenRevoked => "token.revoked",
+    EnrollmentTokenRevoked => "enrollment_token.revoked",
 });
 
 impl EventKind {

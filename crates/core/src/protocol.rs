@@ -1,5 +1,7 @@
 //! The device protocol's wire types, shared by the server, the agent and the
 //! simulated fleet so that the protocol is written down exactly once.
+//! With the `openapi` feature (the server's), they derive `utoipa::ToSchema`
+//! for the OpenAPI document; the states are described as strings.
 
 use crate::model::{ActionKind, ActionState, DeviceHealth};
 use serde::{Deserialize, Serialize};
@@ -7,14 +9,17 @@ use uuid::Uuid;
 
 /// `POST /device/v1/checkin` body. The device is identified by its token.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckinRequest {
     /// The version actually running: the registry takes this as the truth.
     pub current_version: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub health: Option<DeviceHealth>,
 }
 
 /// `POST /device/v1/checkin` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckinResponse {
     pub device_id: Uuid,
     /// The action to perform now, if any.
@@ -25,6 +30,7 @@ pub struct CheckinResponse {
 
 /// An artifact of a release as a device needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArtifactRef {
     pub name: String,
     pub uri: String,
@@ -34,12 +40,15 @@ pub struct ArtifactRef {
 
 /// The work handed to a device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActionOrder {
     pub action_id: i64,
     pub rollout_id: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub kind: ActionKind,
     /// Version to install (for a rollback: the version to go back to).
     pub version: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: ActionState,
     /// Highest sequence number the server accepted for this action; continue above it.
     pub last_seq: i64,
@@ -50,10 +59,12 @@ pub struct ActionOrder {
 
 /// `POST /device/v1/status` body. Idempotent by `(action_id, seq)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusReport {
     pub action_id: i64,
     /// Strictly increasing per action; duplicates and stale reports are ignored.
     pub seq: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: ActionState,
     pub message: Option<String>,
     /// The version running after this step, if the device knows it.
@@ -62,17 +73,20 @@ pub struct StatusReport {
 
 /// What the server did with a status report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusAck {
     pub action_id: i64,
     /// `applied`, `duplicate` (seq already seen) or `ignored` (not a legal move now).
     pub outcome: String,
     /// The action's state after the report.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub state: ActionState,
 }
 
 /// `GET /device/v1/actions/{id}`: one of the device's own actions, with the
 /// signed release manifest the agent verifies before installing anything.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActionDetail {
     #[serde(flatten)]
     pub order: ActionOrder,
@@ -85,6 +99,7 @@ pub struct ActionDetail {
 /// with ed25519; an agent installs only artifacts whose name, size and sha256
 /// appear in a manifest that verifies against its configured public key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Manifest {
     // Fields in alphabetical order: serde_json writes them in declaration
     // order, so the compact output has sorted keys (canonical JSON).
@@ -97,6 +112,7 @@ pub struct Manifest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ManifestArtifact {
     pub name: String,
     pub sha256: String,
@@ -123,6 +139,7 @@ impl Manifest {
 
 /// `POST /device/v1/enroll` body; the bearer token is an enrollment token.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// Defaults to the new device id.
@@ -135,6 +152,7 @@ pub struct EnrollRequest {
 
 /// `POST /device/v1/enroll` answer: the device's identity and its own secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub device_id: Uuid,
     pub name: String,

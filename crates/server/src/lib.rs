@@ -21,7 +21,7 @@ pub mod signing;
 pub mod time;
 
 use anyhow::Context;
-use otafleet_store::{Role, Store};
+use otafleet_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -124,21 +124,12 @@ pub fn new_secret(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(bytes))
 }
 
-/// Installs the bootstrap admin token. Returns a newly generated secret when
-/// the token table was empty and none was configured (printed once by the caller).
+/// Installs the bootstrap admin token (`OTAFLEET_ADMIN_TOKEN`: at least 32
+/// characters; a different one revokes the previous). Returns a newly
+/// generated secret when the token table was empty and none was configured
+/// (printed once by the caller). See [`service::tokens`].
 pub async fn bootstrap_admin(store: &Store, configured: Option<&str>) -> anyhow::Result<Option<String>> {
-    if let Some(secret) = configured {
-        if store.find_token(secret).await?.is_none() {
-            store.create_token("bootstrap-admin", Role::Admin, secret).await?;
-        }
-        return Ok(None);
-    }
-    if store.count_tokens().await? > 0 {
-        return Ok(None);
-    }
-    let secret = new_secret("ota");
-    store.create_token("bootstrap-admin", Role::Admin, &secret).await?;
-    Ok(Some(secret))
+    service::tokens::bootstrap_admin(store, configured).await
 }
 
 /// A running server: where it listens and how to stop it.

@@ -189,3 +189,95 @@ async fn probes_say_alive_always_and_ready_only_when_warm() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["not_ready"], json!(["database", "migrations"]), "{v}");
 }
+
+async fn token(app: &App, role: &str, extra: Value) -> (i64, String) {
+    let mut body = json!({"name": format!("{role}-t"), "role": role});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (s, v) = call(app, "POST", "/api/v1/tokens", Some(&app.token), Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    (v["id"].as_i64().unwrap(), v["token"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn token_lifecycle_roles_and_revocation_through_the_cache() {
+    let app = app().await;
+    let (op_id, op) = token(&app, "operator", json!({})).await;
+    let (_, viewer) = token(&app, "viewer", json!({"expires_in_secs": 3600})).await;
+
+    // Roles: admin manages API tokens; operator manages enrollment tokens; viewer neither.
+    for t in [&op, &viewer] {
+        let (s, _) = call(&app, "GET", "/api/v1/tokens", Some(t), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+    }
+    let (s, _) = call(&app, "GET", "/api/v1/enrollment-tokens", Some(&viewer), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = call(&app, "GET", "/api/v1/enrollment-tokens", Some(&op), None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Listing shows the lifecycle, never a secret.
+    let (s, list) = call(&app, "GET", "/api/v1/tokens", Some(&app.token), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = list.to_string();
+    assert!(!text.contains(&op) && !text.contains(&viewer) && !text.contains(&app.token), "{text}");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(items[0]["bootstrap"].as_bool().unwrap());
+    assert!(items[2]["expires_at"].is_string() && items[1]["expires_at"].is_null(), "{list}");
+    assert!(items.iter().all(|t| t["state"] == "active" && t.get("token").is_none()));
+
+    // Bad input names the field.
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/tokens",
+        Some(&app.token),
+        Some(json!({"name": "x", "role": "viewer", "expires_in_secs": 0})),
+    )
+    .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("expires_in_secs")));
+    let (s, v) =
+        call(&app, "POST", "/api/v1/tokens", Some(&app.token), Some(json!({"name": "x", "role": "root"}))).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("role")));
+
+    // The operator's token is cached by a request, then revoked: the next request is a 401.
+    let (s, _) = call(&app, "GET", "/api/v1/devices", Some(&op), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(&app, "POST", &format!("/api/v1/tokens/{op_id}/revoke"), Some(&app.token), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "revoked");
+    let (s, _) = call(&app, "GET", "/api/v1/devices", Some(&op), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = call(&app, "GET", &format!("/api/v1/tokens/{op_id}"), Some(&app.token), None).await;
+    assert_eq!((s, v["state"].as_str()), (StatusCode::OK, Some("revoked")));
+    assert!(v["last_used_at"].is_string() || v["last_used_at"].is_null());
+    let (s, _) = call(&app, "POST", "/api/v1/tokens/999/revoke", Some(&app.token), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_operator_rotates_a_device_token() {
+    let app = app().await;
+    let (_, op) = token(&app, "operator", json!({})).await;
+    let (_, viewer) = token(&app, "viewer", json!({})).await;
+    let (s, d) = call(&app, "POST", "/api/v1/devices", Some(&op), Some(json!({"name": "d", "labels": {}}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    let (id, old) = (d["id"].as_str().unwrap().to_string(), d["token"].as_str().unwrap().to_string());
+    let checkin = Some(json!({"current_version": "1.0.0"}));
+    let (s, _) = call(&app, "POST", "/device/v1/checkin", Some(&old), checkin.clone()).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&app, "POST", &format!("/api/v1/devices/{id}/token"), Some(&viewer), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = call(&app, "POST", &format!("/api/v1/devices/{id}/token"), Some(&op), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let new = v["token"].as_str().unwrap().to_string();
+    let (s, _) = call(&app, "POST", "/device/v1/checkin", Some(&old), checkin.clone()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the old device token is refused at once");
+    let (s, _) = call(&app, "POST", "/device/v1/checkin", Some(&new), checkin).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&app, "POST", &format!("/api/v1/devices/{}/token", uuid_nil()), Some(&op), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+fn uuid_nil() -> &'static str {
+    "00000000-0000-0000-0000-000000000000"
+}

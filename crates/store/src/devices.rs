@@ -329,6 +329,25 @@ impl Store {
         row.map(|r| r.parsed::<Uuid>("id")).transpose()
     }
 
+    /// Replaces a device's token with `secret` (the old one stops working),
+    /// with a `device.token_rotated` event. False if there is no such device.
+    pub async fn rotate_device_token(&self, id: Uuid, secret: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let now = now_ms();
+        let n = sqlx::query("UPDATE devices SET token_hash = $1, updated_at = $2 WHERE id = $3")
+            .bind(hash_token(secret))
+            .bind(now)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 1 {
+            events::insert(&mut tx, now, &NewEvent::new(EventKind::DeviceTokenRotated, actor).device(id)).await?;
+            tx.commit().await?;
+        }
+        Ok(n == 1)
+    }
+
     /// Sets a device's credential (enrollment or rotation).
     pub async fn set_device_token(&self, id: Uuid, secret: &str) -> Result<bool> {
         let n = sqlx::query("UPDATE devices SET token_hash = $1, updated_at = $2 WHERE id = $3")

@@ -35,6 +35,9 @@ pub struct EnrollmentToken {
     pub expires_at: Option<i64>,
     pub created_by: String,
     pub created_at: i64,
+    /// Unix ms of the last enrollment with it.
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
 }
 
 /// Why an enrollment was refused (the HTTP edge answers 401 with the reason).
@@ -55,7 +58,7 @@ impl fmt::Display for EnrollRefusal {
     }
 }
 
-const COLS: &str = "id, name, labels, max_uses, uses, expires_at, created_by, created_at";
+const COLS: &str = "id, name, labels, max_uses, uses, expires_at, created_by, created_at, last_used_at, revoked_at";
 
 fn from_row(r: &AnyRow) -> Result<EnrollmentToken> {
     Ok(EnrollmentToken {
@@ -67,6 +70,8 @@ fn from_row(r: &AnyRow) -> Result<EnrollmentToken> {
         expires_at: r.opt_i64("expires_at")?,
         created_by: r.string("created_by")?,
         created_at: r.i64("created_at")?,
+        last_used_at: r.opt_i64("last_used_at")?,
+        revoked_at: r.opt_i64("revoked_at")?,
     })
 }
 
@@ -97,6 +102,47 @@ impl Store {
         from_row(&row)
     }
 
+    /// Every enrollment token, revoked and expired ones too, oldest first.
+    pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>> {
+        let rows =
+            sqlx::query(&format!("SELECT {COLS} FROM enrollment_tokens ORDER BY id")).fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn get_enrollment_token(&self, id: i64) -> Result<Option<EnrollmentToken>> {
+        let row = sqlx::query(&format!("SELECT {COLS} FROM enrollment_tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Revokes an enrollment token (idempotent), with an
+    /// `enrollment_token.revoked` event. None if there is no such token.
+    /// Devices already enrolled with it keep their own tokens.
+    pub async fn revoke_enrollment_token(&self, id: i64, actor: &str) -> Result<Option<EnrollmentToken>> {
+        let mut tx = self.write_tx().await?;
+        let now = now_ms();
+        let n = sqlx::query("UPDATE enrollment_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let row = sqlx::query(&format!("SELECT {COLS} FROM enrollment_tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(t) = row.as_ref().map(from_row).transpose()? else { return Ok(None) };
+        if n == 1 {
+            let data = serde_json::json!({"enrollment_token_id": t.id, "name": t.name});
+            let ev = crate::events::NewEvent::new(otafleet_core::EventKind::EnrollmentTokenRevoked, actor).data(data);
+            crate::events::insert(&mut tx, now, &ev).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(t))
+    }
+
     /// Enrolls a device with an enrollment token: consumes one use, then
     /// registers the device (its `token` is the new device secret) with the
     /// token's labels over the proposed ones. The use is given back if the
@@ -122,8 +168,9 @@ impl Store {
         if token.max_uses.is_some_and(|m| token.uses >= m) {
             return Ok(Err(EnrollRefusal::UsedUp));
         }
-        sqlx::query("UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = $1")
+        sqlx::query("UPDATE enrollment_tokens SET uses = uses + 1, last_used_at = $2 WHERE id = $1")
             .bind(token.id)
+            .bind(now)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -29,7 +29,7 @@ pub use rollouts::{
     Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, RolloutSummary, Target,
     WaveProgress,
 };
-pub use tokens::{hash_token, Role, TokenRecord};
+pub use tokens::{hash_token, Bootstrap, NewToken, Role, TokenRecord};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -86,13 +86,14 @@ pub struct Store {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 5] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 6] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
             (3, "action_counts", include_str!("../migrations/sqlite/0003_action_counts.sql")),
             (4, "preset", include_str!("../migrations/sqlite/0004_preset.sql")),
             (5, "leases", include_str!("../migrations/sqlite/0005_leases.sql")),
+            (6, "token_lifecycle", include_str!("../migrations/sqlite/0006_token_lifecycle.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -100,6 +101,7 @@ fn migrator(backend: Backend) -> Migrator {
             (3, "action_counts", include_str!("../migrations/postgres/0003_action_counts.sql")),
             (4, "preset", include_str!("../migrations/postgres/0004_preset.sql")),
             (5, "leases", include_str!("../migrations/postgres/0005_leases.sql")),
+            (6, "token_lifecycle", include_str!("../migrations/postgres/0006_token_lifecycle.sql")),
         ],
     };
     Migrator {

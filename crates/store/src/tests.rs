@@ -669,3 +669,110 @@ async fn readiness_sees_every_migration_applied(s: Store) {
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 5").execute(s.pool()).await.unwrap();
     assert_eq!(s.missing_migrations().await.unwrap(), vec![5]);
 }
+
+both!(token_lifecycle_columns);
+async fn token_lifecycle_columns(s: Store) {
+    let now = now_ms();
+    let t = s
+        .create_token_with(&NewToken {
+            name: "ci",
+            role: Role::Operator,
+            secret: "ota_ci",
+            expires_at: Some(now + 60_000),
+            created_by: Some("token:admin"),
+        })
+        .await
+        .unwrap();
+    assert_eq!((t.expires_at, t.last_used_at, t.revoked_at, t.bootstrap), (Some(now + 60_000), None, None, false));
+    assert_eq!(t.created_by.as_deref(), Some("token:admin"));
+    assert_eq!(s.find_token("ota_ci").await.unwrap().unwrap().id, t.id);
+
+    // Last use only moves forward.
+    s.touch_token(t.id, now + 5).await.unwrap();
+    s.touch_token(t.id, now + 1).await.unwrap();
+    assert_eq!(s.get_token(t.id).await.unwrap().unwrap().last_used_at, Some(now + 5));
+
+    // Expired: not found by secret, still listed.
+    let old = s
+        .create_token_with(&NewToken {
+            name: "old",
+            role: Role::Viewer,
+            secret: "ota_old",
+            expires_at: Some(now - 1),
+            created_by: None,
+        })
+        .await
+        .unwrap();
+    assert!(s.find_token("ota_old").await.unwrap().is_none());
+    assert!(!old.is_valid_at(now));
+
+    // Revoked: not found, revoked_at kept on a second revoke, event written once.
+    let r = s.revoke_token(t.id, "token:admin").await.unwrap().unwrap();
+    let at = r.revoked_at.expect("revoked_at");
+    assert!(s.find_token("ota_ci").await.unwrap().is_none());
+    assert_eq!(s.revoke_token(t.id, "token:admin").await.unwrap().unwrap().revoked_at, Some(at));
+    assert!(s.revoke_token(9_999, "token:admin").await.unwrap().is_none());
+    let listed = s.list_tokens().await.unwrap();
+    assert_eq!(listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["ci", "old"]);
+    let q = EventQuery { kind: Some("token.revoked".into()), limit: 10, ..Default::default() };
+    assert_eq!(s.list_events(&q).await.unwrap().len(), 1);
+
+    // Enrollment tokens: last use on enrollment, revocation refuses the next one.
+    let new = NewEnrollmentToken { name: "line".into(), ..Default::default() };
+    let e = s.create_enrollment_token(&new, "enr_line", "token:admin").await.unwrap();
+    assert_eq!((e.last_used_at, e.revoked_at), (None, None));
+    s.enroll_device("enr_line", dev(1, &[]), now).await.unwrap().unwrap();
+    assert_eq!(s.get_enrollment_token(e.id).await.unwrap().unwrap().last_used_at, Some(now));
+    let e = s.revoke_enrollment_token(e.id, "token:admin").await.unwrap().unwrap();
+    assert!(e.revoked_at.is_some());
+    assert_eq!(s.enroll_device("enr_line", dev(2, &[]), now).await.unwrap(), Err(EnrollRefusal::Unknown));
+    assert_eq!(s.list_enrollment_tokens().await.unwrap().len(), 1);
+
+    // Device token rotation: the old secret stops working.
+    assert_eq!(s.device_id_by_token("tok-1").await.unwrap(), Some(Uuid::from_u128(1)));
+    assert!(s.rotate_device_token(Uuid::from_u128(1), "dev_new", "token:admin").await.unwrap());
+    assert_eq!(s.device_id_by_token("tok-1").await.unwrap(), None);
+    assert_eq!(s.device_id_by_token("dev_new").await.unwrap(), Some(Uuid::from_u128(1)));
+    assert!(!s.rotate_device_token(Uuid::from_u128(77), "x", "a").await.unwrap());
+}
+
+both!(bootstrap_token_replaces_the_previous_one);
+async fn bootstrap_token_replaces_the_previous_one(s: Store) {
+    let now = now_ms();
+    let first = "ota_first_bootstrap_secret_0123456789";
+    assert_eq!(s.install_bootstrap_token(first, now).await.unwrap(), Bootstrap::Installed { revoked: vec![] });
+    assert_eq!(s.install_bootstrap_token(first, now).await.unwrap(), Bootstrap::Kept);
+    let id = s.find_token(first).await.unwrap().unwrap().id;
+    let second = "ota_second_bootstrap_secret_012345678";
+    assert_eq!(s.install_bootstrap_token(second, now).await.unwrap(), Bootstrap::Installed { revoked: vec![id] });
+    assert!(s.find_token(first).await.unwrap().is_none(), "the previous bootstrap token is revoked");
+    assert!(s.find_token(second).await.unwrap().unwrap().bootstrap);
+    // Going back to a revoked secret is refused, and so is another token's secret.
+    assert!(matches!(s.install_bootstrap_token(first, now).await, Err(StoreError::Invalid(_))));
+    s.create_token("ops", Role::Operator, "ota_ops_secret").await.unwrap();
+    assert!(matches!(s.install_bootstrap_token("ota_ops_secret", now).await, Err(StoreError::Invalid(_))));
+    // A generated first token only when there is none.
+    assert!(s.create_first_bootstrap_token("ota_generated").await.unwrap().is_none());
+}
+
+/// A database made by the migrations before 0006 gains the new columns, and its tokens keep working.
+#[tokio::test]
+async fn a_database_from_before_0006_keeps_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let mut old = migrator(Backend::Sqlite);
+    old.migrations = std::borrow::Cow::Owned(old.migrations.iter().filter(|m| m.version < 5).cloned().collect());
+    old.run(&pool).await.unwrap();
+    sqlx::query("INSERT INTO tokens (name, role, token_hash, created_at) VALUES ('bootstrap-admin', 'admin', $1, 1)")
+        .bind(hash_token("ota_old_admin"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let s = Store::connect(&format!("sqlite://{}", dir.path().join("old.db").display())).await.unwrap();
+    let t = s.find_token("ota_old_admin").await.unwrap().expect("the old token still works");
+    assert!(t.bootstrap, "an existing bootstrap-admin is recognised as the bootstrap token");
+    assert_eq!((t.expires_at, t.last_used_at, t.created_by), (None, None, None));
+}

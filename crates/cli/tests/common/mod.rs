@@ -28,10 +28,15 @@ impl Server {
 
     /// Like [`Server::start`] on a given address (to restart on the same port).
     pub fn start_at(db_url: &str, listen: &str, extra: &[&str]) -> Server {
+        Self::start_with_admin(db_url, listen, extra, ADMIN)
+    }
+
+    /// Like [`Server::start_at`] with another `OTAFLEET_ADMIN_TOKEN`.
+    pub fn start_with_admin(db_url: &str, listen: &str, extra: &[&str], admin: &str) -> Server {
         let mut child = Command::new(bin())
             .args(["serve", "--listen", listen, "--database-url", db_url])
             .args(extra)
-            .env("OTAFLEET_ADMIN_TOKEN", ADMIN)
+            .env("OTAFLEET_ADMIN_TOKEN", admin)
             .env("OTAFLEET_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -69,11 +69,11 @@ impl Drop for TempFile {
 }
 
 /// Upload an artifact's bytes to a release (streamed, stored by SHA-256).
-#[utoipa::path(put, path = "/api/v1/releases/{id}/artifacts/{name}",
+#[utoipa::path(put, operation_id = "uploadArtifact", path = "/api/v1/releases/{id}/artifacts/{name}",
     params(("id" = String, Path, description = "release id or version"), ("name" = String, Path, description = "artifact name"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = api::Release), (status = 404, body = super::error::ErrorBody),
-        (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+    responses((status = 201, body = api::Release), (status = 400, description = "the upload was interrupted", body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::QueryErrors),
     security(("bearer" = [])), tag = "releases")]
 pub async fn upload(
     State(state): State<AppState>,
@@ -134,9 +134,10 @@ pub async fn upload(
 }
 
 /// Download an uploaded artifact by SHA-256; supports `Range` to resume.
-#[utoipa::path(get, path = "/device/v1/artifacts/{sha256}", params(("sha256" = String, Path, description = "hex SHA-256")),
-    responses((status = 200, description = "the bytes"), (status = 206, description = "the requested range"),
-        (status = 404, body = super::error::ErrorBody), (status = 416, description = "range not satisfiable")),
+#[utoipa::path(get, operation_id = "downloadArtifact", path = "/device/v1/artifacts/{sha256}", params(("sha256" = String, Path, description = "hex SHA-256")),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "the requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = super::error::ErrorBody), (status = 416, description = "range not satisfiable"), super::error::doc::DeviceAuthErrors),
     security(("bearer" = [])), tag = "device")]
 pub async fn download(
     State(state): State<AppState>,

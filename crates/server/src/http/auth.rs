@@ -54,7 +54,7 @@ impl FromRequestParts<AppState> for Caller {
         let Some(secret) = bearer(parts)? else { return Ok(Caller { token: None }) };
         match state.caches.token(&state.store, secret).await? {
             Some(t) => Ok(Caller { token: Some(t) }),
-            None => Err(ApiError::unauthorized("unknown or revoked token")),
+            None => Err(ApiError::unauthorized("unknown, revoked or expired token")),
         }
     }
 }

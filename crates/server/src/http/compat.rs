@@ -77,7 +77,7 @@ fn non_empty_version(v: &str) -> ApiResult<()> {
 }
 
 /// Health check (always open).
-#[utoipa::path(get, path = "/", responses((status = 200, body = Health), (status = 503, body = super::error::ErrorBody)), tag = "tracker")]
+#[utoipa::path(get, operation_id = "trackerHealth", path = "/", responses((status = 200, body = Health), (status = 503, body = super::error::ErrorBody)), tag = "tracker")]
 pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     state.store.ping().await.map_err(|e| {
         tracing::error!(error = %e, "database ping failed");
@@ -91,8 +91,8 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
 }
 
 /// Create a job: a rollout of that version over the whole fleet with that wave.
-#[utoipa::path(post, path = "/ota/deploy", params(DeployQuery),
-    responses((status = 200, body = DeployResponse), (status = 422, body = super::error::ErrorBody)), tag = "tracker")]
+#[utoipa::path(post, operation_id = "trackerDeploy", path = "/ota/deploy", params(DeployQuery),
+    responses((status = 200, body = DeployResponse), super::error::doc::AuthErrors, super::error::doc::QueryErrors), security(("bearer" = [])), tag = "tracker")]
 pub async fn deploy(
     State(state): State<AppState>,
     caller: Caller,
@@ -125,7 +125,7 @@ pub async fn deploy(
 
 /// All jobs, newest first. Rendered once per change of the event log and
 /// served with an ETag, so pollers that send `If-None-Match` get a 304.
-#[utoipa::path(get, path = "/ota/jobs", responses((status = 200, body = Vec<Job>), (status = 304)), tag = "tracker")]
+#[utoipa::path(get, operation_id = "trackerJobs", path = "/ota/jobs", responses((status = 200, body = Vec<Job>), (status = 304), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "tracker")]
 pub async fn jobs(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,9 +162,9 @@ pub async fn jobs(
 }
 
 /// Set a job's status (used by the tracker's external job runner).
-#[utoipa::path(post, path = "/ota/update_status", params(UpdateStatusQuery),
+#[utoipa::path(post, operation_id = "trackerUpdateStatus", path = "/ota/update_status", params(UpdateStatusQuery),
     responses((status = 200, body = UpdateStatusResponse), (status = 404, body = super::error::ErrorBody),
-    (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)), tag = "tracker")]
+    (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::QueryErrors), security(("bearer" = [])), tag = "tracker")]
 pub async fn update_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -199,8 +199,8 @@ pub async fn update_status(
 }
 
 /// Roll devices back to `version`: a rollback job over the wave's scope.
-#[utoipa::path(post, path = "/ota/rollback", params(RollbackQuery),
-    responses((status = 200, body = RollbackResponse), (status = 422, body = super::error::ErrorBody)), tag = "tracker")]
+#[utoipa::path(post, operation_id = "trackerRollback", path = "/ota/rollback", params(RollbackQuery),
+    responses((status = 200, body = RollbackResponse), super::error::doc::AuthErrors, super::error::doc::QueryErrors), security(("bearer" = [])), tag = "tracker")]
 pub async fn rollback(
     State(state): State<AppState>,
     caller: Caller,

@@ -49,9 +49,9 @@ pub async fn action_detail(state: &AppState, a: Action) -> ApiResult<ActionDetai
 }
 
 /// One of this device's actions, with the signed release manifest.
-#[utoipa::path(get, path = "/device/v1/actions/{id}", params(("id" = i64, Path, description = "action id")),
-    responses((status = 200, description = "ActionDetail"), (status = 401, body = super::error::ErrorBody),
-        (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "getDeviceAction", path = "/device/v1/actions/{id}", params(("id" = i64, Path, description = "action id")),
+    responses((status = 200, body = otafleet_core::protocol::ActionDetail),
+        (status = 404, body = super::error::ErrorBody), super::error::doc::DeviceAuthErrors),
     security(("bearer" = [])), tag = "device")]
 pub async fn get_one(
     State(state): State<AppState>,

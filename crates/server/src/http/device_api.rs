@@ -30,8 +30,8 @@ impl FromRequestParts<AppState> for DeviceCaller {
 
 /// Check in: report the running version and health; get the action to perform, if any.
 /// See `service::delivery::checkin` for how it is answered.
-#[utoipa::path(post, path = "/device/v1/checkin", request_body(content = Object, description = "CheckinRequest"),
-    responses((status = 200, description = "CheckinResponse"), (status = 401, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "deviceCheckin", path = "/device/v1/checkin", request_body = CheckinRequest,
+    responses((status = 200, body = CheckinResponse), super::error::doc::DeviceAuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "device")]
 pub async fn checkin(
     State(state): State<AppState>,
@@ -52,8 +52,8 @@ pub async fn checkin(
 }
 
 /// Report progress on an action. Idempotent by `(action_id, seq)`.
-#[utoipa::path(post, path = "/device/v1/status", request_body(content = Object, description = "StatusReport"),
-    responses((status = 200, description = "StatusAck"), (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "deviceStatus", path = "/device/v1/status", request_body = StatusReport,
+    responses((status = 200, body = StatusAck), (status = 404, body = super::error::ErrorBody), super::error::doc::DeviceAuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "device")]
 pub async fn status(
     State(state): State<AppState>,

@@ -51,8 +51,8 @@ fn registered(d: Device, token: String) -> RegisteredDevice {
 }
 
 /// Register one device.
-#[utoipa::path(post, path = "/api/v1/devices", request_body = RegisterDevice,
-    responses((status = 201, body = RegisteredDevice), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "registerDevice", path = "/api/v1/devices", request_body = RegisterDevice,
+    responses((status = 201, body = RegisteredDevice), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn register(
     State(state): State<AppState>,
@@ -68,8 +68,8 @@ pub async fn register(
 }
 
 /// Register many devices at once (all or none, at most 10,000).
-#[utoipa::path(post, path = "/api/v1/devices/bulk", request_body = BulkRegister,
-    responses((status = 201, body = BulkRegistered), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "registerDevicesBulk", path = "/api/v1/devices/bulk", request_body = BulkRegister,
+    responses((status = 201, body = BulkRegistered), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn bulk_register(
     State(state): State<AppState>,
@@ -95,8 +95,8 @@ pub async fn bulk_register(
 }
 
 /// List devices, filtered by a label selector, paginated by id.
-#[utoipa::path(get, path = "/api/v1/devices", params(DeviceListQuery),
-    responses((status = 200, body = Page<api::Device>), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "listDevices", path = "/api/v1/devices", params(DeviceListQuery),
+    responses((status = 200, body = Page<api::Device>), super::error::doc::AuthErrors, super::error::doc::QueryErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn list(
     State(state): State<AppState>,
@@ -122,8 +122,8 @@ fn parse_uuid(raw: &str) -> ApiResult<Uuid> {
 }
 
 /// Get one device.
-#[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "getDevice", path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
+    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -137,8 +137,8 @@ pub async fn get_one(
 }
 
 /// Update a device's labels (merge; `null` removes a label).
-#[utoipa::path(patch, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)), request_body = UpdateDevice,
-    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(patch, operation_id = "updateDevice", path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)), request_body = UpdateDevice,
+    responses((status = 200, body = api::Device), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn update(
     State(state): State<AppState>,
@@ -165,9 +165,31 @@ pub async fn update(
     Ok(Json(device_view(d)))
 }
 
+/// Replace a device's token: the answer carries the new one (once); the old
+/// one is refused from the next request on. The agent must be given the new
+/// token (its `identity.json`).
+#[utoipa::path(post, operation_id = "rotateDeviceToken", path = "/api/v1/devices/{id}/token", params(("id" = Uuid, Path)),
+    responses((status = 200, body = api::DeviceToken), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),
+    security(("bearer" = [])), tag = "devices")]
+pub async fn rotate_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<api::DeviceToken>> {
+    caller.require(Role::Operator)?;
+    let id = parse_uuid(&id)?;
+    let token = new_secret("dev");
+    if !state.store.rotate_device_token(id, &token, &caller.actor()).await? {
+        return Err(ApiError::not_found(format!("device {id} not found")));
+    }
+    crate::service::delivery::device_token_rotated(&state, id);
+    tracing::info!(device = %id, by = %caller.actor(), "device token rotated");
+    Ok(Json(api::DeviceToken { device_id: id, token }))
+}
+
 /// Delete a device; its unfinished actions are skipped.
-#[utoipa::path(delete, path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(delete, operation_id = "deleteDevice", path = "/api/v1/devices/{id}", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),
     security(("bearer" = [])), tag = "devices")]
 pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     caller.require(Role::Operator)?;

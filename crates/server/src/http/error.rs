@@ -85,3 +85,57 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The error answers an operation can give because of how it takes its input,
+/// for the `responses(...)` of the OpenAPI annotations: each is the
+/// [`ErrorBody`] with the status the extractor or the auth check answers.
+pub mod doc {
+    use std::collections::BTreeMap;
+    use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
+
+    fn error(description: &str) -> RefOr<Response> {
+        let body = ContentBuilder::new().schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))));
+        ResponseBuilder::new().description(description).content("application/json", body.build()).build().into()
+    }
+
+    fn map(items: &[(&str, &str)]) -> BTreeMap<String, RefOr<Response>> {
+        items.iter().map(|(s, d)| (s.to_string(), error(d))).collect()
+    }
+
+    /// A management API operation: a bearer API token with a role.
+    pub struct AuthErrors;
+    impl utoipa::IntoResponses for AuthErrors {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            map(&[("401", "no, an unknown, a revoked or an expired token"), ("403", "the token's role is too weak")])
+        }
+    }
+
+    /// A device API operation: the device's own token (or an enrollment token).
+    pub struct DeviceAuthErrors;
+    impl utoipa::IntoResponses for DeviceAuthErrors {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            map(&[("401", "no, an unknown or a replaced token")])
+        }
+    }
+
+    /// An operation taking a JSON body (`extract::ApiJson`).
+    pub struct JsonBodyErrors;
+    impl utoipa::IntoResponses for JsonBodyErrors {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            map(&[
+                ("400", "malformed JSON"),
+                ("413", "the body is larger than the limit"),
+                ("415", "the body is not application/json"),
+                ("422", "a field is missing or invalid (named in `field`)"),
+            ])
+        }
+    }
+
+    /// An operation taking query parameters (`extract::ApiQuery`).
+    pub struct QueryErrors;
+    impl utoipa::IntoResponses for QueryErrors {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            map(&[("422", "a query parameter is missing or invalid (named in `field`)")])
+        }
+    }
+}

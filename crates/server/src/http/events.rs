@@ -26,8 +26,8 @@ pub fn event_view(e: Event) -> api::Event {
 }
 
 /// Events, oldest first.
-#[utoipa::path(get, path = "/api/v1/events", params(EventListQuery),
-    responses((status = 200, body = Page<api::Event>)), security(("bearer" = [])), tag = "events")]
+#[utoipa::path(get, operation_id = "listEvents", path = "/api/v1/events", params(EventListQuery),
+    responses((status = 200, body = Page<api::Event>), super::error::doc::AuthErrors, super::error::doc::QueryErrors), security(("bearer" = [])), tag = "events")]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -16,12 +16,18 @@ use std::time::Duration;
 const DB_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Liveness: 200 whenever the process can answer at all.
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz",
+    responses((status = 200, description = "`{\"status\": \"alive\"}`", body = Object)), tag = "meta")]
 pub async fn healthz() -> Response {
     Json(json!({"status": "alive"})).into_response()
 }
 
 /// Readiness: 200 with every check `ok`, else 503 naming what is not ready
 /// (`{"status": "not_ready", "not_ready": ["database"], "checks": {...}}`).
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz",
+    responses((status = 200, description = "ready: every check `ok`", body = Object),
+        (status = 503, description = "not ready: `not_ready` names the checks that failed", body = Object)),
+    tag = "meta")]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut checks = Map::new();
     let mut not_ready = Vec::new();

@@ -25,7 +25,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use error::{ApiError, ApiResult};
 use std::time::Instant;
@@ -35,16 +35,21 @@ pub use otafleet_api::Page;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "otafleet", description = "OTA rollouts to fleets of robots and IoT devices"),
+    info(title = "otafleet", description = "OTA rollouts to fleets of robots and IoT devices. \
+        The management API (`/api/v1`) and the tracker API (`/ota/*`) take API tokens (roles viewer < operator < admin; \
+        `serve --open-compat` serves `/ota/*` without one), the device API (`/device/v1`) a device's own token \
+        (or, to enroll, an enrollment token). Every error is an `ErrorBody`."),
     paths(
         devices::register, devices::bulk_register, devices::list, devices::get_one, devices::update, devices::delete,
         releases::create, releases::list, releases::get_one,
         rollouts::create, rollouts::list, rollouts::get_one, rollouts::actions,
         rollouts::pause, rollouts::resume, rollouts::abort, rollouts::promote, rollouts::rollback,
-        events::list, tokens::create,
+        devices::rotate_token, events::list, tokens::create, tokens::list, tokens::get_one, tokens::revoke,
         compat::health, compat::deploy, compat::jobs, compat::update_status, compat::rollback,
         device_api::checkin, device_api::status,
-        enroll::create_token, enroll::enroll, artifacts::upload, artifacts::download, device_actions::get_one,
+        enroll::create_token, enroll::list_tokens, enroll::get_token, enroll::revoke_token, enroll::enroll,
+        artifacts::upload, artifacts::download, device_actions::get_one,
+        openapi_json, metrics, health::healthz, health::readyz,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -64,10 +69,20 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// This document (OpenAPI 3.1).
+#[utoipa::path(get, operation_id = "getOpenApi", path = "/api/v1/openapi.json",
+    responses((status = 200, description = "the OpenAPI document", content_type = "application/json", body = Object)),
+    tag = "meta")]
 async fn openapi_json() -> impl IntoResponse {
     Json(ApiDoc::openapi())
 }
 
+/// Prometheus metrics (text exposition format). Open unless the server runs
+/// with `--metrics-auth`, then it needs a viewer token.
+#[utoipa::path(get, operation_id = "getMetrics", path = "/metrics",
+    responses((status = 200, description = "the metrics", content_type = "text/plain; version=0.0.4", body = String),
+        error::doc::AuthErrors),
+    security((), ("bearer" = [])), tag = "meta")]
 async fn metrics(State(state): State<AppState>, caller: auth::Caller) -> ApiResult<Response> {
     if !state.config.open_metrics {
         caller.require(otafleet_store::Role::Viewer)?;
@@ -106,34 +121,23 @@ async fn method_not_allowed(req: Request, next: Next) -> Response {
     res
 }
 
-/// The whole HTTP surface. Handlers can be tested with `oneshot`, no socket.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/devices", post(devices::register).get(devices::list))
-        .route("/devices/bulk", post(devices::bulk_register))
-        .route("/devices/{id}", get(devices::get_one).patch(devices::update).delete(devices::delete))
-        .route("/releases", post(releases::create).get(releases::list))
-        .route("/releases/{id}", get(releases::get_one))
-        .route("/rollouts", post(rollouts::create).get(rollouts::list))
-        .route("/rollouts/{id}", get(rollouts::get_one))
-        .route("/rollouts/{id}/actions", get(rollouts::actions))
-        .route("/rollouts/{id}/pause", post(rollouts::pause))
-        .route("/rollouts/{id}/resume", post(rollouts::resume))
-        .route("/rollouts/{id}/abort", post(rollouts::abort))
-        .route("/rollouts/{id}/promote", post(rollouts::promote))
-        .route("/rollouts/{id}/rollback", post(rollouts::rollback))
-        .route("/events", get(events::list))
-        .route("/tokens", post(tokens::create))
-        .route("/enrollment-tokens", post(enroll::create_token))
-        .route("/releases/{id}/artifacts/{name}", put(artifacts::upload).layer(DefaultBodyLimit::disable()))
-        .route("/openapi.json", get(openapi_json));
-    let device = Router::new()
-        .route("/checkin", post(device_api::checkin))
-        .route("/status", post(device_api::status))
-        .route("/enroll", post(enroll::enroll))
-        .route("/actions/{id}", get(device_actions::get_one))
-        .route("/artifacts/{sha256}", get(artifacts::download));
-    Router::new()
+/// The router under construction, remembering every path it serves (so a
+/// test can hold the OpenAPI document to all of them, see [`route_paths`]).
+struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn route(mut self, path: &'static str, method_router: MethodRouter<AppState>) -> Self {
+        self.paths.push(path);
+        self.router = self.router.route(path, method_router);
+        self
+    }
+}
+
+fn routes() -> Routes {
+    Routes { router: Router::new(), paths: Vec::new() }
         .route("/", get(compat::health))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -142,8 +146,47 @@ pub fn router(state: AppState) -> Router {
         .route("/ota/update_status", post(compat::update_status))
         .route("/ota/rollback", post(compat::rollback))
         .route("/metrics", get(metrics))
-        .nest("/api/v1", api)
-        .nest("/device/v1", device)
+        // Management API.
+        .route("/api/v1/devices", post(devices::register).get(devices::list))
+        .route("/api/v1/devices/bulk", post(devices::bulk_register))
+        .route("/api/v1/devices/{id}", get(devices::get_one).patch(devices::update).delete(devices::delete))
+        .route("/api/v1/devices/{id}/token", post(devices::rotate_token))
+        .route("/api/v1/releases", post(releases::create).get(releases::list))
+        .route("/api/v1/releases/{id}", get(releases::get_one))
+        .route("/api/v1/rollouts", post(rollouts::create).get(rollouts::list))
+        .route("/api/v1/rollouts/{id}", get(rollouts::get_one))
+        .route("/api/v1/rollouts/{id}/actions", get(rollouts::actions))
+        .route("/api/v1/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/api/v1/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/api/v1/rollouts/{id}/abort", post(rollouts::abort))
+        .route("/api/v1/rollouts/{id}/promote", post(rollouts::promote))
+        .route("/api/v1/rollouts/{id}/rollback", post(rollouts::rollback))
+        .route("/api/v1/events", get(events::list))
+        .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/api/v1/tokens/{id}", get(tokens::get_one))
+        .route("/api/v1/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/api/v1/enrollment-tokens", post(enroll::create_token).get(enroll::list_tokens))
+        .route("/api/v1/enrollment-tokens/{id}", get(enroll::get_token))
+        .route("/api/v1/enrollment-tokens/{id}/revoke", post(enroll::revoke_token))
+        .route("/api/v1/releases/{id}/artifacts/{name}", put(artifacts::upload).layer(DefaultBodyLimit::disable()))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        // Device API.
+        .route("/device/v1/checkin", post(device_api::checkin))
+        .route("/device/v1/status", post(device_api::status))
+        .route("/device/v1/enroll", post(enroll::enroll))
+        .route("/device/v1/actions/{id}", get(device_actions::get_one))
+        .route("/device/v1/artifacts/{sha256}", get(artifacts::download))
+}
+
+/// Every path template the router serves, as the OpenAPI document spells them.
+pub fn route_paths() -> Vec<&'static str> {
+    routes().paths
+}
+
+/// The whole HTTP surface. Handlers can be tested with `oneshot`, no socket.
+pub fn router(state: AppState) -> Router {
+    routes()
+        .router
         .fallback(fallback)
         .layer(middleware::from_fn(method_not_allowed))
         .layer(middleware::from_fn_with_state(state.clone(), track))

@@ -37,8 +37,8 @@ fn is_hex(s: &str, len: usize) -> bool {
 }
 
 /// Create a release.
-#[utoipa::path(post, path = "/api/v1/releases", request_body = CreateRelease,
-    responses((status = 201, body = api::Release), (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "createRelease", path = "/api/v1/releases", request_body = CreateRelease,
+    responses((status = 201, body = api::Release), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "releases")]
 pub async fn create(
     State(state): State<AppState>,
@@ -93,8 +93,8 @@ pub async fn create(
 }
 
 /// List releases, newest first.
-#[utoipa::path(get, path = "/api/v1/releases", params(ReleaseListQuery),
-    responses((status = 200, body = Page<api::Release>)), security(("bearer" = [])), tag = "releases")]
+#[utoipa::path(get, operation_id = "listReleases", path = "/api/v1/releases", params(ReleaseListQuery),
+    responses((status = 200, body = Page<api::Release>), super::error::doc::AuthErrors, super::error::doc::QueryErrors), security(("bearer" = [])), tag = "releases")]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -111,8 +111,8 @@ pub async fn list(
 }
 
 /// Get a release by id or by version.
-#[utoipa::path(get, path = "/api/v1/releases/{id}", params(("id" = String, Path, description = "numeric id or version")),
-    responses((status = 200, body = api::Release), (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "getRelease", path = "/api/v1/releases/{id}", params(("id" = String, Path, description = "numeric id or version")),
+    responses((status = 200, body = api::Release), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),
     security(("bearer" = [])), tag = "releases")]
 pub async fn get_one(
     State(state): State<AppState>,

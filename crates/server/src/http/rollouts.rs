@@ -86,8 +86,8 @@ async fn view(state: &AppState, r: Rollout) -> ApiResult<api::Rollout> {
 }
 
 /// Create a rollout of a release over a selector or a list of devices.
-#[utoipa::path(post, path = "/api/v1/rollouts", request_body = api::CreateRollout,
-    responses((status = 201, body = api::Rollout), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(post, operation_id = "createRollout", path = "/api/v1/rollouts", request_body = api::CreateRollout,
+    responses((status = 201, body = api::Rollout), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "rollouts")]
 pub async fn create(
     State(state): State<AppState>,
@@ -131,8 +131,8 @@ pub async fn create(
 }
 
 /// List rollouts, newest first.
-#[utoipa::path(get, path = "/api/v1/rollouts", params(RolloutListQuery),
-    responses((status = 200, body = Page<api::Rollout>), (status = 422, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "listRollouts", path = "/api/v1/rollouts", params(RolloutListQuery),
+    responses((status = 200, body = Page<api::Rollout>), super::error::doc::AuthErrors, super::error::doc::QueryErrors),
     security(("bearer" = [])), tag = "rollouts")]
 pub async fn list(
     State(state): State<AppState>,
@@ -161,8 +161,8 @@ async fn load(state: &AppState, raw: &str) -> ApiResult<Rollout> {
 }
 
 /// Get one rollout with per-wave progress.
-#[utoipa::path(get, path = "/api/v1/rollouts/{id}", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "getRollout", path = "/api/v1/rollouts/{id}", params(("id" = i64, Path)),
+    responses((status = 200, body = api::Rollout), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors),
     security(("bearer" = [])), tag = "rollouts")]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -175,8 +175,8 @@ pub async fn get_one(
 }
 
 /// The per-device actions of a rollout.
-#[utoipa::path(get, path = "/api/v1/rollouts/{id}/actions", params(("id" = i64, Path), ActionListQuery),
-    responses((status = 200, body = Page<api::Action>), (status = 404, body = super::error::ErrorBody)),
+#[utoipa::path(get, operation_id = "listRolloutActions", path = "/api/v1/rollouts/{id}/actions", params(("id" = i64, Path), ActionListQuery),
+    responses((status = 200, body = Page<api::Action>), (status = 404, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::QueryErrors),
     security(("bearer" = [])), tag = "rollouts")]
 pub async fn actions(
     State(state): State<AppState>,
@@ -222,8 +222,8 @@ async fn control(
 }
 
 /// Pause: no new device starts; devices in flight finish.
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
+#[utoipa::path(post, operation_id = "pauseRollout", path = "/api/v1/rollouts/{id}/pause", params(("id" = i64, Path)),
+    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -233,8 +233,8 @@ pub async fn pause(
 }
 
 /// Resume a paused rollout.
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
+#[utoipa::path(post, operation_id = "resumeRollout", path = "/api/v1/rollouts/{id}/resume", params(("id" = i64, Path)),
+    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -244,8 +244,8 @@ pub async fn resume(
 }
 
 /// Abort: scheduled devices are skipped; updated devices are rolled back unless auto_rollback is off.
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
+#[utoipa::path(post, operation_id = "abortRollout", path = "/api/v1/rollouts/{id}/abort", params(("id" = i64, Path)),
+    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn abort(
     State(state): State<AppState>,
     caller: Caller,
@@ -255,8 +255,8 @@ pub async fn abort(
 }
 
 /// Promote: skip the remaining bake time of the current wave.
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/promote", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
+#[utoipa::path(post, operation_id = "promoteRollout", path = "/api/v1/rollouts/{id}/promote", params(("id" = i64, Path)),
+    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn promote(
     State(state): State<AppState>,
     caller: Caller,
@@ -270,8 +270,8 @@ pub async fn promote(
 }
 
 /// Roll back every device this rollout updated (aborting it if still active).
-#[utoipa::path(post, path = "/api/v1/rollouts/{id}/rollback", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])), tag = "rollouts")]
+#[utoipa::path(post, operation_id = "rollbackRollout", path = "/api/v1/rollouts/{id}/rollback", params(("id" = i64, Path)),
+    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn rollback(
     State(state): State<AppState>,
     caller: Caller,

@@ -3,6 +3,11 @@
 //! against the database:
 //!
 //! - API and device tokens → identity, kept 30 s (a deleted device is dropped at once).
+//!   A token revoked or a device token rotated through this process is dropped at
+//!   once, so its next request here is a 401; other replicas notice within the 30 s.
+//!   An expired API token is refused from its `expires_at` on, cached or not. A
+//!   request with an API token records its last use, written at most once a
+//!   minute per token (one indexed `UPDATE`, off the request's path).
 //! - The last known version of a device, kept 30 s: a check-in that reports the
 //!   same version needs no write transaction; its last-seen time and health are
 //!   queued here and written in one batch by [`Caches::flush_seen`]. A device
@@ -38,6 +43,9 @@ use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(30);
 
+/// How often a token's last-use time is written at most.
+const TOKEN_USE_RESOLUTION: Duration = Duration::from_secs(60);
+
 /// How long device tokens and versions are kept when this process owns the database.
 const SINGLE_OWNER_TTL: Duration = Duration::from_secs(600);
 
@@ -71,6 +79,11 @@ pub struct Caches {
     inbox: Option<Mutex<HashMap<Uuid, Entry>>>,
     generation: std::sync::atomic::AtomicU64,
     tokens: RwLock<HashMap<String, (TokenRecord, Instant)>>,
+    /// API tokens revoked through this process: refused even if a lookup that
+    /// raced with the revocation cached them.
+    revoked: RwLock<std::collections::HashSet<i64>>,
+    /// When each API token's last use was last written.
+    token_used: Mutex<HashMap<i64, Instant>>,
     device_tokens: RwLock<HashMap<String, (Uuid, Instant)>>,
     devices: RwLock<HashMap<Uuid, Live>>,
     seen: Mutex<HashMap<Uuid, DeviceHealth>>,
@@ -178,17 +191,56 @@ impl Caches {
         self.inbox_add(devices);
     }
 
+    /// The valid (neither revoked nor expired) API token with this secret.
     pub async fn token(&self, store: &Store, secret: &str) -> Result<Option<TokenRecord>, otafleet_store::StoreError> {
-        if let Some((t, at)) = read(&self.tokens).get(secret) {
-            if at.elapsed() < TTL {
-                return Ok(Some(t.clone()));
+        let now = otafleet_store::now_ms();
+        let cached = read(&self.tokens).get(secret).filter(|(_, at)| at.elapsed() < TTL).map(|(t, _)| t.clone());
+        let t = match cached {
+            Some(t) if t.is_valid_at(now) && !read(&self.revoked).contains(&t.id) => Some(t),
+            Some(_) => {
+                write(&self.tokens).remove(secret);
+                None
             }
-        }
-        let t = store.find_token(secret).await?;
+            None => {
+                let t = store.find_token(secret).await?.filter(|t| !read(&self.revoked).contains(&t.id));
+                if let Some(t) = &t {
+                    write(&self.tokens).insert(secret.to_string(), (t.clone(), Instant::now()));
+                }
+                t
+            }
+        };
         if let Some(t) = &t {
-            write(&self.tokens).insert(secret.to_string(), (t.clone(), Instant::now()));
+            self.token_used(store, t.id, now);
         }
         Ok(t)
+    }
+
+    /// Writes a token's last use unless it was written less than a minute ago.
+    fn token_used(&self, store: &Store, id: i64, now: i64) {
+        {
+            let mut m = self.token_used.lock().unwrap_or_else(|p| p.into_inner());
+            if m.get(&id).is_some_and(|at| at.elapsed() < TOKEN_USE_RESOLUTION) {
+                return;
+            }
+            m.insert(id, Instant::now());
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_token(id, now).await {
+                tracing::warn!(token = id, error = %e, "could not record the token's last use");
+            }
+        });
+    }
+
+    /// Forgets a revoked API token: its next request reads the database (and is refused).
+    pub fn forget_token(&self, id: i64) {
+        write(&self.revoked).insert(id);
+        write(&self.tokens).retain(|_, (t, _)| t.id != id);
+    }
+
+    /// Forgets a device's cached token (rotated): the old secret is looked up again, and refused.
+    pub fn forget_device_token(&self, device: Uuid) {
+        write(&self.device_tokens).retain(|_, (d, _)| *d != device);
     }
 
     pub async fn device_id(&self, store: &Store, secret: &str) -> Result<Option<Uuid>, otafleet_store::StoreError> {

@@ -134,6 +134,11 @@ pub fn device_deleted(state: &AppState, device: Uuid) {
     state.driver_wake.notify_one();
 }
 
+/// After a device's token was replaced: the old one is refused at once here.
+pub fn device_token_rotated(state: &AppState, device: Uuid) {
+    state.caches.forget_device_token(device);
+}
+
 /// At start: devices that may have an action in flight.
 pub async fn warm(state: &AppState) -> ServiceResult<()> {
     state.caches.inbox_add(&state.store.devices_in_flight().await?);

@@ -9,10 +9,12 @@
 //!   progress comes back (check-in, status report, release notification),
 //!   and the only code that keeps [`caches`] coherent with the store.
 //! - [`caches`]: the caches themselves, each with its invariant.
+//! - [`tokens`]: the bootstrap admin token.
 
 pub mod caches;
 pub mod delivery;
 pub mod rollouts;
+pub mod tokens;
 
 pub use rollouts::{create_rollout, CreateRollout, ReleaseRef};
 
