@@ -94,6 +94,12 @@ async fn a_rollout_created_through_the_router_is_stored_with_its_preset() {
     let (s, jobs) = call(&app, "GET", "/ota/jobs", Some(&app.token), None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(jobs[0]["wave"], "blue");
+    // The driver runs this job (it has devices): an outside status word is refused.
+    let uri = format!("/ota/update_status?job_id={}&status=complete", job["job_id"]);
+    let (s, v) = call(&app, "POST", &uri, Some(&app.token), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("rollout driver"), "{v}");
+    assert_eq!(app.state.store.get_rollout(stored.id).await.unwrap().unwrap().state, stored.state);
 }
 
 /// A tracker job with no device of ours belongs to an external executor: the

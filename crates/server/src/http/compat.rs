@@ -161,7 +161,8 @@ pub async fn jobs(
     Ok(([(header::CONTENT_TYPE, "application/json".to_string()), (header::ETAG, etag)], body).into_response())
 }
 
-/// Set a job's status (used by the tracker's external job runner).
+/// Set a job's status (used by the tracker's external job runner). A job the
+/// driver runs (one with devices of ours) answers 409.
 #[utoipa::path(post, operation_id = "trackerUpdateStatus", path = "/ota/update_status", params(UpdateStatusQuery),
     responses((status = 200, body = UpdateStatusResponse), (status = 404, body = super::error::ErrorBody),
     (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors, super::error::doc::QueryErrors), security(("bearer" = [])), tag = "tracker")]
@@ -182,6 +183,16 @@ pub async fn update_status(
         .get_rollout(q.job_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Job not found: {}", q.job_id)))?;
+    if r.waves > 0 {
+        // Its devices report their own progress and the driver decides its
+        // state: an outside word would end it with actions still in flight.
+        return Err(ApiError::conflict(format!(
+            "job {} is run by otafleet's rollout driver, whose devices report their own progress; \
+             update_status is for jobs of an external executor (steer this one with \
+             /api/v1/rollouts/{}/pause, /resume, /abort or /rollback)",
+            r.id, r.id
+        )));
+    }
     let r = if r.state == to {
         r
     } else {
