@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use otafleet_api::{self as api, ActionListQuery, RolloutListQuery};
+use otafleet_core::effects::Command;
 use otafleet_core::{ActionState, RolloutState};
 use otafleet_store::{Action, ActionQuery, Role, Rollout, RolloutQuery, Target, WaveProgress};
 
@@ -204,19 +205,12 @@ pub async fn actions(
     Ok(Json(Page { items: acts.into_iter().map(action_view).collect(), next }))
 }
 
-async fn control(
-    state: &AppState,
-    caller: &Caller,
-    raw: &str,
-    to: RolloutState,
-    reason: &str,
-) -> ApiResult<Json<api::Rollout>> {
+/// An operator's command on a rollout: `core::effects::command` decides, the
+/// store applies, the driver looks again.
+async fn control(state: &AppState, caller: &Caller, raw: &str, command: Command<'_>) -> ApiResult<Json<api::Rollout>> {
     caller.require(Role::Operator)?;
     let r = load(state, raw).await?;
-    let r = state
-        .store
-        .set_rollout_state(r.id, to, Some(&format!("{reason} by {}", caller.actor())), &caller.actor())
-        .await?;
+    let r = state.store.steer_rollout(r.id, command, &caller.actor()).await?;
     state.driver_wake.notify_one();
     Ok(Json(view(state, r).await?))
 }
@@ -229,7 +223,8 @@ pub async fn pause(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Rollout>> {
-    control(&state, &caller, &id, RolloutState::Paused, "paused").await
+    let reason = format!("paused by {}", caller.actor());
+    control(&state, &caller, &id, Command::SetState { to: RolloutState::Paused, reason: Some(&reason) }).await
 }
 
 /// Resume a paused rollout.
@@ -240,7 +235,8 @@ pub async fn resume(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Rollout>> {
-    control(&state, &caller, &id, RolloutState::Running, "resumed").await
+    let reason = format!("resumed by {}", caller.actor());
+    control(&state, &caller, &id, Command::SetState { to: RolloutState::Running, reason: Some(&reason) }).await
 }
 
 /// Abort: scheduled devices are skipped; updated devices are rolled back unless auto_rollback is off.
@@ -251,7 +247,8 @@ pub async fn abort(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Rollout>> {
-    control(&state, &caller, &id, RolloutState::Aborted, "aborted").await
+    let reason = format!("aborted by {}", caller.actor());
+    control(&state, &caller, &id, Command::SetState { to: RolloutState::Aborted, reason: Some(&reason) }).await
 }
 
 /// Promote: skip the remaining bake time of the current wave.
@@ -262,11 +259,7 @@ pub async fn promote(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Rollout>> {
-    caller.require(Role::Operator)?;
-    let r = load(&state, &id).await?;
-    let r = state.store.promote_rollout(r.id, &caller.actor()).await?;
-    state.driver_wake.notify_one();
-    Ok(Json(view(&state, r).await?))
+    control(&state, &caller, &id, Command::Promote).await
 }
 
 /// Roll back every device this rollout updated (aborting it if still active).
@@ -277,9 +270,5 @@ pub async fn rollback(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<api::Rollout>> {
-    caller.require(Role::Operator)?;
-    let r = load(&state, &id).await?;
-    let r = state.store.rollback_rollout(r.id, &caller.actor()).await?;
-    state.driver_wake.notify_one();
-    Ok(Json(view(&state, r).await?))
+    control(&state, &caller, &id, Command::Rollback).await
 }

@@ -48,11 +48,6 @@ impl Store {
         self.steer_rollout(id, Command::SetState { to, reason }, actor).await
     }
 
-    /// Skip the remaining bake time of the current wave.
-    pub async fn promote_rollout(&self, id: i64, actor: &str) -> Result<Rollout> {
-        self.steer_rollout(id, Command::Promote, actor).await
-    }
-
     /// Manual rollback: an active rollout is aborted, and every device it updated
     /// is sent back to its previous version.
     pub async fn rollback_rollout(&self, id: i64, actor: &str) -> Result<Rollout> {
