@@ -278,10 +278,11 @@ impl Store {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let sid = id.to_string();
-        sqlx::query(
+        sqlx::query(&format!(
             "UPDATE actions SET state = 'skipped', error = 'device deleted', deadline = NULL, updated_at = $1 \
-             WHERE device_id = $2 AND state NOT IN ('succeeded', 'failed', 'rolled_back', 'skipped')",
-        )
+             WHERE device_id = $2 AND state NOT IN {}",
+            crate::rollouts::TERMINAL
+        ))
         .bind(now)
         .bind(sid.as_str())
         .execute(&mut *tx)
