@@ -28,7 +28,9 @@ pub use devices::{
 pub use enroll::{CreateEnrollmentToken, EnrollmentToken, EnrollmentTokenInfo};
 pub use error::{ErrorBody, ErrorDetail};
 pub use events::{Event, EventListQuery};
-pub use releases::{Artifact, CreateRelease, Release, ReleaseListQuery, UploadQuery};
+pub use releases::{
+    Artifact, ArtifactGc, ArtifactGcQuery, CreateRelease, FreedArtifact, Release, ReleaseListQuery, UploadQuery,
+};
 pub use rollouts::{Action, ActionListQuery, CreateRollout, Rollout, RolloutListQuery, RolloutTarget, WaveProgress};
 pub use tokens::{CreateToken, CreatedToken, DeviceToken, TokenInfo, TokenState};
 

@@ -71,3 +71,29 @@ pub struct UploadQuery {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
 }
+
+/// `POST /api/v1/admin/artifacts/gc` query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactGcQuery {
+    /// Only report what would be freed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+}
+
+/// One stored blob no release references.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FreedArtifact {
+    pub sha256: String,
+    pub size: i64,
+}
+
+/// `POST /api/v1/admin/artifacts/gc`: what was (or, on a dry run, would be) freed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ArtifactGc {
+    pub dry_run: bool,
+    pub freed: Vec<FreedArtifact>,
+    /// Sum of the freed sizes.
+    pub bytes: i64,
+}

@@ -131,6 +131,16 @@ pub enum EnrollTokenCmd {
 }
 
 #[derive(Subcommand)]
+pub enum ArtifactsCmd {
+    /// Delete the stored artifact blobs no release references (admin); prints what it freed.
+    Gc {
+        /// Only print what would be freed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ReleasesCmd {
     List {
         #[arg(long, default_value_t = 100)]
@@ -371,6 +381,17 @@ const ROLLOUT_COLS: &[(&str, &str)] = &[
 ];
 
 /// `--output json` prints the server's JSON as sent; tables read the typed answer.
+/// `s` as one URL path segment: every byte outside the unreserved set
+/// (RFC 3986) percent-encoded, so `#`, `?`, `/` and `%` stay part of it.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn show<T>(fmt: Format, json: &Value, body: &T, print: impl FnOnce(&T)) {
     match fmt {
         Format::Json => output::json(json),
@@ -465,6 +486,22 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
         }
         Cmd::Devices(c) => devices(c, api, fmt).await?,
         Cmd::Releases(c) => releases(c, api, fmt).await?,
+        Cmd::Artifacts(ArtifactsCmd::Gc { dry_run }) => {
+            let q = api::ArtifactGcQuery { dry_run: dry_run.then_some(true) };
+            let r: Answer<api::ArtifactGc> = api.query(Method::POST, "/api/v1/admin/artifacts/gc", &q).await?;
+            show(fmt, &r.json, &r.body, |g| {
+                for f in &g.freed {
+                    println!("{} {} ({} bytes)", if g.dry_run { "would delete" } else { "deleted" }, f.sha256, f.size);
+                }
+                let n = g.freed.len();
+                println!(
+                    "{} {n} artifact{} ({} bytes)",
+                    if g.dry_run { "would free" } else { "freed" },
+                    if n == 1 { "" } else { "s" },
+                    g.bytes
+                );
+            });
+        }
         Cmd::Rollouts(c) => rollouts(c, api, fmt).await?,
         Cmd::Events(a) => {
             let device_id = a
@@ -678,17 +715,14 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
                     .map(str::to_string)
                     .ok_or_else(|| anyhow!("cannot take an artifact name from {}; pass --name", file.display()))?,
             };
-            let path = format!("/api/v1/releases/{release}/artifacts/{name}");
+            otafleet_core::validate::artifact_name(&name).map_err(|m| anyhow!("--name: {m}"))?;
+            let path = format!("/api/v1/releases/{}/artifacts/{}", path_segment(&release), path_segment(&name));
             let r: Answer<api::Release> = api.put_file(&path, &file).await?;
+            let Some(a) = r.body.artifacts.iter().find(|a| a.name == name) else {
+                bail!("the server's answer does not list the artifact '{name}' it was sent");
+            };
             show(fmt, &r.json, &r.body, |r| {
-                let a = r.artifacts.iter().find(|a| a.name == name);
-                println!(
-                    "uploaded {} to release {}: {} bytes, sha256 {}",
-                    name,
-                    r.version,
-                    a.map_or_else(|| "null".to_string(), |a| a.size.to_string()),
-                    a.map_or_else(|| "-".to_string(), |a| a.sha256.clone())
-                );
+                println!("uploaded {} to release {}: {} bytes, sha256 {}", name, r.version, a.size, a.sha256)
             });
         }
     }

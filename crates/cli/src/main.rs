@@ -56,6 +56,9 @@ pub enum Cmd {
     /// The release catalogue.
     #[command(subcommand)]
     Releases(commands::ReleasesCmd),
+    /// Stored artifact blobs.
+    #[command(subcommand)]
+    Artifacts(commands::ArtifactsCmd),
     /// Rollouts: create, inspect, pause, resume, abort, promote, roll back.
     #[command(subcommand)]
     Rollouts(commands::RolloutsCmd),

@@ -18,7 +18,7 @@ pub struct ServeArgs {
     #[arg(long, env = "OTAFLEET_DATABASE_URL", default_value = "sqlite://otafleet.db")]
     pub database_url: String,
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
-    /// data_dir, signing_key, mqtt_url, lease_secs, replica_id.
+    /// data_dir, signing_key, mqtt_url, lease_secs, replica_id, allow_http_artifacts.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// This replica's id, unique among the replicas on one database (default: hostname-pid-random).
     #[arg(long, env = "OTAFLEET_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Accept release artifacts with plain http:// URIs (default: only https:// and this server's own
+    /// /device/v1/artifacts/<sha256>).
+    #[arg(long, env = "OTAFLEET_ALLOW_HTTP_ARTIFACTS", default_value_t = false)]
+    pub allow_http_artifacts: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,11 +69,13 @@ struct FileConfig {
     mqtt_url: Option<String>,
     lease_secs: Option<u64>,
     replica_id: Option<String>,
+    allow_http_artifacts: Option<bool>,
 }
 
 impl ServeArgs {
-    /// Merges the TOML file under flags and environment.
-    pub fn into_config(mut self, m: &ArgMatches) -> Result<otafleet_server::Config> {
+    /// Merges the TOML file under flags and environment. Also answers
+    /// `allow_http_artifacts`, which is not (yet) part of the server's `Config`.
+    pub fn into_config(mut self, m: &ArgMatches) -> Result<(otafleet_server::Config, bool)> {
         if let Some(path) = &self.config {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
@@ -93,6 +99,7 @@ impl ServeArgs {
             take!(poll_interval_secs);
             take!(data_dir);
             take!(lease_secs);
+            take!(allow_http_artifacts);
             if self.signing_key.is_none() {
                 self.signing_key = file.signing_key;
             }
@@ -122,7 +129,7 @@ impl ServeArgs {
             Some(r) => r,
             None => otafleet_server::leader::default_replica_id(),
         };
-        Ok(otafleet_server::Config {
+        let config = otafleet_server::Config {
             listen: self.listen,
             database_url: self.database_url,
             admin_token: std::env::var("OTAFLEET_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
@@ -136,7 +143,8 @@ impl ServeArgs {
             lease: std::time::Duration::from_secs(self.lease_secs),
             replica_id,
             ..Default::default()
-        })
+        };
+        Ok((config, self.allow_http_artifacts))
     }
 }
 
@@ -148,7 +156,15 @@ pub fn announce(running: &otafleet_server::Running) {
 }
 
 pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<()> {
-    let config = args.into_config(m)?;
+    let (config, allow_http) = args.into_config(m)?;
+    // Process-wide (the server's Config is shared with the replica work and
+    // stays as it is for now); set before the server answers anything.
+    otafleet_server::http::validate::set_allow_http_artifacts(allow_http);
+    let (n, bytes) = otafleet_server::http::artifacts::sweep_tmp(&config.data_dir)
+        .with_context(|| format!("sweeping {}", config.data_dir.join("tmp").display()))?;
+    if n > 0 {
+        tracing::info!(files = n, bytes, "removed temporary files of interrupted uploads");
+    }
     match &config.release_signer {
         Some(k) => tracing::info!(public_key = %k.public_hex(), "signing release manifests"),
         None => tracing::warn!("no --signing-key: release manifests are unsigned and agents will refuse them"),

@@ -163,7 +163,7 @@ fn bad_input_is_rejected_with_json_and_changes_nothing() {
         (
             "POST",
             "/api/v1/releases",
-            Some(r#"{"version": "1.0", "artifacts":[{"name":"a","uri":"u","size":1,"sha256":"zz"}]}"#.into()),
+            Some(r#"{"version": "1.0", "artifacts":[{"name":"a","uri":"https://x/a","size":1,"sha256":"zz"}]}"#.into()),
             422,
             Some("artifacts[0].sha256"),
         ),

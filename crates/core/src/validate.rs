@@ -55,6 +55,105 @@ pub fn labels(labels: &Labels) -> Result<(), (Option<String>, String)> {
     Ok(())
 }
 
+/// Artifacts a release may list at most.
+pub const MAX_ARTIFACTS: usize = 64;
+/// Longest artifact name, bytes (it becomes a file name on devices).
+pub const MAX_ARTIFACT_NAME: usize = 128;
+/// Longest signature (of a release or an artifact), bytes: an ed25519
+/// signature is 88 characters in base64, so this leaves room for others.
+pub const MAX_SIGNATURE: usize = 1024;
+/// Largest artifact size a release may declare, bytes (1 TiB).
+pub const MAX_ARTIFACT_SIZE: i64 = 1 << 40;
+/// Longest artifact URI, bytes.
+pub const MAX_URI: usize = 2048;
+/// The server's own download path for uploaded artifacts, before the SHA-256.
+pub const SERVER_ARTIFACT_PREFIX: &str = "/device/v1/artifacts/";
+
+/// An artifact name, which agents use as a file name: 1 to 128 bytes, not
+/// `.`/`..` nor starting with `.`, no `/` or `\\`, no control, bidi or
+/// zero-width characters.
+pub fn artifact_name(n: &str) -> Result<(), String> {
+    let why = if n.is_empty() || n.len() > MAX_ARTIFACT_NAME {
+        Some("must be 1 to 128 bytes")
+    } else if n.starts_with('.') {
+        Some("must not start with '.' (no '.', '..' or hidden files)")
+    } else if n.contains(['/', '\\']) {
+        Some("must not contain '/' or '\\'")
+    } else if n.chars().any(is_deceptive) {
+        Some("must not contain control, bidi or zero-width characters")
+    } else if n.trim() != n {
+        Some("must not start or end with whitespace")
+    } else {
+        None
+    };
+    match why {
+        Some(w) => Err(format!("'{}' is not a valid artifact name: {w}", n.escape_debug())),
+        None => Ok(()),
+    }
+}
+
+/// Whether `s` is a lowercase hex SHA-256.
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Where devices download an artifact: an `https://` URL (`http://` too
+/// when `allow_http`), or the server's own `/device/v1/artifacts/<sha256>`.
+/// Anything else (`file:`, other schemes, relative paths) is refused.
+pub fn artifact_uri(uri: &str, allow_http: bool) -> Result<(), String> {
+    if uri.is_empty() || uri.len() > MAX_URI {
+        return Err(format!("must be 1 to {MAX_URI} bytes"));
+    }
+    if uri.chars().any(|c| is_deceptive(c) || c.is_whitespace()) {
+        return Err("must not contain spaces, control, bidi or zero-width characters".into());
+    }
+    if let Some(sha) = uri.strip_prefix(SERVER_ARTIFACT_PREFIX) {
+        return if is_sha256(sha) {
+            Ok(())
+        } else {
+            Err(format!("a server path must be {SERVER_ARTIFACT_PREFIX}<lowercase hex sha256>"))
+        };
+    }
+    let lower = uri.to_ascii_lowercase();
+    let rest = if let Some(r) = lower.strip_prefix("https://") {
+        r
+    } else if let Some(r) = lower.strip_prefix("http://") {
+        if !allow_http {
+            return Err(
+                "http:// is refused (start the server with --allow-http-artifacts to allow it); use https://".into()
+            );
+        }
+        r
+    } else {
+        return Err(format!("must be an https:// URL or {SERVER_ARTIFACT_PREFIX}<sha256>"));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
+/// A signature: at most [`MAX_SIGNATURE`] bytes of printable ASCII.
+pub fn signature(s: &str) -> Result<(), String> {
+    if s.len() > MAX_SIGNATURE {
+        return Err(format!("at most {MAX_SIGNATURE} bytes"));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces (base64 or hex)".into());
+    }
+    Ok(())
+}
+
+/// An artifact's declared size: 0 to [`MAX_ARTIFACT_SIZE`] bytes.
+pub fn artifact_size(n: i64) -> Result<(), String> {
+    if !(0..=MAX_ARTIFACT_SIZE).contains(&n) {
+        return Err(format!("must be between 0 and {MAX_ARTIFACT_SIZE} bytes"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +179,69 @@ mod tests {
         assert_eq!(labels(&l).unwrap_err().0.as_deref(), Some("bad key!"));
         let many: Labels = (0..65).map(|i| (format!("k{i}"), "v".to_string())).collect();
         assert_eq!(labels(&many).unwrap_err().0, None);
+    }
+
+    #[test]
+    fn artifact_names_are_safe_file_names() {
+        for good in ["fw.bin", "fw#1.bin", "rootfs-2.0.0.ext4.gz", "Süd.bin", "a..b", &"n".repeat(128)] {
+            assert!(artifact_name(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "../etc",
+            "a\nb",
+            "nul\0",
+            "a\u{202E}b",
+            "zw\u{200B}",
+            " pad",
+            "pad ",
+            &"n".repeat(129),
+        ] {
+            assert!(artifact_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(artifact_name("a\nb").unwrap_err().contains("a\\nb"), "escaped in the message");
+    }
+
+    #[test]
+    fn artifact_uris_are_https_or_the_servers_own() {
+        let sha = "a".repeat(64);
+        let own = format!("{SERVER_ARTIFACT_PREFIX}{sha}");
+        for good in ["https://cdn.example/fw.bin", "HTTPS://cdn/x?y=1", "https://user@host:8443/p", own.as_str()] {
+            assert!(artifact_uri(good, false).is_ok(), "{good:?}");
+        }
+        assert!(artifact_uri("http://cdn/x", true).is_ok());
+        for bad in [
+            "",
+            "file:///etc/passwd",
+            "http://cdn/x",
+            "ftp://x/y",
+            "/etc/passwd",
+            "fw.bin",
+            "https://",
+            "https:///path",
+            "https://a b",
+            "https://x/\n",
+            "/device/v1/artifacts/../../etc",
+            "/device/v1/artifacts/ABC",
+            "javascript:alert(1)",
+        ] {
+            assert!(artifact_uri(bad, false).is_err(), "{bad:?}");
+        }
+        assert!(artifact_uri("http://cdn/x", false).unwrap_err().contains("--allow-http-artifacts"));
+        assert!(artifact_uri(&format!("https://h/{}", "x".repeat(MAX_URI)), false).is_err());
+    }
+
+    #[test]
+    fn signatures_and_sizes_are_bounded() {
+        assert!(signature("MEUCIQ+/=").is_ok() && signature(&"s".repeat(MAX_SIGNATURE)).is_ok());
+        assert!(signature(&"s".repeat(MAX_SIGNATURE + 1)).is_err() && signature("a b").is_err());
+        assert!(artifact_size(0).is_ok() && artifact_size(MAX_ARTIFACT_SIZE).is_ok());
+        assert!(artifact_size(-1).is_err() && artifact_size(MAX_ARTIFACT_SIZE + 1).is_err());
+        assert!(is_sha256(&"0".repeat(64)) && !is_sha256(&"A".repeat(64)) && !is_sha256("0"));
     }
 }

@@ -287,3 +287,58 @@ async fn an_operator_rotates_a_device_token() {
 fn uuid_nil() -> &'static str {
     "00000000-0000-0000-0000-000000000000"
 }
+
+#[tokio::test]
+async fn release_input_is_refused_naming_the_field() {
+    let app = app().await;
+    let sha = "ab".repeat(32);
+    let art = |name: &str, uri: &str| json!({"name": name, "uri": uri, "size": 1, "sha256": sha, "signature": null});
+    let ok = art("a.bin", "https://cdn.example/a.bin");
+    let cases: Vec<(Value, &str)> = vec![
+        (json!([ok, ok]), "artifacts[1].name"),
+        (json!([ok, art("b", "https://x/b"), art("..", "https://x/c")]), "artifacts[2].name"),
+        (json!([art("a/b", "https://x/b")]), "artifacts[0].name"),
+        (json!([art(".env", "https://x/b")]), "artifacts[0].name"),
+        (json!([art("a\u{202E}b", "https://x/b")]), "artifacts[0].name"),
+        (json!([art(&"n".repeat(129), "https://x/b")]), "artifacts[0].name"),
+        (json!([art("a", "file:///etc/passwd")]), "artifacts[0].uri"),
+        (json!([art("a", "http://cdn/a")]), "artifacts[0].uri"),
+        (json!([art("a", "/device/v1/artifacts/../../etc/passwd")]), "artifacts[0].uri"),
+        (json!([art("a", &format!("/device/v1/artifacts/{}", "0".repeat(64)))]), "artifacts[0].uri"),
+        (json!([{"name": "a", "uri": "https://x/a", "size": -1, "sha256": sha}]), "artifacts[0].size"),
+        (json!([{"name": "a", "uri": "https://x/a", "size": 1i64 << 41, "sha256": sha}]), "artifacts[0].size"),
+        (
+            json!([{"name": "a", "uri": "https://x/a", "size": 1, "sha256": sha, "signature": "s".repeat(1025)}]),
+            "artifacts[0].signature",
+        ),
+        (Value::Array((0..65).map(|i| art(&format!("a{i}"), "https://x/a")).collect()), "artifacts"),
+    ];
+    for (i, (artifacts, field)) in cases.into_iter().enumerate() {
+        let body = json!({"version": format!("1.{i}"), "artifacts": artifacts});
+        let (s, v) = call(&app, "POST", "/api/v1/releases", Some(&app.token), Some(body)).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "case {i}: {v}");
+        assert_eq!(v["error"]["field"], field, "case {i}: {v}");
+    }
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/releases",
+        Some(&app.token),
+        Some(json!({"version": "x", "signature": "s".repeat(1025)})),
+    )
+    .await;
+    assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("signature")), "{v}");
+    let (s, v) = call(&app, "GET", "/api/v1/releases", Some(&app.token), None).await;
+    assert_eq!((s, v["items"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "nothing was stored: {v}");
+    // The good ones: https, and the server's own path naming the artifact's digest.
+    let own = art("own.bin", &format!("/device/v1/artifacts/{sha}"));
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/releases",
+        Some(&app.token),
+        Some(json!({"version": "2.0", "artifacts": [ok, own], "signature": "MEUCIQ=="})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}

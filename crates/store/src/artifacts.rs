@@ -8,7 +8,34 @@ use crate::releases::Artifact;
 use crate::{now_ms, Release, Result, Store, StoreError};
 use otafleet_core::EventKind;
 
+/// Conflict if a rollout uses the release.
+async fn ensure_unused<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(ex: E, release_id: i64) -> Result<()> {
+    let used = sqlx::query("SELECT id FROM rollouts WHERE release_id = $1 LIMIT 1")
+        .bind(release_id)
+        .fetch_optional(ex)
+        .await?;
+    if used.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "release {release_id} is used by a rollout; its artifacts can no longer change (create a new version)"
+        )));
+    }
+    Ok(())
+}
+
 impl Store {
+    /// Conflict if a rollout uses the release, so an upload can be refused
+    /// before its body is read ([`Store::put_artifact`] checks again).
+    pub async fn ensure_release_unused(&self, release_id: i64) -> Result<()> {
+        ensure_unused(&self.pool, release_id).await
+    }
+
+    /// Every SHA-256 some release's artifact names (what garbage collection keeps).
+    pub async fn referenced_artifacts(&self) -> Result<std::collections::HashSet<String>> {
+        use sqlx::Row;
+        let rows = sqlx::query("SELECT DISTINCT sha256 FROM artifacts").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| r.try_get::<String, _>("sha256").map_err(Into::into)).collect()
+    }
+
     /// Adds the artifact to the release, replacing one of the same name.
     /// Conflict if a rollout uses the release; NotFound if it does not exist.
     pub async fn put_artifact(&self, release_id: i64, artifact: &Artifact, actor: &str) -> Result<Release> {
@@ -19,15 +46,7 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::NotFound(format!("release {release_id} not found")));
         }
-        let used = sqlx::query("SELECT id FROM rollouts WHERE release_id = $1 LIMIT 1")
-            .bind(release_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if used.is_some() {
-            return Err(StoreError::Conflict(format!(
-                "release {release_id} is used by a rollout; its artifacts can no longer change (create a new version)"
-            )));
-        }
+        ensure_unused(&mut *tx, release_id).await?;
         sqlx::query("DELETE FROM artifacts WHERE release_id = $1 AND name = $2")
             .bind(release_id)
             .bind(artifact.name.as_str())

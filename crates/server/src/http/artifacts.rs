@@ -6,6 +6,12 @@
 //! twice are stored once) and never held in memory. The release records the
 //! artifact with the uri `/device/v1/artifacts/<sha256>`.
 //!
+//! A refused upload stores nothing; an interrupted one leaves no temporary
+//! file (the guard is dropped with the handler's future, finished or not, and
+//! [`sweep_tmp`] clears what a crash left at the next start). Blobs no
+//! release references any more (an artifact replaced by another upload of
+//! its name) are freed by `POST /api/v1/admin/artifacts/gc` ([`gc`]).
+//!
 //! `GET /device/v1/artifacts/{sha256}` (device token) serves the file with
 //! HTTP Range support (tower-http's `ServeFile`: 206 + `Content-Range`, 416 for
 //! unsatisfiable ranges), so an agent resumes an interrupted download from the
@@ -15,6 +21,7 @@ use super::device_api::DeviceCaller;
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiQuery;
 use super::releases::release_view;
+use super::validate;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -22,7 +29,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
-use otafleet_api::{self as api, UploadQuery};
+use otafleet_api::{self as api, ArtifactGcQuery, UploadQuery};
 use otafleet_store::{Artifact, Release, Role};
 use sha2::{Digest, Sha256};
 use std::path::{Path as FsPath, PathBuf};
@@ -41,9 +48,7 @@ pub fn artifact_uri(sha256: &str) -> String {
     format!("/device/v1/artifacts/{sha256}")
 }
 
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+use otafleet_core::validate::is_sha256;
 
 /// A release by numeric id or by version.
 pub async fn find_release(state: &AppState, id: &str) -> ApiResult<Release> {
@@ -57,8 +62,21 @@ pub async fn find_release(state: &AppState, id: &str) -> ApiResult<Release> {
     r.ok_or_else(|| ApiError::not_found(format!("release '{id}' not found")))
 }
 
-/// Removes a temporary upload file when dropped unless it was kept.
+/// Uploads hold this shared while a finished upload's blob is moved into
+/// `artifacts/` and recorded, garbage collection exclusively: a blob is
+/// never collected between its rename and its row.
+static BLOBS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A temporary upload file, removed when dropped unless it was kept. Drop
+/// also runs when the handler's future is dropped unfinished (the client went
+/// away and hyper cancelled the request), so no path leaves it behind.
 struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    fn path(&self) -> &FsPath {
+        self.0.as_deref().unwrap_or(FsPath::new(""))
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -68,7 +86,33 @@ impl Drop for TempFile {
     }
 }
 
+/// Removes every temporary upload file under the data dir: left over from
+/// a crash or a kill while an upload streamed. Run at server start, before
+/// the server listens. Answers (files, bytes) removed.
+pub fn sweep_tmp(data_dir: &FsPath) -> std::io::Result<(usize, u64)> {
+    let dir = data_dir.join("tmp");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    let (mut n, mut bytes) = (0, 0);
+    for e in entries {
+        let e = e?;
+        let meta = e.metadata()?;
+        if meta.is_file() {
+            std::fs::remove_file(e.path())?;
+            n += 1;
+            bytes += meta.len();
+        }
+    }
+    Ok((n, bytes))
+}
+
 /// Upload an artifact's bytes to a release (streamed, stored by SHA-256).
+///
+/// Everything that can refuse the upload without its bytes (name, release,
+/// a rollout using the release) is decided before the body is read.
 #[utoipa::path(put, operation_id = "uploadArtifact", path = "/api/v1/releases/{id}/artifacts/{name}",
     params(("id" = String, Path, description = "release id or version"), ("name" = String, Path, description = "artifact name"), UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
@@ -83,9 +127,7 @@ pub async fn upload(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<api::Release>)> {
     caller.require(Role::Operator)?;
-    if name.trim().is_empty() || name.len() > 128 || name.contains(['/', '\\']) || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid("name", "artifact names are 1 to 128 characters without slashes"));
-    }
+    validate::artifact_name("name", &name)?;
     let expected = q.sha256.map(|s| s.to_ascii_lowercase());
     if let Some(e) = &expected {
         if !is_sha256(e) {
@@ -93,17 +135,17 @@ pub async fn upload(
         }
     }
     let release = find_release(&state, &id).await?;
+    state.store.ensure_release_unused(release.id).await?;
     let data_dir = state.config.data_dir.clone();
     let tmp_dir = data_dir.join("tmp");
     let dir = data_dir.join("artifacts");
     for d in [&tmp_dir, &dir] {
         tokio::fs::create_dir_all(d).await.map_err(|e| ApiError::internal(format!("creating {}: {e}", d.display())))?;
     }
-    let tmp = TempFile(Some(tmp_dir.join(format!("upload-{}", uuid::Uuid::new_v4()))));
-    let tmp_path = tmp.0.clone().unwrap_or_default();
-    let mut file = tokio::fs::File::create(&tmp_path)
+    let mut tmp = TempFile(Some(tmp_dir.join(format!("upload-{}", uuid::Uuid::new_v4()))));
+    let mut file = tokio::fs::File::create(tmp.path())
         .await
-        .map_err(|e| ApiError::internal(format!("creating {}: {e}", tmp_path.display())))?;
+        .map_err(|e| ApiError::internal(format!("creating {}: {e}", tmp.path().display())))?;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut stream = body.into_data_stream();
@@ -121,16 +163,74 @@ pub async fn upload(
             return Err(ApiError::invalid("sha256", format!("the body's SHA-256 is {sha256}, not {e}")));
         }
     }
-    let target = artifact_path(&data_dir, &sha256);
-    tokio::fs::rename(&tmp_path, &target)
+    let artifact = Artifact { name, uri: artifact_uri(&sha256), size: size as i64, sha256, signature: None };
+    let _blobs = BLOBS.read().await;
+    let target = artifact_path(&data_dir, &artifact.sha256);
+    let fresh = !tokio::fs::try_exists(&target).await.unwrap_or(false);
+    tokio::fs::rename(tmp.path(), &target)
         .await
         .map_err(|e| ApiError::internal(format!("storing {}: {e}", target.display())))?;
-    let mut tmp = tmp;
     tmp.0 = None;
-    let artifact = Artifact { name, uri: artifact_uri(&sha256), size: size as i64, sha256, signature: None };
-    let r = state.store.put_artifact(release.id, &artifact, &caller.actor()).await?;
+    let r = match state.store.put_artifact(release.id, &artifact, &caller.actor()).await {
+        Ok(r) => r,
+        Err(e) => {
+            // Refused after all (a rollout started meanwhile): a blob this
+            // upload brought and nothing references goes again.
+            if fresh && !state.store.artifact_known(&artifact.sha256).await.unwrap_or(true) {
+                let _ = tokio::fs::remove_file(&target).await;
+            }
+            return Err(e.into());
+        }
+    };
     tracing::info!(release = %r.version, artifact = %artifact.name, size, "artifact uploaded");
     Ok((StatusCode::CREATED, Json(release_view(r))))
+}
+
+/// Delete stored artifact blobs that no release references (admin).
+#[utoipa::path(post, operation_id = "collectArtifacts", path = "/api/v1/admin/artifacts/gc", params(ArtifactGcQuery),
+    responses((status = 200, body = api::ArtifactGc), super::error::doc::AuthErrors, super::error::doc::QueryErrors),
+    security(("bearer" = [])), tag = "releases")]
+pub async fn gc(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ArtifactGcQuery>,
+) -> ApiResult<Json<api::ArtifactGc>> {
+    caller.require(Role::Admin)?;
+    let dry_run = q.dry_run.unwrap_or(false);
+    let _blobs = BLOBS.write().await;
+    let keep = state.store.referenced_artifacts().await?;
+    let dir = state.config.data_dir.join("artifacts");
+    let mut freed = Vec::new();
+    let mut entries = match tokio::fs::read_dir(&dir).await {
+        Ok(e) => Some(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ApiError::internal(format!("reading {}: {e}", dir.display()))),
+    };
+    while let Some(rd) = entries.as_mut() {
+        let Some(e) =
+            rd.next_entry().await.map_err(|e| ApiError::internal(format!("reading {}: {e}", dir.display())))?
+        else {
+            break;
+        };
+        let Some(sha) = e.file_name().to_str().filter(|n| is_sha256(n)).map(str::to_string) else { continue };
+        if keep.contains(&sha) {
+            continue;
+        }
+        let meta = e.metadata().await.map_err(|e| ApiError::internal(format!("reading {sha}: {e}")))?;
+        if !meta.is_file() {
+            continue;
+        }
+        if !dry_run {
+            tokio::fs::remove_file(e.path()).await.map_err(|e| ApiError::internal(format!("deleting {sha}: {e}")))?;
+        }
+        freed.push(api::FreedArtifact { sha256: sha, size: meta.len() as i64 });
+    }
+    freed.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    let bytes = freed.iter().map(|f| f.size).sum();
+    if !dry_run {
+        tracing::info!(blobs = freed.len(), bytes, "unreferenced artifacts deleted");
+    }
+    Ok(Json(api::ArtifactGc { dry_run, freed, bytes }))
 }
 
 /// Download an uploaded artifact by SHA-256; supports `Range` to resume.

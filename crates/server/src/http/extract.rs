@@ -116,4 +116,33 @@ mod tests {
         assert_eq!((e.status.as_u16(), e.field.as_deref()), (400, Some("version")));
         assert!(strict_utf8("%ff=1").is_err());
     }
+
+    fn query() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        const T: &[&str] =
+            &["a", "=", "&", "+", "%", "%ff", "%E2%9C", "%93", "%2", "%zz", "%EF%BF%BD", "\u{fffd}", "é", "limit", "1"];
+        prop_oneof![prop::collection::vec(prop::sample::select(T), 0..16).prop_map(|t| t.concat()), any::<String>(),]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("OTAFLEET_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+        /// Fuzz (see `otafleet-core`'s `tests/fuzz.rs`): any query string, from
+        /// percent-escapes and separators or arbitrary text, never panics, and a
+        /// query it lets through decodes without U+FFFD unless the client sent one.
+        #[test]
+        fn any_query_string(q in query()) {
+            if strict_utf8(&q).is_ok() {
+                let sent_fffd = q.contains('\u{fffd}') || q.to_ascii_uppercase().contains("%EF%BF%BD");
+                for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+                    proptest::prop_assert!(sent_fffd || !(k.contains('\u{fffd}') || v.contains('\u{fffd}')), "{:?}", q);
+                }
+                let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+                let _ = serde_path_to_error::deserialize::<_, otafleet_api::DeviceListQuery>(de);
+            }
+        }
+    }
 }

@@ -48,7 +48,7 @@ pub use otafleet_api::Page;
         compat::health, compat::deploy, compat::jobs, compat::update_status, compat::rollback,
         device_api::checkin, device_api::status,
         enroll::create_token, enroll::list_tokens, enroll::get_token, enroll::revoke_token, enroll::enroll,
-        artifacts::upload, artifacts::download, device_actions::get_one,
+        artifacts::upload, artifacts::gc, artifacts::download, device_actions::get_one,
         openapi_json, metrics, health::healthz, health::readyz,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
@@ -169,6 +169,7 @@ fn routes() -> Routes {
         .route("/api/v1/enrollment-tokens/{id}", get(enroll::get_token))
         .route("/api/v1/enrollment-tokens/{id}/revoke", post(enroll::revoke_token))
         .route("/api/v1/releases/{id}/artifacts/{name}", put(artifacts::upload).layer(DefaultBodyLimit::disable()))
+        .route("/api/v1/admin/artifacts/gc", post(artifacts::gc))
         .route("/api/v1/openapi.json", get(openapi_json))
         // Device API.
         .route("/device/v1/checkin", post(device_api::checkin))

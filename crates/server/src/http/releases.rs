@@ -11,6 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use otafleet_api::{self as api, CreateRelease, ReleaseListQuery};
+use otafleet_core::validate as rules;
 use otafleet_core::ReleaseKind;
 use otafleet_store::{Artifact, NewRelease, Release, Role};
 
@@ -30,10 +31,6 @@ pub fn release_view(r: Release) -> api::Release {
             .collect(),
         created_at: rfc3339(r.created_at),
     }
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Create a release.
@@ -58,21 +55,32 @@ pub async fn create(
     if name.trim().is_empty() || name.len() > 128 {
         return Err(ApiError::invalid("name", "name must be 1 to 128 characters"));
     }
-    let mut artifacts = Vec::with_capacity(body.artifacts.len());
+    if let Some(sig) = &body.signature {
+        validate::signature("signature", sig)?;
+    }
+    if body.artifacts.len() > rules::MAX_ARTIFACTS {
+        return Err(ApiError::invalid("artifacts", format!("at most {} artifacts per release", rules::MAX_ARTIFACTS)));
+    }
+    let mut artifacts: Vec<Artifact> = Vec::with_capacity(body.artifacts.len());
     for (i, a) in body.artifacts.into_iter().enumerate() {
         let f = |x: &str| format!("artifacts[{i}].{x}");
-        if a.name.trim().is_empty() {
-            return Err(ApiError::invalid(&f("name"), "must not be empty"));
+        validate::artifact_name(&f("name"), &a.name)?;
+        if artifacts.iter().any(|b| b.name == a.name) {
+            return Err(ApiError::invalid(&f("name"), format!("'{}' is listed twice; names are unique", a.name)));
         }
-        if a.uri.trim().is_empty() {
-            return Err(ApiError::invalid(&f("uri"), "must not be empty"));
-        }
-        if a.size < 0 {
-            return Err(ApiError::invalid(&f("size"), "must not be negative"));
-        }
+        validate::artifact_uri(&f("uri"), &a.uri)?;
+        validate::artifact_size(&f("size"), a.size)?;
         let sha = a.sha256.to_ascii_lowercase();
-        if !is_hex(&sha, 64) {
+        if !rules::is_sha256(&sha) {
             return Err(ApiError::invalid(&f("sha256"), "must be 64 hex characters"));
+        }
+        if let Some(own) = a.uri.strip_prefix(rules::SERVER_ARTIFACT_PREFIX) {
+            if own != sha {
+                return Err(ApiError::invalid(&f("uri"), "a server path must name the artifact's own sha256"));
+            }
+        }
+        if let Some(sig) = &a.signature {
+            validate::signature(&f("signature"), sig)?;
         }
         artifacts.push(Artifact { name: a.name, uri: a.uri, size: a.size, sha256: sha, signature: a.signature });
     }

@@ -217,7 +217,7 @@ async fn control(state: &AppState, caller: &Caller, raw: &str, command: Command<
 
 /// Pause: no new device starts; devices in flight finish.
 #[utoipa::path(post, operation_id = "pauseRollout", path = "/api/v1/rollouts/{id}/pause", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
+    responses((status = 200, body = api::Rollout), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -229,7 +229,7 @@ pub async fn pause(
 
 /// Resume a paused rollout.
 #[utoipa::path(post, operation_id = "resumeRollout", path = "/api/v1/rollouts/{id}/resume", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
+    responses((status = 200, body = api::Rollout), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -241,7 +241,7 @@ pub async fn resume(
 
 /// Abort: scheduled devices are skipped; updated devices are rolled back unless auto_rollback is off.
 #[utoipa::path(post, operation_id = "abortRollout", path = "/api/v1/rollouts/{id}/abort", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
+    responses((status = 200, body = api::Rollout), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn abort(
     State(state): State<AppState>,
     caller: Caller,
@@ -253,7 +253,7 @@ pub async fn abort(
 
 /// Promote: skip the remaining bake time of the current wave.
 #[utoipa::path(post, operation_id = "promoteRollout", path = "/api/v1/rollouts/{id}/promote", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
+    responses((status = 200, body = api::Rollout), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn promote(
     State(state): State<AppState>,
     caller: Caller,
@@ -264,7 +264,7 @@ pub async fn promote(
 
 /// Roll back every device this rollout updated (aborting it if still active).
 #[utoipa::path(post, operation_id = "rollbackRollout", path = "/api/v1/rollouts/{id}/rollback", params(("id" = i64, Path)),
-    responses((status = 200, body = api::Rollout), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
+    responses((status = 200, body = api::Rollout), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody), super::error::doc::AuthErrors), security(("bearer" = [])), tag = "rollouts")]
 pub async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
