@@ -3,7 +3,7 @@
 //! [`apply_action_change`] writes.
 
 use super::apply::apply_action_change;
-use super::{load_action, load_rollout, Action, Rollout, Tx, IN_FLIGHT};
+use super::{load_rollout, lock_action, Action, Rollout, Tx, IN_FLIGHT};
 use crate::leases::{check_fence, Fence};
 use crate::{Result, RowExt, Store, StoreError};
 use otafleet_core::effects::{self, ActionFacts};
@@ -29,7 +29,8 @@ impl Store {
             let id = row.i64("id")?;
             let mut tx = self.write_tx().await?;
             check_fence(&mut tx, self.backend, fence, now).await?;
-            let Some(a) = load_action(&mut tx, id).await? else { continue };
+            // Locked: a status report of another replica waits, then sees the timeout.
+            let Some(a) = lock_action(&mut tx, self.backend, id).await? else { continue };
             if !a.state.is_in_flight() || a.deadline.is_none_or(|d| d > now) {
                 continue;
             }
