@@ -2,6 +2,7 @@
 //! shown) and as `device_labels` rows (what selectors query), written together.
 
 use crate::events::{self, NewEvent};
+use crate::notify::{self, Change};
 use crate::sql::Sql;
 use crate::tokens::hash_token;
 use crate::{conflict_or, now_ms, Result, RowExt, Store, StoreError};
@@ -296,6 +297,7 @@ impl Store {
             return Ok(false);
         }
         events::insert(&mut tx, now, &NewEvent::new(EventKind::DeviceDeleted, actor).device(id)).await?;
+        notify::send(&mut tx, self.backend, &self.origin, &Change::DeviceDeleted { device: id }).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -343,6 +345,7 @@ impl Store {
             .rows_affected();
         if n == 1 {
             events::insert(&mut tx, now, &NewEvent::new(EventKind::DeviceTokenRotated, actor).device(id)).await?;
+            notify::send(&mut tx, self.backend, &self.origin, &Change::DeviceToken { device: id }).await?;
             tx.commit().await?;
         }
         Ok(n == 1)

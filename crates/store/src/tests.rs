@@ -871,3 +871,44 @@ async fn two_replicas_apply_each_report_exactly_once_postgres() {
         }
     }
 }
+
+/// What other replicas hear: each change once its transaction commits, signed
+/// with the sending store's origin; SQLite has no listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_are_notified_postgres() {
+    let (sqlite, _dir) = sqlite().await;
+    assert!(matches!(sqlite.listen().await, Err(StoreError::Invalid(_))));
+    sqlite.notify(&notify::Change::Ping { n: 1 }).await.unwrap();
+    let Some(s) = postgres().await else { return };
+    let mut l = s.listen().await.unwrap();
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"]}"#).unwrap();
+    let r = make_rollout(&s, 3, spec).await;
+    drive(&s, r.id, 1_000).await;
+    let n = next_notice(&mut l).await;
+    assert_eq!(n.origin, s.origin());
+    let notify::Change::Actions { mut devices } = n.change else { panic!("{n:?}") };
+    devices.sort();
+    assert_eq!(devices, (1..=3u128).map(Uuid::from_u128).collect::<Vec<_>>());
+    let a = s.inflight_action(Uuid::from_u128(2)).await.unwrap().unwrap();
+    let out = s.report_statuses(&[(a.device_id, report(a.id, 1, ActionState::Downloading))], 2_000).await.unwrap();
+    assert!(matches!(out[0], Ok((ReportOutcome::Applied, _))));
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::Actions { devices: vec![a.device_id] });
+    // A duplicate changes nothing and says nothing: the next message is the revocation.
+    s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 2_001).await.unwrap();
+    let t = s.create_token("t", Role::Viewer, "secret-notify").await.unwrap();
+    s.revoke_token(t.id, "t").await.unwrap();
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::TokenRevoked { id: t.id });
+    assert!(s.rotate_device_token(a.device_id, "new-secret", "t").await.unwrap());
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::DeviceToken { device: a.device_id });
+    assert!(s.delete_device(a.device_id, "t").await.unwrap());
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::DeviceDeleted { device: a.device_id });
+    s.notify(&notify::Change::Ping { n: 9 }).await.unwrap();
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::Ping { n: 9 });
+}
+
+async fn next_notice(l: &mut notify::Listener) -> notify::Notice {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), l.next()).await.unwrap().unwrap() {
+        notify::Received::Notice(n) => n,
+        notify::Received::Lost => panic!("lost"),
+    }
+}

@@ -5,6 +5,7 @@
 use super::apply::apply_action_change;
 use super::{load_rollout, lock_action, Action, Rollout, Tx, IN_FLIGHT};
 use crate::leases::{check_fence, Fence};
+use crate::notify::{self, Change};
 use crate::{Result, RowExt, Store, StoreError};
 use otafleet_core::effects::{self, ActionFacts};
 use uuid::Uuid;
@@ -37,6 +38,8 @@ impl Store {
             let r = load_rollout(&mut tx, a.rollout_id).await?;
             let msg = format!("no report within {} s (attempt {})", r.strategy.gate.timeout_secs, a.attempts);
             fail_action(&mut tx, &r, &a, &msg, "timeout", now).await?;
+            let change = Change::Actions { devices: vec![a.device_id] };
+            notify::send(&mut tx, self.backend, &self.origin, &change).await?;
             tx.commit().await?;
             changed.push(a.device_id);
         }

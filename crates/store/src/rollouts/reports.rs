@@ -9,6 +9,7 @@ use super::{
     ACTION_COLS,
 };
 use crate::events::NewEvent;
+use crate::notify::{self, Change};
 use crate::{Result, Store, StoreError};
 use otafleet_core::protocol::StatusReport;
 use otafleet_core::{ActionState, EventKind};
@@ -29,6 +30,10 @@ impl Store {
         let mut w = ReportWrites::new(self.backend);
         let out = apply_report(&mut tx, &mut w, device_id, report, a, now).await?;
         w.flush(&mut tx, now).await?;
+        if out.0 == ReportOutcome::Applied {
+            let change = Change::Actions { devices: vec![device_id] };
+            notify::send(&mut tx, self.backend, &self.origin, &change).await?;
+        }
         tx.commit().await?;
         Ok(out)
     }
@@ -83,6 +88,16 @@ impl Store {
             }
         }
         w.flush(&mut tx, now).await?;
+        let mut devices: Vec<Uuid> = out
+            .iter()
+            .filter_map(|o| match o {
+                Ok((ReportOutcome::Applied, a)) => Some(a.device_id),
+                _ => None,
+            })
+            .collect();
+        devices.sort_unstable();
+        devices.dedup();
+        notify::send(&mut tx, self.backend, &self.origin, &Change::Actions { devices }).await?;
         tx.commit().await?;
         Ok(out)
     }
