@@ -37,8 +37,10 @@
 //! On PostgreSQL ([`Caches::notified`]) other replicas change the database
 //! too, and tell this one through `LISTEN/NOTIFY` (`otafleet_store::notify`,
 //! received by `service::coherence`, applied by `delivery::changed_elsewhere`):
-//! the inbox is on as well, and tokens and versions keep the 30 s limit as a
-//! backstop. The rules:
+//! the inbox is on as well, and device tokens and versions are kept 10
+//! minutes too (every path that changes them, on any replica, updates or
+//! drops the entry, here or through a notification; API tokens keep 30 s).
+//! The rules:
 //!
 //! - Every change another replica makes to an action (released, reported,
 //!   timed out, failed by a check-in) makes the device's inbox entry unknown
@@ -71,7 +73,8 @@ const TTL: Duration = Duration::from_secs(30);
 /// How often a token's last-use time is written at most.
 const TOKEN_USE_RESOLUTION: Duration = Duration::from_secs(60);
 
-/// How long device tokens and versions are kept when this process owns the database.
+/// How long device tokens and versions are kept when this process owns the
+/// database, or hears of every change the others make (notifications in sync).
 const SINGLE_OWNER_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
@@ -145,13 +148,14 @@ impl Caches {
     }
 
     /// Caches for a PostgreSQL database shared with other replicas whose
-    /// changes arrive as notifications: the inbox is on, entries live 30 s,
-    /// and nothing is served from memory until [`Caches::resync`].
+    /// changes arrive as notifications: kept like a single owner's (inbox on,
+    /// device tokens and versions 10 minutes), but nothing is served from
+    /// memory while out of sync, from the start until [`Caches::resync`].
     pub fn notified(poll_interval: Duration) -> Self {
         Caches {
             inbox: Some(Default::default()),
             unsynced: true.into(),
-            ttl: TTL,
+            ttl: SINGLE_OWNER_TTL,
             seen_resolution: poll_interval,
             ..Default::default()
         }
