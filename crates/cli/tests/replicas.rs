@@ -9,6 +9,8 @@
 //! go to either replica at random completes with each action
 //! released once and each report stored once. A leader paused (SIGSTOP) past
 //! its lease is fenced: the rollout completes with nothing released twice.
+//! Replicas whose `LISTEN` connections are cut reconnect, resync their caches
+//! (`otafleet_cache_resyncs_total`) and are coherent again.
 //! Runs only with `OTAFLEET_TEST_POSTGRES_URL`.
 
 mod common;
@@ -355,4 +357,46 @@ fn a_leader_paused_past_its_lease_is_fenced_and_the_rollout_completes_without_re
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(installs, n as u64, "every device installed exactly once");
     assert_released_once_and_reports_stored_once(&h, id, n, reports);
+}
+
+#[test]
+fn replicas_whose_notification_connections_were_cut_resync_and_stay_coherent() {
+    let Some(db) = postgres_url() else {
+        eprintln!("SKIPPED replicas resync test: set OTAFLEET_TEST_POSTGRES_URL to run it");
+        return;
+    };
+    let (a, b) = (start(&db, "replica-a"), start(&db, "replica-b"));
+    both_ready(&a, &b);
+    let resyncs = |s: &Server| metric(&s.url, "otafleet_cache_resyncs_total").unwrap_or(0);
+    assert_eq!((resyncs(&a), resyncs(&b)), (0, 0));
+    // Cut every replica's LISTEN connection from the database side.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cut = rt.block_on(async {
+        let s = otafleet_store::Store::connect(&db).await.unwrap();
+        let r = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(s.pool())
+        .await
+        .unwrap();
+        s.close().await;
+        r.len()
+    });
+    assert_eq!(cut, 2, "one listener per replica");
+    let took = Instant::now();
+    eventually(Duration::from_secs(20), || (resyncs(&a) >= 1 && resyncs(&b) >= 1).then_some(()));
+    eprintln!("both replicas listening again and resynced {:?} after the cut", took.elapsed());
+    // And coherent again: a revocation through A reaches B within a second.
+    let (ha, hb) = (Http::new(&a.url), Http::new(&b.url));
+    let r = ha.post("/api/v1/tokens", Some(ADMIN), Some(r#"{"name":"after-cut","role":"viewer"}"#));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let (secret, id) = (r.body["token"].as_str().unwrap().to_string(), r.body["id"].as_i64().unwrap());
+    assert_eq!(hb.get("/api/v1/devices", Some(&secret)).status, 200);
+    assert_eq!(ha.post(&format!("/api/v1/tokens/{id}/revoke"), Some(ADMIN), None).status, 200);
+    let took = time_until("revoked token on B after a resync", Duration::from_secs(5), || {
+        hb.get("/api/v1/devices", Some(&secret)).status == 401
+    });
+    eprintln!("after the resync, a token revoked through A got 401 from B after {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
