@@ -54,6 +54,11 @@ pub struct SimArgs {
     /// cannot open a socket per device at 100,000 devices).
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
+    /// Other replicas of the server: each request of a device goes to the
+    /// server or one of these, picked at random (seeded), as behind a load
+    /// balancer (devices are registered through the server).
+    #[arg(long, value_delimiter = ',')]
+    pub also_via: Vec<String>,
 }
 
 impl Default for SimArgs {
@@ -70,6 +75,7 @@ impl Default for SimArgs {
             final_only: false,
             seed: 1,
             max_connections: 256,
+            also_via: Vec::new(),
         }
     }
 }
@@ -185,8 +191,12 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
     let device_ids = creds.iter().map(|(id, _)| id.clone()).collect();
     let device_tokens = creds.iter().map(|(_, tok)| tok.clone()).collect();
     for (i, (_, tok)) in creds.into_iter().enumerate() {
+        let clients = std::iter::once(base.as_str())
+            .chain(args.also_via.iter().map(|u| u.trim_end_matches('/')))
+            .map(|b| DeviceClient::new(b, &tok, http.clone()))
+            .collect();
         let dev = SimDevice {
-            client: DeviceClient::new(&base, &tok, http.clone()),
+            clients,
             version: args.initial_version.clone(),
             previous: None,
             args: args.clone(),
@@ -201,7 +211,8 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
 }
 
 struct SimDevice {
-    client: DeviceClient,
+    /// The server, then `--also-via`: each request goes to one at random.
+    clients: Vec<DeviceClient>,
     version: String,
     previous: Option<String>,
     args: SimArgs,
@@ -212,6 +223,14 @@ struct SimDevice {
 }
 
 impl SimDevice {
+    /// The replica the next request goes to.
+    fn next_client(&mut self) -> usize {
+        match self.clients.len() {
+            1 => 0,
+            n => self.rng.gen_range(0..n),
+        }
+    }
+
     /// Reports a step. Like a real agent's offline queue, a report that cannot be
     /// delivered is retried until the server takes it, so no report is lost
     /// across a server restart. Returns false if the fleet was stopped meanwhile.
@@ -226,9 +245,10 @@ impl SimDevice {
         let r = StatusReport { action_id, seq: self.seq, state, message, current_version: Some(self.version.clone()) };
         let mut attempts = otafleet_rt::Retry::new(Duration::from_millis(100), Duration::from_secs(2)).start();
         loop {
+            let client = self.next_client();
             let sent = {
                 let _permit = self.permits.acquire().await;
-                self.client.report(&r).await
+                self.clients[client].report(&r).await
             };
             match sent {
                 Ok(_) => {
@@ -250,9 +270,10 @@ impl SimDevice {
 
     async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> Result<bool> {
         let req = CheckinRequest { current_version: Some(self.version.clone()), health: Some(DeviceHealth::Healthy) };
+        let client = self.next_client();
         let res = {
             let _permit = self.permits.acquire().await;
-            self.client.checkin(&req).await?
+            self.clients[client].checkin(&req).await?
         };
         self.stats.checkins.fetch_add(1, Ordering::Relaxed);
         let Some(action) = res.action else { return Ok(false) };

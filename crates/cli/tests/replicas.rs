@@ -3,7 +3,15 @@
 //! middle of a rollout and another takes over within two lease periods, and
 //! the rollout still succeeds with no action released twice. A SIGTERM'd
 //! leader releases the lease, so the next one takes over without waiting for
-//! it to lapse. Runs only with `OTAFLEET_TEST_POSTGRES_URL`.
+//! it to lapse. What one replica changes reaches the others' caches (through
+//! PostgreSQL `LISTEN/NOTIFY`): a token revoked or a device deleted through
+//! one is refused by the other within a second, and a fleet whose requests
+//! go to either replica at random completes with each action
+//! released once and each report stored once. A leader paused (SIGSTOP) past
+//! its lease is fenced: the rollout completes with nothing released twice.
+//! Replicas whose `LISTEN` connections are cut reconnect, resync their caches
+//! (`otafleet_cache_resyncs_total`) and are coherent again.
+//! Runs only with `OTAFLEET_TEST_POSTGRES_URL`.
 
 mod common;
 
@@ -139,4 +147,256 @@ fn one_replica_drives_and_another_takes_over_after_kill_9_without_releasing_anyt
     let took = time_to_lead(&c, stopped, 2 * lease);
     eprintln!("takeover after SIGTERM took {took:?} (lease {lease:?})");
     assert!(took < lease, "the lease was released, not left to lapse");
+}
+
+fn both_ready(a: &Server, b: &Server) {
+    eventually(Duration::from_secs(20), || {
+        let ok = |s: &Server| Http::new(&s.url).get("/readyz", None).status == 200;
+        (ok(a) && ok(b)).then_some(())
+    });
+}
+
+/// Polls `refused` every 5 ms until it holds; how long that took.
+fn time_until(what: &str, limit: Duration, mut refused: impl FnMut() -> bool) -> Duration {
+    let from = Instant::now();
+    loop {
+        if refused() {
+            return from.elapsed();
+        }
+        assert!(from.elapsed() < limit, "{what}: still accepted after {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn checkin(h: &Http, token: &str) -> u16 {
+    h.post("/device/v1/checkin", Some(token), Some(r#"{"current_version":"1.0.0"}"#)).status
+}
+
+#[test]
+fn a_token_revoked_or_a_device_deleted_through_one_replica_is_refused_by_the_other_within_a_second() {
+    let Some(db) = postgres_url() else {
+        eprintln!("SKIPPED replicas cache coherence test: set OTAFLEET_TEST_POSTGRES_URL to run it");
+        return;
+    };
+    let (a, b) = (start(&db, "replica-a"), start(&db, "replica-b"));
+    both_ready(&a, &b);
+    let (ha, hb) = (Http::new(&a.url), Http::new(&b.url));
+    let second = Duration::from_secs(1);
+
+    // An API token created through A, used (and cached) on B, revoked through A.
+    let r = ha.post("/api/v1/tokens", Some(ADMIN), Some(r#"{"name":"ci","role":"viewer"}"#));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let (secret, id) = (r.body["token"].as_str().unwrap().to_string(), r.body["id"].as_i64().unwrap());
+    for _ in 0..3 {
+        assert_eq!(hb.get("/api/v1/devices", Some(&secret)).status, 200);
+    }
+    let r = ha.post(&format!("/api/v1/tokens/{id}/revoke"), Some(ADMIN), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let took = time_until("revoked token on B", 5 * second, || hb.get("/api/v1/devices", Some(&secret)).status == 401);
+    eprintln!("a token revoked through replica A got 401 from replica B after {took:?}");
+    assert!(took < second, "{took:?}");
+    assert_eq!(ha.get("/api/v1/devices", Some(&secret)).status, 401);
+
+    // Two devices registered through A check in on B (their tokens and versions cached there).
+    let body = json!({"devices": [
+        {"name": "gone", "current_version": "1.0.0"},
+        {"name": "rotated", "current_version": "1.0.0"}]});
+    let r = ha.post("/api/v1/devices/bulk", Some(ADMIN), Some(&body.to_string()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let dev = |i: usize| {
+        let d = &r.body["devices"][i];
+        (d["id"].as_str().unwrap().to_string(), d["token"].as_str().unwrap().to_string())
+    };
+    let ((gone, gone_token), (rotated, old_token)) = (dev(0), dev(1));
+    for _ in 0..3 {
+        assert_eq!(checkin(&hb, &gone_token), 200);
+        assert_eq!(checkin(&hb, &old_token), 200);
+    }
+    // Deleted through A: B refuses its token.
+    assert_eq!(ha.req("DELETE", &format!("/api/v1/devices/{gone}"), Some(ADMIN), None).status, 204);
+    let took = time_until("deleted device on B", 5 * second, || checkin(&hb, &gone_token) == 401);
+    eprintln!("a device deleted through replica A got 401 from replica B after {took:?}");
+    assert!(took < second, "{took:?}");
+    // Its token rotated through A: B refuses the old token and takes the new one.
+    let r = ha.post(&format!("/api/v1/devices/{rotated}/token"), Some(ADMIN), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let new_token = r.body["token"].as_str().unwrap().to_string();
+    let took = time_until("rotated device token on B", 5 * second, || checkin(&hb, &old_token) == 401);
+    eprintln!("a device token rotated through replica A got 401 from replica B after {took:?}");
+    assert!(took < second, "{took:?}");
+    assert_eq!(checkin(&hb, &new_token), 200);
+}
+
+/// Every action of the rollout succeeded on its first attempt, the release
+/// events add up to one per device, and each action's four transitions are
+/// stored once each: as many as the fleet had acknowledged.
+fn assert_released_once_and_reports_stored_once(h: &Http, id: i64, n: usize, acknowledged: u64) {
+    let actions: Vec<Value> = h.get(&format!("/api/v1/rollouts/{id}/actions?limit=1000"), Some(ADMIN)).body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(actions.len(), n);
+    assert!(actions.iter().all(|a| a["state"] == "succeeded" && a["attempts"] == 1), "{actions:?}");
+    let events: Vec<Value> = h.get(&format!("/api/v1/events?rollout_id={id}&limit=10000"), Some(ADMIN)).body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let released: i64 = events
+        .iter()
+        .filter(|e| e["kind"] == "rollout.released")
+        .map(|e| e["data"]["count"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(released, n as i64, "release events add up to one per device");
+    let mut per_action: std::collections::BTreeMap<i64, Vec<String>> = Default::default();
+    for e in &events {
+        if let (Some(a), Some(kind)) = (e["action_id"].as_i64(), e["kind"].as_str()) {
+            per_action.entry(a).or_default().push(kind.to_string());
+        }
+    }
+    assert_eq!(per_action.len(), n);
+    let steps = ["action.downloading", "action.installing", "action.verifying", "action.succeeded"];
+    for (a, kinds) in &per_action {
+        for step in steps {
+            assert_eq!(kinds.iter().filter(|k| *k == step).count(), 1, "action {a}: {kinds:?}");
+        }
+        assert!(!kinds.iter().any(|k| k == "action.report_ignored"), "action {a}: {kinds:?}");
+    }
+    let stored: usize = per_action.values().map(|k| k.iter().filter(|k| steps.contains(&k.as_str())).count()).sum();
+    assert_eq!(stored as u64, acknowledged, "every acknowledged report stored once");
+    eprintln!("{n} actions released once each; {stored} reports acknowledged and stored");
+}
+
+#[test]
+fn a_fleet_switching_replicas_at_random_completes_with_each_action_released_once_and_every_report_stored() {
+    let Some(db) = postgres_url() else {
+        eprintln!("SKIPPED replicas fleet test: set OTAFLEET_TEST_POSTGRES_URL to run it");
+        return;
+    };
+    let (a, b) = (start(&db, "replica-a"), start(&db, "replica-b"));
+    both_ready(&a, &b);
+    the_one_leader(&[&a, &b], 3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = 40;
+    // Each request of a device goes to either replica at random, as behind a
+    // load balancer: it checks in on one and reports on either.
+    let args = SimArgs { devices: n, latency: 30, poll_ms: 100, also_via: vec![b.url.clone()], ..Default::default() };
+    let fleet = rt.block_on(sim::spawn(&a.url, Some(ADMIN), &args)).unwrap();
+    let h = Http::new(&b.url);
+    assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
+    let body = json!({"version": "2.0.0", "selector": "device_type=sim",
+        "strategy": {"steps": [1, "25%", "100%"], "timeout_secs": 600}});
+    let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_i64().unwrap();
+    let done = eventually(Duration::from_secs(120), || {
+        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
+        matches!(r["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")).then_some(r)
+    });
+    // Let the devices check in a few more times: a stale cache would hand a
+    // finished action out again, and the device would install it twice.
+    std::thread::sleep(Duration::from_millis(500));
+    let installs = fleet.stats.installs_ok.load(Ordering::Relaxed);
+    let reports = fleet.stats.reports.load(Ordering::Relaxed);
+    rt.block_on(fleet.stop());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(installs, n as u64, "every device installed exactly once");
+    assert_released_once_and_reports_stored_once(&h, id, n, reports);
+}
+
+fn signal(s: &Server, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &s.child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig}");
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_is_fenced_and_the_rollout_completes_without_releasing_anything_twice() {
+    let Some(db) = postgres_url() else {
+        eprintln!("SKIPPED replicas SIGSTOP test: set OTAFLEET_TEST_POSTGRES_URL to run it");
+        return;
+    };
+    let (a, b) = (start(&db, "replica-a"), start(&db, "replica-b"));
+    both_ready(&a, &b);
+    let leader = the_one_leader(&[&a, &b], 3);
+    let (leader, follower) = if leader == 0 { (&a, &b) } else { (&b, &a) };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = 30;
+    // The fleet talks to the follower only: a stopped process holds its requests.
+    let args = SimArgs { devices: n, latency: 60, poll_ms: 100, ..Default::default() };
+    let fleet = rt.block_on(sim::spawn(&follower.url, Some(ADMIN), &args)).unwrap();
+    let h = Http::new(&follower.url);
+    assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
+    let body = json!({"version": "2.0.0", "selector": "device_type=sim",
+        "strategy": {"steps": [1, "25%", "100%"], "max_parallel": 3, "timeout_secs": 600}});
+    let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_i64().unwrap();
+    eventually(Duration::from_secs(60), || {
+        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
+        (r["current_wave"].as_i64().unwrap_or(0) >= 1 && r["progress"][1]["succeeded"].as_i64().unwrap_or(0) >= 1)
+            .then_some(())
+    });
+    // Freeze the leader past its lease: the follower takes over...
+    let paused = Instant::now();
+    signal(leader, "-STOP");
+    let lease = Duration::from_secs(LEASE_SECS);
+    let took = time_to_lead(follower, paused, 3 * lease);
+    eprintln!("takeover from a SIGSTOPped leader took {took:?} (lease {lease:?})");
+    std::thread::sleep(Duration::from_millis(500));
+    // ...and the old leader wakes up still believing it leads, until its own
+    // clock says otherwise: the fence refuses whatever it tries meanwhile.
+    signal(leader, "-CONT");
+    let done = eventually(Duration::from_secs(120), || {
+        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
+        matches!(r["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")).then_some(r)
+    });
+    assert_eq!(the_one_leader(&[&a, &b], 5), if std::ptr::eq(follower, &a) { 0 } else { 1 }, "the new leader stays");
+    std::thread::sleep(Duration::from_millis(300));
+    let installs = fleet.stats.installs_ok.load(Ordering::Relaxed);
+    let reports = fleet.stats.reports.load(Ordering::Relaxed);
+    rt.block_on(fleet.stop());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(installs, n as u64, "every device installed exactly once");
+    assert_released_once_and_reports_stored_once(&h, id, n, reports);
+}
+
+#[test]
+fn replicas_whose_notification_connections_were_cut_resync_and_stay_coherent() {
+    let Some(db) = postgres_url() else {
+        eprintln!("SKIPPED replicas resync test: set OTAFLEET_TEST_POSTGRES_URL to run it");
+        return;
+    };
+    let (a, b) = (start(&db, "replica-a"), start(&db, "replica-b"));
+    both_ready(&a, &b);
+    let resyncs = |s: &Server| metric(&s.url, "otafleet_cache_resyncs_total").unwrap_or(0);
+    assert_eq!((resyncs(&a), resyncs(&b)), (0, 0));
+    // Cut every replica's LISTEN connection from the database side.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cut = rt.block_on(async {
+        let s = otafleet_store::Store::connect(&db).await.unwrap();
+        let r = sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(s.pool())
+        .await
+        .unwrap();
+        s.close().await;
+        r.len()
+    });
+    assert_eq!(cut, 2, "one listener per replica");
+    let took = Instant::now();
+    eventually(Duration::from_secs(20), || (resyncs(&a) >= 1 && resyncs(&b) >= 1).then_some(()));
+    eprintln!("both replicas listening again and resynced {:?} after the cut", took.elapsed());
+    // And coherent again: a revocation through A reaches B within a second.
+    let (ha, hb) = (Http::new(&a.url), Http::new(&b.url));
+    let r = ha.post("/api/v1/tokens", Some(ADMIN), Some(r#"{"name":"after-cut","role":"viewer"}"#));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let (secret, id) = (r.body["token"].as_str().unwrap().to_string(), r.body["id"].as_i64().unwrap());
+    assert_eq!(hb.get("/api/v1/devices", Some(&secret)).status, 200);
+    assert_eq!(ha.post(&format!("/api/v1/tokens/{id}/revoke"), Some(ADMIN), None).status, 200);
+    let took = time_until("revoked token on B after a resync", Duration::from_secs(5), || {
+        hb.get("/api/v1/devices", Some(&secret)).status == 401
+    });
+    eprintln!("after the resync, a token revoked through A got 401 from B after {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }

@@ -98,12 +98,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, config: Config) -> Self {
-        // One process owns a SQLite database, so it may keep the check-in inbox.
-        let inbox = store.backend() == otafleet_store::Backend::Sqlite;
         let poll = std::time::Duration::from_secs(config.poll_interval_secs);
         let mqtt =
             config.mqtt.as_ref().map(|b| mqtt::Publisher::start(b, &format!("otafleet-{}", uuid::Uuid::new_v4())));
         let leader = Arc::new(leader::Leadership::new(config.replica_id.clone(), config.lease));
+        let store_backend = store.backend();
         AppState {
             mqtt,
             leader,
@@ -113,7 +112,14 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::new()),
             driver_wake: Arc::new(Notify::new()),
-            caches: Arc::new(service::caches::Caches::new(inbox, poll)),
+            // One process owns a SQLite database, so it may keep everything
+            // longer; on PostgreSQL the other replicas' changes arrive as
+            // notifications (`service::coherence`), and until the listener is
+            // in sync nothing is answered from memory.
+            caches: Arc::new(match store_backend {
+                otafleet_store::Backend::Sqlite => service::caches::Caches::new(true, poll),
+                otafleet_store::Backend::Postgres => service::caches::Caches::notified(poll),
+            }),
         }
     }
 }
@@ -162,12 +168,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState::new(store, config);
+    // Listen before warming, so no change committed after the warming read is missed.
+    let notices = service::coherence::listen(&state).await.context("listening for other replicas' changes")?;
     service::delivery::warm(&state).await?;
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let app = http::router(state.clone());
         let (driver_stop, driver_stopped) = watch::channel(false);
         let driver = tokio::spawn(driver::run(state.clone(), driver_stopped.clone()));
+        let coherence =
+            notices.map(|l| tokio::spawn(service::coherence::run(state.clone(), l, driver_stopped.clone())));
         let lease = tokio::spawn(leader::run(state.clone(), driver_stopped));
         let wake = state.driver_wake.clone();
         let signal = async move {
@@ -188,6 +198,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .context("http server")?;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease).await;
+        if let Some(c) = coherence {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c).await;
+        }
         if let Err(e) = state.caches.flush_seen(&state.store).await {
             tracing::warn!(error = %e, "could not record the last check-ins");
         }

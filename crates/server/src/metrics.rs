@@ -29,6 +29,8 @@ pub struct Metrics {
     pub leader: Family<Labels, Gauge>,
     /// Times this replica became the leader.
     pub leader_takeovers: Counter,
+    /// Times the cache notifications were lost and the caches resynced (PostgreSQL).
+    pub cache_resyncs: Counter,
     updated_pods: Counter,
     last_run: Gauge<f64, AtomicU64>,
     jobs_pending: Gauge,
@@ -60,6 +62,7 @@ impl Metrics {
             driver_decisions: Family::default(),
             leader: Family::default(),
             leader_takeovers: Counter::default(),
+            cache_resyncs: Counter::default(),
             updated_pods: Counter::default(),
             last_run: Gauge::default(),
             jobs_pending: Gauge::default(),
@@ -105,6 +108,11 @@ impl Metrics {
             "otafleet_leader_takeovers",
             "Times this replica became the holder of the driver's lease",
             m.leader_takeovers.clone(),
+        );
+        registry.register(
+            "otafleet_cache_resyncs",
+            "Times this replica lost the cache notifications of the other replicas and resynced its caches",
+            m.cache_resyncs.clone(),
         );
         Metrics { registry, ..m }
     }

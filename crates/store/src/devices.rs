@@ -2,6 +2,7 @@
 //! shown) and as `device_labels` rows (what selectors query), written together.
 
 use crate::events::{self, NewEvent};
+use crate::notify::{self, Change};
 use crate::sql::Sql;
 use crate::tokens::hash_token;
 use crate::{conflict_or, now_ms, Result, RowExt, Store, StoreError};
@@ -297,6 +298,7 @@ impl Store {
             return Ok(false);
         }
         events::insert(&mut tx, now, &NewEvent::new(EventKind::DeviceDeleted, actor).device(id)).await?;
+        notify::send(&mut tx, self.backend, &self.origin, &Change::DeviceDeleted { device: id }).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -309,6 +311,11 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.write_tx().await?;
+        if self.backend == crate::Backend::Postgres {
+            let mut all: Vec<String> = seen.iter().flat_map(|(_, ids)| ids.iter().map(Uuid::to_string)).collect();
+            all.sort_unstable();
+            lock_devices_in_order(&mut tx, &all).await?;
+        }
         for (health, ids) in seen {
             for chunk in ids.chunks(500) {
                 let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
@@ -344,6 +351,7 @@ impl Store {
             .rows_affected();
         if n == 1 {
             events::insert(&mut tx, now, &NewEvent::new(EventKind::DeviceTokenRotated, actor).device(id)).await?;
+            notify::send(&mut tx, self.backend, &self.origin, &Change::DeviceToken { device: id }).await?;
             tx.commit().await?;
         }
         Ok(n == 1)
@@ -360,4 +368,24 @@ impl Store {
             .rows_affected();
         Ok(n == 1)
     }
+}
+
+/// Locks these device rows (sorted ids) until commit, in id order (PostgreSQL).
+/// The two writers of many device rows at once — the batched last-seen write
+/// and a batch of status reports — both take their locks this way first, so
+/// they queue behind each other instead of deadlocking (each would otherwise
+/// lock in its own statement's order).
+pub(crate) async fn lock_devices_in_order(conn: &mut sqlx::AnyConnection, sorted_ids: &[String]) -> Result<()> {
+    debug_assert!(sorted_ids.windows(2).all(|w| w[0] <= w[1]));
+    for chunk in sorted_ids.chunks(5_000) {
+        let list = serde_json::to_string(chunk).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query(
+            "SELECT id FROM devices WHERE id IN (SELECT jsonb_array_elements_text(CAST($1 AS jsonb))) \
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(list)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ mod devices;
 mod enroll;
 mod events;
 mod leases;
+pub mod notify;
 mod releases;
 mod rollouts;
 mod sql;
@@ -83,6 +84,10 @@ pub struct Store {
     /// SQLite has one writer at a time; queueing writers here hands the lock
     /// over at once, where SQLite's busy handler would sleep and poll.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Signs this store's notifications (see [`notify`]); unique per `connect`.
+    origin: std::sync::Arc<str>,
+    /// The PostgreSQL URL, for the listener's own connection.
+    url: Option<std::sync::Arc<String>>,
 }
 
 fn migrator(backend: Backend) -> Migrator {
@@ -161,7 +166,9 @@ impl Store {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         migrator(backend).run(&pool).await?;
-        Ok(Store { pool, backend, writer: Default::default() })
+        let origin = uuid::Uuid::new_v4().simple().to_string().into();
+        let url = (backend == Backend::Postgres).then(|| std::sync::Arc::new(url));
+        Ok(Store { pool, backend, writer: Default::default(), origin, url })
     }
 
     pub fn backend(&self) -> Backend {

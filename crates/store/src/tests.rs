@@ -776,3 +776,139 @@ async fn a_database_from_before_0006_keeps_its_tokens() {
     assert!(t.bootstrap, "an existing bootstrap-admin is recognised as the bootstrap token");
     assert_eq!((t.expires_at, t.last_used_at, t.created_by), (None, None, None));
 }
+
+/// Two replicas (two `Store`s, two pools) receive the same status reports at
+/// once, as when a device switched replicas or a load balancer retried: each
+/// `(action_id, seq)` is applied by exactly one of them and is a duplicate for
+/// the other, and the events record each transition once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_apply_each_report_exactly_once_postgres() {
+    let base = match std::env::var("OTAFLEET_TEST_POSTGRES_URL") {
+        Ok(b) if !b.is_empty() => b,
+        _ => {
+            eprintln!("SKIPPED concurrent reports on PostgreSQL: set OTAFLEET_TEST_POSTGRES_URL to run it");
+            return;
+        }
+    };
+    let url = fresh_postgres_database(&base).await.unwrap();
+    let (a, b) = (Store::connect(&url).await.unwrap(), Store::connect(&url).await.unwrap());
+    const N: u128 = 120;
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"]}"#).unwrap();
+    let r = make_rollout(&a, N, spec).await;
+    drive(&a, r.id, 1_000).await;
+    let actions = a
+        .list_actions(&ActionQuery {
+            rollout_id: Some(r.id),
+            state: Some(ActionState::Notified),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(actions.len(), N as usize);
+    let devices: std::collections::HashMap<i64, Uuid> = actions.iter().map(|x| (x.id, x.device_id)).collect();
+    let steps = [ActionState::Downloading, ActionState::Installing, ActionState::Verifying, ActionState::Succeeded];
+    for (round, state) in steps.into_iter().enumerate() {
+        let seq = round as i64 + 1;
+        // Several rounds per step: each round contests a slice of the actions,
+        // in opposite orders and batch sizes on the two replicas.
+        for (k, slice) in actions.chunks(8).enumerate() {
+            let reports: Vec<(Uuid, StatusReport)> =
+                slice.iter().map(|x| (devices[&x.id], report(x.id, seq, state))).collect();
+            let mut reversed = reports.clone();
+            reversed.reverse();
+            let now = 2_000 + seq;
+            let (ra, rb) = if k % 2 == 0 {
+                // Both group-committed.
+                let (ra, rb) = tokio::join!(a.report_statuses(&reports, now), b.report_statuses(&reversed, now));
+                let mut rb: Vec<_> = rb.unwrap();
+                rb.reverse();
+                (ra.unwrap(), rb)
+            } else {
+                // One batch against the same reports one by one.
+                let one_by_one = async {
+                    let mut out = Vec::new();
+                    for (d, rep) in &reversed {
+                        out.push(b.report_status(*d, rep, now).await);
+                    }
+                    out.reverse();
+                    out
+                };
+                let (ra, rb) = tokio::join!(a.report_statuses(&reports, now), one_by_one);
+                (ra.unwrap(), rb)
+            };
+            for ((x, y), (_, rep)) in ra.into_iter().zip(rb).zip(&reports) {
+                let mut outcomes = [x.unwrap().0, y.unwrap().0];
+                outcomes.sort_by_key(|o| *o as u8);
+                assert_eq!(
+                    outcomes,
+                    [ReportOutcome::Applied, ReportOutcome::Duplicate],
+                    "action {} seq {}",
+                    rep.action_id,
+                    rep.seq
+                );
+            }
+        }
+    }
+    for x in &actions {
+        let now = a.get_action(x.id).await.unwrap().unwrap();
+        assert_eq!((now.state, now.last_seq), (ActionState::Succeeded, 4));
+        let rows =
+            sqlx::query("SELECT kind, COUNT(*) AS n FROM events WHERE action_id = $1 GROUP BY kind ORDER BY kind")
+                .bind(x.id)
+                .fetch_all(a.pool())
+                .await
+                .unwrap();
+        let counts: Vec<(String, i64)> =
+            rows.iter().map(|r| (r.string("kind").unwrap(), r.i64("n").unwrap())).collect();
+        for kind in ["action.downloading", "action.installing", "action.verifying", "action.succeeded"] {
+            assert_eq!(
+                counts.iter().find(|(k, _)| k == kind).map(|(_, n)| *n),
+                Some(1),
+                "action {}: {kind} in {counts:?}",
+                x.id
+            );
+        }
+    }
+}
+
+/// What other replicas hear: each change once its transaction commits, signed
+/// with the sending store's origin; SQLite has no listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_are_notified_postgres() {
+    let (sqlite, _dir) = sqlite().await;
+    assert!(matches!(sqlite.listen().await, Err(StoreError::Invalid(_))));
+    sqlite.notify(&notify::Change::Ping { n: 1 }).await.unwrap();
+    let Some(s) = postgres().await else { return };
+    let mut l = s.listen().await.unwrap();
+    let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"]}"#).unwrap();
+    let r = make_rollout(&s, 3, spec).await;
+    drive(&s, r.id, 1_000).await;
+    let n = next_notice(&mut l).await;
+    assert_eq!(n.origin, s.origin());
+    let notify::Change::Actions { mut devices } = n.change else { panic!("{n:?}") };
+    devices.sort();
+    assert_eq!(devices, (1..=3u128).map(Uuid::from_u128).collect::<Vec<_>>());
+    let a = s.inflight_action(Uuid::from_u128(2)).await.unwrap().unwrap();
+    let out = s.report_statuses(&[(a.device_id, report(a.id, 1, ActionState::Downloading))], 2_000).await.unwrap();
+    assert!(matches!(out[0], Ok((ReportOutcome::Applied, _))));
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::Actions { devices: vec![a.device_id] });
+    // A duplicate changes nothing and says nothing: the next message is the revocation.
+    s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 2_001).await.unwrap();
+    let t = s.create_token("t", Role::Viewer, "secret-notify").await.unwrap();
+    s.revoke_token(t.id, "t").await.unwrap();
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::TokenRevoked { id: t.id });
+    assert!(s.rotate_device_token(a.device_id, "new-secret", "t").await.unwrap());
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::DeviceToken { device: a.device_id });
+    assert!(s.delete_device(a.device_id, "t").await.unwrap());
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::DeviceDeleted { device: a.device_id });
+    s.notify(&notify::Change::Ping { n: 9 }).await.unwrap();
+    assert_eq!(next_notice(&mut l).await.change, notify::Change::Ping { n: 9 });
+}
+
+async fn next_notice(l: &mut notify::Listener) -> notify::Notice {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), l.next()).await.unwrap().unwrap() {
+        notify::Received::Notice(n) => n,
+        notify::Received::Lost => panic!("lost"),
+    }
+}

@@ -9,6 +9,7 @@
 //! one revokes it.
 
 use crate::events::{self, NewEvent};
+use crate::notify::{self, Change};
 use crate::{conflict_or, now_ms, Result, RowExt, Store, StoreError};
 use otafleet_core::EventKind;
 use serde::{Deserialize, Serialize};
@@ -186,6 +187,7 @@ impl Store {
         let revoked = old.iter().map(|r| r.i64("id")).collect::<Result<Vec<_>>>()?;
         for id in &revoked {
             revoke(&mut tx, *id, now, "server", "replaced by a new OTAFLEET_ADMIN_TOKEN").await?;
+            notify::send(&mut tx, self.backend, &self.origin, &Change::TokenRevoked { id: *id }).await?;
         }
         let new = NewToken { name: "bootstrap-admin", role: Role::Admin, secret, expires_at: None, created_by: None };
         insert(&mut tx, &new, true, now).await?;
@@ -240,6 +242,7 @@ impl Store {
         if !revoke(&mut tx, id, now_ms(), actor, "revoked").await? {
             return Ok(None);
         }
+        notify::send(&mut tx, self.backend, &self.origin, &Change::TokenRevoked { id }).await?;
         let row = sqlx::query(&format!("SELECT {COLS} FROM tokens WHERE id = $1")).bind(id).fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(from_row(&row)?))

@@ -33,6 +33,33 @@
 //!   makes the entry unknown again (the next check-in reads the database). A
 //!   check-in that reads the database stores what it found only if nothing was
 //!   put in since it looked (a generation number), so a release is never hidden.
+//!
+//! On PostgreSQL ([`Caches::notified`]) other replicas change the database
+//! too, and tell this one through `LISTEN/NOTIFY` (`otafleet_store::notify`,
+//! received by `service::coherence`, applied by `delivery::changed_elsewhere`):
+//! the inbox is on as well, and device tokens and versions are kept 10
+//! minutes too (every path that changes them, on any replica, updates or
+//! drops the entry, here or through a notification; API tokens keep 30 s).
+//! The rules:
+//!
+//! - Every change another replica makes to an action (released, reported,
+//!   timed out, failed by a check-in) makes the device's inbox entry unknown
+//!   and drops its cached version: its next check-in here reads the
+//!   database. A revoked token, a rotated device token and a deleted device
+//!   are dropped as on the replica that made the change. The notification is
+//!   sent in the change's transaction and arrives after its commit, so the
+//!   read it causes sees the change; a read already under way when it
+//!   arrives cannot store what it found (the generation moved on).
+//! - The caches are *in sync* only while the listener is connected and has
+//!   heard its own heartbeat (every second) within the last three. Whenever
+//!   it is not ([`Caches::desync`]: at start, on a lost connection, on a
+//!   missing heartbeat) nothing is answered from memory: no inbox, no cached
+//!   token, device token or version; every check-in and request reads the
+//!   database. Notifications sent meanwhile are lost, so on reconnecting,
+//!   once `LISTEN` is in place, [`Caches::resync`] forgets everything the
+//!   caches knew (inbox entries become unknown, with every device that has an
+//!   action in flight added; tokens and versions cleared) before serving from
+//!   memory again.
 
 use otafleet_core::DeviceHealth;
 use otafleet_store::{Action, Release, Store, TokenRecord};
@@ -46,7 +73,8 @@ const TTL: Duration = Duration::from_secs(30);
 /// How often a token's last-use time is written at most.
 const TOKEN_USE_RESOLUTION: Duration = Duration::from_secs(60);
 
-/// How long device tokens and versions are kept when this process owns the database.
+/// How long device tokens and versions are kept when this process owns the
+/// database, or hears of every change the others make (notifications in sync).
 const SINGLE_OWNER_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
@@ -76,6 +104,9 @@ struct Entry {
 #[derive(Default)]
 pub struct Caches {
     ttl: Duration,
+    /// Not in sync with the database's changes (see the module's rules):
+    /// nothing is answered from memory.
+    unsynced: std::sync::atomic::AtomicBool,
     inbox: Option<Mutex<HashMap<Uuid, Entry>>>,
     generation: std::sync::atomic::AtomicU64,
     tokens: RwLock<HashMap<String, (TokenRecord, Instant)>>,
@@ -116,6 +147,51 @@ impl Caches {
         }
     }
 
+    /// Caches for a PostgreSQL database shared with other replicas whose
+    /// changes arrive as notifications: kept like a single owner's (inbox on,
+    /// device tokens and versions 10 minutes), but nothing is served from
+    /// memory while out of sync, from the start until [`Caches::resync`].
+    pub fn notified(poll_interval: Duration) -> Self {
+        Caches {
+            inbox: Some(Default::default()),
+            unsynced: true.into(),
+            ttl: SINGLE_OWNER_TTL,
+            seen_resolution: poll_interval,
+            ..Default::default()
+        }
+    }
+
+    fn synced(&self) -> bool {
+        !self.unsynced.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Changes may have been missed: stop answering from memory until [`Caches::resync`].
+    pub fn desync(&self) {
+        self.unsynced.store(true, std::sync::atomic::Ordering::Release);
+        self.clear_identities();
+    }
+
+    /// Listening again (or for the first time): forgets everything the caches
+    /// knew about actions, tokens and versions, marks `in_flight` (every
+    /// device with an action in flight, read after `LISTEN`) as unknown, and
+    /// serves from memory again.
+    pub fn resync(&self, in_flight: &[Uuid]) {
+        self.with_inbox(|m| {
+            for e in m.values_mut() {
+                *e = Entry { generation: self.next_generation(), action: None };
+            }
+        });
+        self.inbox_add(in_flight);
+        self.clear_identities();
+        self.unsynced.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn clear_identities(&self) {
+        write(&self.tokens).clear();
+        write(&self.device_tokens).clear();
+        write(&self.devices).clear();
+    }
+
     fn with_inbox<R>(&self, f: impl FnOnce(&mut HashMap<Uuid, Entry>) -> R) -> Option<R> {
         self.inbox.as_ref().map(|m| f(&mut m.lock().unwrap_or_else(|p| p.into_inner())))
     }
@@ -145,6 +221,9 @@ impl Caches {
     }
 
     pub fn inbox(&self, device: Uuid) -> Inbox {
+        if !self.synced() {
+            return Inbox::Disabled;
+        }
         self.with_inbox(|m| match m.get(&device) {
             Some(Entry { action: Some(a), .. }) => Inbox::Known(a.clone()),
             Some(Entry { generation, action: None }) => Inbox::Maybe(*generation),
@@ -194,7 +273,10 @@ impl Caches {
     /// The valid (neither revoked nor expired) API token with this secret.
     pub async fn token(&self, store: &Store, secret: &str) -> Result<Option<TokenRecord>, otafleet_store::StoreError> {
         let now = otafleet_store::now_ms();
-        let cached = read(&self.tokens).get(secret).filter(|(_, at)| at.elapsed() < TTL).map(|(t, _)| t.clone());
+        let cached = match self.synced() {
+            true => read(&self.tokens).get(secret).filter(|(_, at)| at.elapsed() < TTL).map(|(t, _)| t.clone()),
+            false => None,
+        };
         let t = match cached {
             Some(t) if t.is_valid_at(now) && !read(&self.revoked).contains(&t.id) => Some(t),
             Some(_) => {
@@ -203,7 +285,7 @@ impl Caches {
             }
             None => {
                 let t = store.find_token(secret).await?.filter(|t| !read(&self.revoked).contains(&t.id));
-                if let Some(t) = &t {
+                if let Some(t) = t.as_ref().filter(|_| self.synced()) {
                     write(&self.tokens).insert(secret.to_string(), (t.clone(), Instant::now()));
                 }
                 t
@@ -244,13 +326,13 @@ impl Caches {
     }
 
     pub async fn device_id(&self, store: &Store, secret: &str) -> Result<Option<Uuid>, otafleet_store::StoreError> {
-        if let Some((id, at)) = read(&self.device_tokens).get(secret) {
+        if let Some((id, at)) = read(&self.device_tokens).get(secret).filter(|_| self.synced()) {
             if at.elapsed() < self.ttl {
                 return Ok(Some(*id));
             }
         }
         let id = store.device_id_by_token(secret).await?;
-        if let Some(id) = id {
+        if let Some(id) = id.filter(|_| self.synced()) {
             write(&self.device_tokens).insert(secret.to_string(), (id, Instant::now()));
         }
         Ok(id)
@@ -258,7 +340,18 @@ impl Caches {
 
     /// The cached running version of a device, if fresh.
     pub fn live(&self, id: Uuid) -> Option<Live> {
+        if !self.synced() {
+            return None;
+        }
         read(&self.devices).get(&id).filter(|l| l.fetched.elapsed() < self.ttl).cloned()
+    }
+
+    /// Forgets the cached versions of these devices (changed elsewhere).
+    pub fn forget_live(&self, ids: &[Uuid]) {
+        let mut m = write(&self.devices);
+        for id in ids {
+            m.remove(id);
+        }
     }
 
     pub fn set_live(&self, id: Uuid, version: Option<String>) {
@@ -455,5 +548,35 @@ mod tests {
         assert!(matches!(c.inbox(a), Inbox::Maybe(_)));
         c.forget_device(b);
         assert!(matches!(c.inbox(b), Inbox::Empty));
+    }
+
+    #[test]
+    fn notified_caches_serve_nothing_from_memory_out_of_sync_and_forget_all_on_resync() {
+        let c = Caches::notified(POLL);
+        let (a, b, idle) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        // Before the listener is in place: every check-in reads the database.
+        c.inbox_put(&[action(1, a, ActionState::Notified, 0)]);
+        c.set_live(a, Some("1.0.0".into()));
+        assert!(matches!(c.inbox(a), Inbox::Disabled) && c.live(a).is_none());
+        // Listening: what was known is unknown, in-flight devices too, the rest idle.
+        c.resync(&[b]);
+        assert!(matches!(c.inbox(a), Inbox::Maybe(_)));
+        assert!(matches!(c.inbox(b), Inbox::Maybe(_)));
+        assert!(matches!(c.inbox(idle), Inbox::Empty));
+        assert!(c.live(a).is_none(), "versions are forgotten");
+        c.inbox_put(&[action(2, idle, ActionState::Notified, 0)]);
+        c.set_live(idle, Some("1.0.0".into()));
+        assert_eq!(known(&c, idle), Some((2, ActionState::Notified)));
+        assert!(c.live(idle).is_some());
+        // Another replica changed it: unknown here, version dropped.
+        c.inbox_unknown(&[idle]);
+        c.forget_live(&[idle]);
+        assert!(matches!(c.inbox(idle), Inbox::Maybe(_)) && c.live(idle).is_none());
+        // Notifications lost: nothing from memory until the next resync.
+        c.inbox_put(&[action(3, idle, ActionState::Notified, 0)]);
+        c.desync();
+        assert!(matches!(c.inbox(idle), Inbox::Disabled));
+        c.resync(&[]);
+        assert!(matches!(c.inbox(idle), Inbox::Maybe(_)), "a known action is read again after a resync");
     }
 }

@@ -11,13 +11,15 @@
 //! This is also the one place that keeps the caches coherent with the store
 //! (see `caches` for what each holds): every path that changes an action or a
 //! device's version here updates or invalidates the cached copy in the same
-//! function, right after the store call.
+//! function, right after the store call; what other replicas changed arrives
+//! through `service::coherence` and is applied by [`changed_elsewhere`].
 
 use super::caches::Inbox;
 use super::{ServiceError, ServiceResult};
 use crate::AppState;
 use otafleet_core::protocol::StatusReport;
 use otafleet_core::{ActionState, DeviceHealth};
+use otafleet_store::notify::Change;
 use otafleet_store::{Action, ReportOutcome, StoreError};
 use uuid::Uuid;
 
@@ -112,7 +114,10 @@ pub async fn report(state: &AppState, device: Uuid, report: StatusReport) -> Ser
 }
 
 /// The driver handed these actions to their devices (after the commit):
-/// answer their next check-in from memory and wake them over MQTT.
+/// answer their next check-in from memory and wake them over MQTT. Only the
+/// replica that released them gets here (the driver's), so each wake-up is
+/// published once; other replicas hear of the release through
+/// [`changed_elsewhere`], which publishes nothing.
 pub fn released(state: &AppState, actions: &[Action]) {
     if actions.is_empty() {
         return;
@@ -139,9 +144,39 @@ pub fn device_token_rotated(state: &AppState, device: Uuid) {
     state.caches.forget_device_token(device);
 }
 
-/// At start: devices that may have an action in flight.
+/// Another replica committed `change` (a notification, `service::coherence`):
+/// drop what the caches hold that it made stale.
+pub fn changed_elsewhere(state: &AppState, change: &Change) {
+    match change {
+        Change::Actions { devices } => {
+            // Released, reported, timed out or failed there: read again here.
+            state.caches.inbox_unknown(devices);
+            state.caches.forget_live(devices);
+            // The leader's gate may move (a report applied by another replica).
+            state.driver_wake.notify_one();
+        }
+        Change::TokenRevoked { id } => state.caches.forget_token(*id),
+        Change::DeviceToken { device } => device_token_rotated(state, *device),
+        Change::DeviceDeleted { device } => device_deleted(state, *device),
+        Change::Ping { .. } => {}
+    }
+}
+
+/// Notifications may have been lost: nothing is served from memory until [`resync`].
+pub fn desynced(state: &AppState) {
+    state.caches.desync();
+}
+
+/// Listening (again): forget what the caches knew; devices that may have an
+/// action in flight, read after `LISTEN` was in place, become unknown.
+pub async fn resync(state: &AppState) -> ServiceResult<()> {
+    state.caches.resync(&state.store.devices_in_flight().await?);
+    Ok(())
+}
+
+/// At start (after `LISTEN`, on PostgreSQL): devices that may have an action in flight.
 pub async fn warm(state: &AppState) -> ServiceResult<()> {
-    state.caches.inbox_add(&state.store.devices_in_flight().await?);
+    resync(state).await?;
     state.warm.store(true, std::sync::atomic::Ordering::Release);
     Ok(())
 }

@@ -9,9 +9,12 @@
 //!   progress comes back (check-in, status report, release notification),
 //!   and the only code that keeps [`caches`] coherent with the store.
 //! - [`caches`]: the caches themselves, each with its invariant.
+//! - [`coherence`]: on PostgreSQL, the listener that applies other replicas'
+//!   changes to the caches (through [`delivery`]).
 //! - [`tokens`]: the bootstrap admin token.
 
 pub mod caches;
+pub mod coherence;
 pub mod delivery;
 pub mod rollouts;
 pub mod tokens;

@@ -5,6 +5,7 @@
 use super::{action_from_row, set_action_state, Checkin, ACTION_COLS, ACTIVE, IN_FLIGHT};
 use crate::devices::{self, DEVICE_COLS};
 use crate::events::{self, NewEvent};
+use crate::notify::{self, Change};
 use crate::{Result, Store, StoreError};
 use otafleet_core::{ActionState, DeviceHealth, EventKind};
 use uuid::Uuid;
@@ -77,6 +78,10 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let action = action.as_ref().map(action_from_row).transpose()?;
+        if version_changed {
+            let change = Change::Actions { devices: vec![device_id] };
+            notify::send(&mut tx, self.backend, &self.origin, &change).await?;
+        }
         tx.commit().await?;
         Ok(Checkin { device, action })
     }

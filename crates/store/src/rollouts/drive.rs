@@ -4,6 +4,7 @@
 use super::apply::apply_effects;
 use super::{rollout_from_row, Action, Rollout, FAILED, IN_FLIGHT, MISSING_ROLLBACK, ROLLOUT_COLS, TERMINAL};
 use crate::leases::{check_fence, Fence};
+use crate::notify::{self, Change};
 use crate::{Result, RowExt, Store, StoreError};
 use otafleet_core::effects;
 use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
@@ -137,6 +138,8 @@ impl Store {
         }
         let e = effects::decision(&snapshot, &decision, now);
         let released = apply_effects(&mut tx, &parts.rollout, &e, "driver", now).await?;
+        let devices = released.iter().map(|a| a.device_id).collect();
+        notify::send(&mut tx, self.backend, &self.origin, &Change::Actions { devices }).await?;
         tx.commit().await?;
         Ok((decision, released))
     }

@@ -3,8 +3,9 @@
 //! [`apply_action_change`] writes.
 
 use super::apply::apply_action_change;
-use super::{load_action, load_rollout, Action, Rollout, Tx, IN_FLIGHT};
+use super::{load_rollout, lock_action, Action, Rollout, Tx, IN_FLIGHT};
 use crate::leases::{check_fence, Fence};
+use crate::notify::{self, Change};
 use crate::{Result, RowExt, Store, StoreError};
 use otafleet_core::effects::{self, ActionFacts};
 use uuid::Uuid;
@@ -29,13 +30,16 @@ impl Store {
             let id = row.i64("id")?;
             let mut tx = self.write_tx().await?;
             check_fence(&mut tx, self.backend, fence, now).await?;
-            let Some(a) = load_action(&mut tx, id).await? else { continue };
+            // Locked: a status report of another replica waits, then sees the timeout.
+            let Some(a) = lock_action(&mut tx, self.backend, id).await? else { continue };
             if !a.state.is_in_flight() || a.deadline.is_none_or(|d| d > now) {
                 continue;
             }
             let r = load_rollout(&mut tx, a.rollout_id).await?;
             let msg = format!("no report within {} s (attempt {})", r.strategy.gate.timeout_secs, a.attempts);
             fail_action(&mut tx, &r, &a, &msg, "timeout", now).await?;
+            let change = Change::Actions { devices: vec![a.device_id] };
+            notify::send(&mut tx, self.backend, &self.origin, &change).await?;
             tx.commit().await?;
             changed.push(a.device_id);
         }

@@ -260,6 +260,28 @@ pub(crate) async fn load_action(tx: &mut Tx, id: i64) -> Result<Option<Action>> 
     row.as_ref().map(action_from_row).transpose()
 }
 
+/// What to append to a `SELECT` of actions that the transaction is about to
+/// change on the strength of what it read (`last_seq`, `state`): on
+/// PostgreSQL the rows are locked until commit (`FOR UPDATE`), so a
+/// concurrent transaction of another replica waits and then reads what this
+/// one wrote; on SQLite the write transaction (`BEGIN IMMEDIATE`) already
+/// excludes every other writer.
+pub(crate) fn for_update(backend: crate::Backend) -> &'static str {
+    match backend {
+        crate::Backend::Postgres => " FOR UPDATE",
+        crate::Backend::Sqlite => "",
+    }
+}
+
+/// [`load_action`], locking the row on PostgreSQL ([`for_update`]).
+pub(crate) async fn lock_action(tx: &mut Tx, backend: crate::Backend, id: i64) -> Result<Option<Action>> {
+    let row = sqlx::query(&format!("SELECT {ACTION_COLS} FROM actions WHERE id = $1{}", for_update(backend)))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(action_from_row).transpose()
+}
+
 /// The event recording an action's move to `to`.
 pub(crate) fn action_event(a: &Action, to: ActionState, message: Option<&str>) -> NewEvent {
     let mut data = serde_json::json!({"from": a.state.as_str(), "to": to.as_str(), "kind": a.kind.as_str(), "attempt": a.attempts});

@@ -148,6 +148,11 @@ impl ReportWrites {
             sqlx::query(&sql).bind(now).bind(serde_json::Value::Array(rows).to_string()).execute(&mut *conn).await?;
             self.events.clear();
         }
+        if self.backend == Backend::Postgres && !self.devices.is_empty() {
+            let mut ids: Vec<String> = self.devices.iter().map(Uuid::to_string).collect();
+            ids.sort_unstable();
+            crate::devices::lock_devices_in_order(conn, &ids).await?;
+        }
         if !self.installed.is_empty() {
             let sql = format!(
                 "UPDATE devices SET previous_version = CASE WHEN devices.current_version = {v} \

@@ -4,8 +4,12 @@
 
 use super::expiry::fail_action;
 use super::report_writes::ReportWrites;
-use super::{action_event, action_from_row, load_action, load_rollout, Action, ReportOutcome, Tx, ACTION_COLS};
+use super::{
+    action_event, action_from_row, for_update, load_action, load_rollout, lock_action, Action, ReportOutcome, Tx,
+    ACTION_COLS,
+};
 use crate::events::NewEvent;
+use crate::notify::{self, Change};
 use crate::{Result, Store, StoreError};
 use otafleet_core::protocol::StatusReport;
 use otafleet_core::{ActionState, EventKind};
@@ -22,17 +26,24 @@ impl Store {
         now: i64,
     ) -> Result<(ReportOutcome, Action)> {
         let mut tx = self.write_tx().await?;
-        let a = load_action(&mut tx, report.action_id).await?;
+        let a = lock_action(&mut tx, self.backend, report.action_id).await?;
         let mut w = ReportWrites::new(self.backend);
         let out = apply_report(&mut tx, &mut w, device_id, report, a, now).await?;
         w.flush(&mut tx, now).await?;
+        if out.0 == ReportOutcome::Applied {
+            let change = Change::Actions { devices: vec![device_id] };
+            notify::send(&mut tx, self.backend, &self.origin, &change).await?;
+        }
         tx.commit().await?;
         Ok(out)
     }
 
     /// Group commit: applies many reports in one write transaction, in order,
     /// each exactly as [`Store::report_status`] would (two reports on one
-    /// action see each other). The actions are read in one query up front. A
+    /// action see each other). The actions are read in one query up front,
+    /// locked on PostgreSQL in id order (so two replicas' batches over the
+    /// same actions queue instead of deadlocking, and the second reads what
+    /// the first committed: each `(action_id, seq)` is applied once). A
     /// report refused on its own merits (unknown action, another device's)
     /// gets its own error and leaves no trace, because [`apply_report`] only
     /// refuses before its first write. A database error fails the whole batch
@@ -50,9 +61,12 @@ impl Store {
         for chunk in ids.chunks(500) {
             // Integers only: formatted, not bound, to keep one statement per chunk.
             let list = chunk.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
-            for row in sqlx::query(&format!("SELECT {ACTION_COLS} FROM actions WHERE id IN ({list})"))
-                .fetch_all(&mut *tx)
-                .await?
+            for row in sqlx::query(&format!(
+                "SELECT {ACTION_COLS} FROM actions WHERE id IN ({list}) ORDER BY id{}",
+                for_update(self.backend)
+            ))
+            .fetch_all(&mut *tx)
+            .await?
             {
                 let a = action_from_row(&row)?;
                 actions.insert(a.id, a);
@@ -74,6 +88,16 @@ impl Store {
             }
         }
         w.flush(&mut tx, now).await?;
+        let mut devices: Vec<Uuid> = out
+            .iter()
+            .filter_map(|o| match o {
+                Ok((ReportOutcome::Applied, a)) => Some(a.device_id),
+                _ => None,
+            })
+            .collect();
+        devices.sort_unstable();
+        devices.dedup();
+        notify::send(&mut tx, self.backend, &self.origin, &Change::Actions { devices }).await?;
         tx.commit().await?;
         Ok(out)
     }
