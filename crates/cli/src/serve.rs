@@ -73,9 +73,8 @@ struct FileConfig {
 }
 
 impl ServeArgs {
-    /// Merges the TOML file under flags and environment. Also answers
-    /// `allow_http_artifacts`, which is not (yet) part of the server's `Config`.
-    pub fn into_config(mut self, m: &ArgMatches) -> Result<(otafleet_server::Config, bool)> {
+    /// Merges the TOML file under flags and environment.
+    pub fn into_config(mut self, m: &ArgMatches) -> Result<otafleet_server::Config> {
         if let Some(path) = &self.config {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
@@ -142,9 +141,10 @@ impl ServeArgs {
             mqtt,
             lease: std::time::Duration::from_secs(self.lease_secs),
             replica_id,
+            allow_http_artifacts: self.allow_http_artifacts,
             ..Default::default()
         };
-        Ok((config, self.allow_http_artifacts))
+        Ok(config)
     }
 }
 
@@ -156,15 +156,7 @@ pub fn announce(running: &otafleet_server::Running) {
 }
 
 pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<()> {
-    let (config, allow_http) = args.into_config(m)?;
-    // Process-wide (the server's Config is shared with the replica work and
-    // stays as it is for now); set before the server answers anything.
-    otafleet_server::http::validate::set_allow_http_artifacts(allow_http);
-    let (n, bytes) = otafleet_server::http::artifacts::sweep_tmp(&config.data_dir)
-        .with_context(|| format!("sweeping {}", config.data_dir.join("tmp").display()))?;
-    if n > 0 {
-        tracing::info!(files = n, bytes, "removed temporary files of interrupted uploads");
-    }
+    let config = args.into_config(m)?;
     match &config.release_signer {
         Some(k) => tracing::info!(public_key = %k.public_hex(), "signing release manifests"),
         None => tracing::warn!("no --signing-key: release manifests are unsigned and agents will refuse them"),

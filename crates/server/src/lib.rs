@@ -55,6 +55,9 @@ pub struct Config {
     pub lease: std::time::Duration,
     /// This process among the replicas (`--replica-id`); must be unique.
     pub replica_id: String,
+    /// Release artifacts may name `http://` URLs (`--allow-http-artifacts`);
+    /// otherwise only `https://` and the server's own artifact path.
+    pub allow_http_artifacts: bool,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             mqtt: None,
             lease: std::time::Duration::from_secs(10),
             replica_id: leader::default_replica_id(),
+            allow_http_artifacts: false,
         }
     }
 }
@@ -161,6 +165,12 @@ impl Running {
 
 /// Connects to the database, migrates, binds and starts serving in the background.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    // Temporary files of uploads a crash or a kill interrupted (the data dir is this process's).
+    let (n, bytes) = http::artifacts::sweep_tmp(&config.data_dir)
+        .with_context(|| format!("sweeping {}", config.data_dir.join("tmp").display()))?;
+    if n > 0 {
+        tracing::info!(files = n, bytes, "removed temporary files of interrupted uploads");
+    }
     let store = Store::connect(&config.database_url)
         .await
         .with_context(|| format!("opening database {}", redact(&config.database_url)))?;

@@ -68,7 +68,7 @@ pub async fn create(
         if artifacts.iter().any(|b| b.name == a.name) {
             return Err(ApiError::invalid(&f("name"), format!("'{}' is listed twice; names are unique", a.name)));
         }
-        validate::artifact_uri(&f("uri"), &a.uri)?;
+        validate::artifact_uri(&f("uri"), &a.uri, state.config.allow_http_artifacts)?;
         validate::artifact_size(&f("size"), a.size)?;
         let sha = a.sha256.to_ascii_lowercase();
         if !rules::is_sha256(&sha) {

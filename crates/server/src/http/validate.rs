@@ -22,26 +22,13 @@ pub fn labels(prefix: &str, labels: &Labels) -> ApiResult<()> {
     })
 }
 
-/// Whether release artifacts may name `http://` URLs (`serve
-/// --allow-http-artifacts`). Process-wide, set once by the CLI before the
-/// server starts; off by default.
-static ALLOW_HTTP_ARTIFACTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Allows (or refuses again) `http://` artifact URIs in this process.
-pub fn set_allow_http_artifacts(allow: bool) {
-    ALLOW_HTTP_ARTIFACTS.store(allow, std::sync::atomic::Ordering::Relaxed);
-}
-
-fn allow_http_artifacts() -> bool {
-    ALLOW_HTTP_ARTIFACTS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 pub fn artifact_name(field: &str, n: &str) -> ApiResult<()> {
     rules::artifact_name(n).map_err(|m| ApiError::invalid(field, m))
 }
 
-pub fn artifact_uri(field: &str, uri: &str) -> ApiResult<()> {
-    rules::artifact_uri(uri, allow_http_artifacts()).map_err(|m| ApiError::invalid(field, m))
+/// `allow_http`: the server's `--allow-http-artifacts`.
+pub fn artifact_uri(field: &str, uri: &str, allow_http: bool) -> ApiResult<()> {
+    rules::artifact_uri(uri, allow_http).map_err(|m| ApiError::invalid(field, m))
 }
 
 pub fn signature(field: &str, s: &str) -> ApiResult<()> {
