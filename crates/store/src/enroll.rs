@@ -46,6 +46,8 @@ pub enum EnrollRefusal {
     Unknown,
     Expired,
     UsedUp,
+    /// The token's labels over the proposed ones would exceed `core::validate::MAX_LABELS`.
+    TooManyLabels(usize),
 }
 
 impl fmt::Display for EnrollRefusal {
@@ -54,6 +56,13 @@ impl fmt::Display for EnrollRefusal {
             EnrollRefusal::Unknown => "unknown or revoked enrollment token",
             EnrollRefusal::Expired => "the enrollment token has expired",
             EnrollRefusal::UsedUp => "the enrollment token has no uses left",
+            EnrollRefusal::TooManyLabels(n) => {
+                return write!(
+                    f,
+                    "with the enrollment token's labels the device would have {n} labels; at most {} are allowed",
+                    otafleet_core::validate::MAX_LABELS
+                )
+            }
         })
     }
 }
@@ -168,13 +177,18 @@ impl Store {
         if token.max_uses.is_some_and(|m| token.uses >= m) {
             return Ok(Err(EnrollRefusal::UsedUp));
         }
+        // Checked on the merged set before a use is consumed: a device past the
+        // cap could never be updated afterwards (every PATCH would fail).
+        device.labels.extend(token.labels.clone());
+        if device.labels.len() > otafleet_core::validate::MAX_LABELS {
+            return Ok(Err(EnrollRefusal::TooManyLabels(device.labels.len())));
+        }
         sqlx::query("UPDATE enrollment_tokens SET uses = uses + 1, last_used_at = $2 WHERE id = $1")
             .bind(token.id)
             .bind(now)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        device.labels.extend(token.labels.clone());
         match self.insert_devices(std::slice::from_ref(&device), &format!("enrollment:{}", token.name)).await {
             Ok(mut ds) => ds.pop().map(Ok).ok_or_else(|| StoreError::Corrupt("insert returned no device".into())),
             Err(e) => {
@@ -215,6 +229,23 @@ mod tests {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             current_version: Some("1.0.0".into()),
             token: Some(format!("dev_{name}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn labels_past_the_cap_once_merged_are_refused_without_using_the_token() {
+        let (stores, _dir) = stores().await;
+        for s in stores {
+            let labels: Labels = (0..40).map(|i| (format!("t{i}"), "x".to_string())).collect();
+            let new = NewEnrollmentToken { name: "cap".into(), labels, max_uses: Some(1), expires_at: None };
+            let secret = "enr_cap";
+            s.create_enrollment_token(&new, secret, "t").await.unwrap();
+            let proposed: Vec<(String, String)> = (0..30).map(|i| (format!("d{i}"), "y".to_string())).collect();
+            let pairs: Vec<(&str, &str)> = proposed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let refused = s.enroll_device(secret, device("big", &pairs), 0).await.unwrap();
+            assert!(matches!(refused, Err(EnrollRefusal::TooManyLabels(70))), "{refused:?}");
+            // The one use is still there for a device within the cap.
+            assert!(s.enroll_device(secret, device("small", &[("d0", "y")]), 0).await.unwrap().is_ok());
         }
     }
 

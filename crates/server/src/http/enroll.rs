@@ -177,6 +177,9 @@ pub async fn enroll(
             tracing::info!(device = %d.id, name = %d.name, "device enrolled");
             Ok((StatusCode::CREATED, Json(EnrollResponse { device_id: d.id, name: d.name, labels: d.labels, token })))
         }
+        Err(refusal @ otafleet_store::EnrollRefusal::TooManyLabels(_)) => {
+            Err(ApiError::invalid("labels", refusal.to_string()))
+        }
         Err(refusal) => Err(ApiError::unauthorized(refusal.to_string())),
     }
 }
