@@ -78,6 +78,34 @@ fn time_to_lead(s: &Server, from: Instant, limit: Duration) -> Duration {
     }
 }
 
+/// Creates release 2.0.0 and a rollout of it over the simulated fleet
+/// (`device_type=sim`) through `h`, with `strategy`; returns the rollout's id.
+fn create_rollout(h: &Http, strategy: Value) -> i64 {
+    assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
+    let body = json!({"version": "2.0.0", "selector": "device_type=sim", "strategy": strategy});
+    let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.body["id"].as_i64().unwrap()
+}
+
+/// Waits until wave 1 of rollout `id` is running with at least `succeeded` devices updated.
+fn until_wave_1_has(h: &Http, id: i64, succeeded: i64) {
+    eventually(Duration::from_secs(60), || {
+        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
+        (r["current_wave"].as_i64().unwrap_or(0) >= 1
+            && r["progress"][1]["succeeded"].as_i64().unwrap_or(0) >= succeeded)
+            .then_some(())
+    });
+}
+
+/// Waits until rollout `id` has ended; returns its last answer.
+fn until_ended(h: &Http, id: i64) -> Value {
+    eventually(Duration::from_secs(120), || {
+        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
+        matches!(r["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")).then_some(r)
+    })
+}
+
 #[test]
 fn one_replica_drives_and_another_takes_over_after_kill_9_without_releasing_anything_twice() {
     let Some(db) = postgres_url() else {
@@ -96,18 +124,9 @@ fn one_replica_drives_and_another_takes_over_after_kill_9_without_releasing_anyt
     let args = SimArgs { devices: n, latency: 60, poll_ms: 100, ..Default::default() };
     let fleet = rt.block_on(sim::spawn(&follower.url, Some(ADMIN), &args)).unwrap();
     let h = Http::new(&follower.url);
-    assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
-    let body = json!({"version": "2.0.0", "selector": "device_type=sim",
-        "strategy": {"steps": [1, "25%", "100%"], "max_parallel": 3, "timeout_secs": 600}});
-    let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
-    assert_eq!(r.status, 201, "{}", r.text);
-    let id = r.body["id"].as_i64().unwrap();
+    let id = create_rollout(&h, json!({"steps": [1, "25%", "100%"], "max_parallel": 3, "timeout_secs": 600}));
     // Pull the plug on the leader in the middle of a wave.
-    eventually(Duration::from_secs(60), || {
-        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
-        (r["current_wave"].as_i64().unwrap_or(0) >= 1 && r["progress"][1]["succeeded"].as_i64().unwrap_or(0) >= 2)
-            .then_some(())
-    });
+    until_wave_1_has(&h, id, 2);
     let killed = Instant::now();
     leader.kill9();
     let lease = Duration::from_secs(LEASE_SECS);
@@ -117,10 +136,7 @@ fn one_replica_drives_and_another_takes_over_after_kill_9_without_releasing_anyt
     assert_eq!(metric(&follower.url, "otafleet_leader_takeovers_total"), Some(1));
     probes_answer(follower);
     // The new leader finishes the rollout.
-    let done = eventually(Duration::from_secs(120), || {
-        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
-        matches!(r["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")).then_some(r)
-    });
+    let done = until_ended(&h, id);
     let installs = fleet.stats.installs_ok.load(Ordering::Relaxed);
     rt.block_on(fleet.stop());
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -282,16 +298,8 @@ fn a_fleet_switching_replicas_at_random_completes_with_each_action_released_once
     let args = SimArgs { devices: n, latency: 30, poll_ms: 100, also_via: vec![b.url.clone()], ..Default::default() };
     let fleet = rt.block_on(sim::spawn(&a.url, Some(ADMIN), &args)).unwrap();
     let h = Http::new(&b.url);
-    assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
-    let body = json!({"version": "2.0.0", "selector": "device_type=sim",
-        "strategy": {"steps": [1, "25%", "100%"], "timeout_secs": 600}});
-    let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
-    assert_eq!(r.status, 201, "{}", r.text);
-    let id = r.body["id"].as_i64().unwrap();
-    let done = eventually(Duration::from_secs(120), || {
-        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
-        matches!(r["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")).then_some(r)
-    });
+    let id = create_rollout(&h, json!({"steps": [1, "25%", "100%"], "timeout_secs": 600}));
+    let done = until_ended(&h, id);
     // Let the devices check in a few more times: a stale cache would hand a
     // finished action out again, and the device would install it twice.
     std::thread::sleep(Duration::from_millis(500));
@@ -324,17 +332,8 @@ fn a_leader_paused_past_its_lease_is_fenced_and_the_rollout_completes_without_re
     let args = SimArgs { devices: n, latency: 60, poll_ms: 100, ..Default::default() };
     let fleet = rt.block_on(sim::spawn(&follower.url, Some(ADMIN), &args)).unwrap();
     let h = Http::new(&follower.url);
-    assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
-    let body = json!({"version": "2.0.0", "selector": "device_type=sim",
-        "strategy": {"steps": [1, "25%", "100%"], "max_parallel": 3, "timeout_secs": 600}});
-    let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
-    assert_eq!(r.status, 201, "{}", r.text);
-    let id = r.body["id"].as_i64().unwrap();
-    eventually(Duration::from_secs(60), || {
-        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
-        (r["current_wave"].as_i64().unwrap_or(0) >= 1 && r["progress"][1]["succeeded"].as_i64().unwrap_or(0) >= 1)
-            .then_some(())
-    });
+    let id = create_rollout(&h, json!({"steps": [1, "25%", "100%"], "max_parallel": 3, "timeout_secs": 600}));
+    until_wave_1_has(&h, id, 1);
     // Freeze the leader past its lease: the follower takes over...
     let paused = Instant::now();
     signal(leader, "-STOP");
@@ -345,10 +344,7 @@ fn a_leader_paused_past_its_lease_is_fenced_and_the_rollout_completes_without_re
     // ...and the old leader wakes up still believing it leads, until its own
     // clock says otherwise: the fence refuses whatever it tries meanwhile.
     signal(leader, "-CONT");
-    let done = eventually(Duration::from_secs(120), || {
-        let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
-        matches!(r["state"].as_str(), Some("succeeded" | "failed" | "rolled_back")).then_some(r)
-    });
+    let done = until_ended(&h, id);
     assert_eq!(the_one_leader(&[&a, &b], 5), if std::ptr::eq(follower, &a) { 0 } else { 1 }, "the new leader stays");
     std::thread::sleep(Duration::from_millis(300));
     let installs = fleet.stats.installs_ok.load(Ordering::Relaxed);
