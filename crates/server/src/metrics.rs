@@ -25,6 +25,9 @@ pub struct Metrics {
     pub checkins: Counter,
     pub status_reports: Family<Labels, Counter>,
     pub driver_decisions: Family<Labels, Counter>,
+    /// Rollouts the driver read and asked the engine about (a changed
+    /// revision, a wake-up that came, or a first look).
+    pub driver_rollout_reads: Counter,
     /// 1 on the replica that holds the driver's lease, 0 on the others.
     pub leader: Family<Labels, Gauge>,
     /// Times this replica became the leader.
@@ -60,6 +63,7 @@ impl Metrics {
             checkins: Counter::default(),
             status_reports: Family::default(),
             driver_decisions: Family::default(),
+            driver_rollout_reads: Counter::default(),
             leader: Family::default(),
             leader_takeovers: Counter::default(),
             cache_resyncs: Counter::default(),
@@ -98,6 +102,11 @@ impl Metrics {
             "otafleet_driver_decisions",
             "Rollout driver decisions applied, by decision",
             m.driver_decisions.clone(),
+        );
+        registry.register(
+            "otafleet_driver_rollout_reads",
+            "Rollouts the driver read and decided on (parked rollouts whose revision did not move are not read)",
+            m.driver_rollout_reads.clone(),
         );
         registry.register(
             "otafleet_leader",

@@ -62,6 +62,10 @@ async fn errors_are_json_and_name_the_field() {
     assert_eq!(v["error"]["field"], "version");
     assert!(app.state.store.rollout_summaries().await.unwrap().is_empty(), "nothing was stored");
     assert!(app.state.store.get_release_by_version("\u{fffd}\u{fffd}").await.unwrap().is_none());
+    // A body is an object: serde would build the struct from an array of its fields.
+    let (s, v) = call(&app, "POST", "/api/v1/devices", Some(&app.token), Some(json!([null, null]))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["message"], "body: expected a JSON object");
 }
 
 #[tokio::test]
@@ -127,7 +131,7 @@ async fn jobs_of_an_external_executor_are_left_to_it() {
         .await
         .unwrap()
         .expect("the lease is free");
-    otafleet_server::driver::pass(&app.state, &mut idle, true, &fence).await.unwrap();
+    otafleet_server::driver::pass(&app.state, &mut idle, &fence, otafleet_server::driver::Scope::All).await.unwrap();
     let r = app.state.store.get_rollout(id).await.unwrap().unwrap();
     assert_eq!(r.state, otafleet_core::RolloutState::Running, "the executor said running; the driver did not fail it");
     let (s, _) =

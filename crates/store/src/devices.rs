@@ -279,15 +279,18 @@ impl Store {
         let now = now_ms();
         let mut tx = self.write_tx().await?;
         let sid = id.to_string();
-        sqlx::query(&format!(
+        let skipped = sqlx::query(&format!(
             "UPDATE actions SET state = 'skipped', error = 'device deleted', deadline = NULL, updated_at = $1 \
-             WHERE device_id = $2 AND state NOT IN {}",
+             WHERE device_id = $2 AND state NOT IN {} RETURNING rollout_id",
             crate::rollouts::TERMINAL
         ))
         .bind(now)
         .bind(sid.as_str())
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        for row in &skipped {
+            tx.touch(row.i64("rollout_id")?);
+        }
         sqlx::query("DELETE FROM device_labels WHERE device_id = $1").bind(sid.as_str()).execute(&mut *tx).await?;
         let n = sqlx::query("DELETE FROM devices WHERE id = $1")
             .bind(sid.as_str())

@@ -27,8 +27,8 @@ pub use events::{Event, EventQuery, NewEvent};
 pub use leases::{Fence, DRIVER_LEASE};
 pub use releases::{Artifact, NewArtifact, NewRelease, Release};
 pub use rollouts::{
-    Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, RolloutSummary, Target,
-    WaveProgress,
+    Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, RolloutSummary, Step,
+    Target, WaveProgress,
 };
 pub use tokens::{hash_token, Bootstrap, NewToken, Role, TokenRecord};
 
@@ -36,6 +36,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Row};
 use std::borrow::Cow;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Which engine a [`Store`] talks to.
@@ -88,10 +89,38 @@ pub struct Store {
     origin: std::sync::Arc<str>,
     /// The PostgreSQL URL, for the listener's own connection.
     url: Option<std::sync::Arc<String>>,
+    /// Whether writes get their lock (see [`WriteHealth`]).
+    write_health: std::sync::Arc<WriteHealthState>,
+    /// Signalled after every commit that changed a rollout or its actions.
+    changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// How long a SQLite write may wait for the lock while no writer of this
+/// process holds it before it counts as stuck (`/readyz` says so).
+const WRITE_LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct WriteHealthState {
+    /// Unix ms since which a write has been waiting for the lock; 0: none.
+    waiting_since: std::sync::atomic::AtomicI64,
+    /// Times the idle connections were closed to free a stuck lock.
+    heals: std::sync::atomic::AtomicU64,
+}
+
+/// Whether the database's write lock is being handed out (SQLite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteHealth {
+    /// Since when (Unix ms) a write has waited more than a second for the
+    /// lock although no writer of this process held it: a leaked transaction
+    /// or another process.
+    pub stuck_since: Option<i64>,
+    /// Times the idle connections were closed to free a lock held with no
+    /// writer of ours (a transaction left open by a cancelled request).
+    pub heals: u64,
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 6] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 7] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -99,6 +128,7 @@ fn migrator(backend: Backend) -> Migrator {
             (4, "preset", include_str!("../migrations/sqlite/0004_preset.sql")),
             (5, "leases", include_str!("../migrations/sqlite/0005_leases.sql")),
             (6, "token_lifecycle", include_str!("../migrations/sqlite/0006_token_lifecycle.sql")),
+            (9, "rollout_changes", include_str!("../migrations/sqlite/0009_rollout_changes.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -107,6 +137,7 @@ fn migrator(backend: Backend) -> Migrator {
             (4, "preset", include_str!("../migrations/postgres/0004_preset.sql")),
             (5, "leases", include_str!("../migrations/postgres/0005_leases.sql")),
             (6, "token_lifecycle", include_str!("../migrations/postgres/0006_token_lifecycle.sql")),
+            (9, "rollout_changes", include_str!("../migrations/postgres/0009_rollout_changes.sql")),
         ],
     };
     Migrator {
@@ -168,7 +199,15 @@ impl Store {
         migrator(backend).run(&pool).await?;
         let origin = uuid::Uuid::new_v4().simple().to_string().into();
         let url = (backend == Backend::Postgres).then(|| std::sync::Arc::new(url));
-        Ok(Store { pool, backend, writer: Default::default(), origin, url })
+        Ok(Store {
+            pool,
+            backend,
+            writer: Default::default(),
+            origin,
+            url,
+            write_health: Default::default(),
+            changed: Default::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -181,14 +220,89 @@ impl Store {
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, after taking
     /// the in-process writer queue).
+    ///
+    /// The `BEGIN` runs in a task of its own, so a caller cancelled while it
+    /// is under way (a client that hung up, a timeout) cannot leave a
+    /// connection in an open transaction: the task finishes and drops the
+    /// transaction, which rolls it back. Should a connection hold the lock
+    /// all the same while no writer of ours does (we hold the queue), that is
+    /// a leaked transaction: after [`WRITE_LOCK_PATIENCE`] the store reports
+    /// itself stuck ([`Store::write_health`]), and when SQLite gives up
+    /// (`database is locked`) it closes the idle connections, which frees
+    /// the lock, and tries once more.
     pub(crate) async fn write_tx(&self) -> Result<WriteTx> {
+        let touched = Touched {
+            ids: Default::default(),
+            changed: self.changed.clone(),
+            origin: (self.backend == Backend::Postgres).then(|| self.origin.clone()),
+        };
         Ok(match self.backend {
             Backend::Sqlite => {
                 let guard = self.writer.clone().lock_owned().await;
-                WriteTx { tx: self.pool.begin_with("BEGIN IMMEDIATE").await?, _guard: Some(guard) }
+                let tx = match self.begin_immediate().await {
+                    Err(StoreError::Db(e)) if is_locked(&e) => {
+                        let closed = self.close_idle_connections().await;
+                        tracing::error!(
+                            closed,
+                            "the SQLite write lock was held with no writer of ours: closed the idle connections"
+                        );
+                        self.begin_immediate().await?
+                    }
+                    r => r?,
+                };
+                WriteTx { tx, _guard: Some(guard), touched }
             }
-            Backend::Postgres => WriteTx { tx: self.pool.begin().await?, _guard: None },
+            Backend::Postgres => WriteTx { tx: self.pool.begin().await?, _guard: None, touched },
         })
+    }
+
+    async fn begin_immediate(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let pool = self.pool.clone();
+        let mut begin = tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await });
+        let health = &self.write_health;
+        let joined = tokio::select! {
+            r = &mut begin => r,
+            _ = tokio::time::sleep(WRITE_LOCK_PATIENCE) => {
+                let _ = health.waiting_since.compare_exchange(0, now_ms(), Relaxed, Relaxed);
+                begin.await
+            }
+        };
+        let r = joined.map_err(|e| StoreError::Invalid(format!("beginning a transaction: {e}")))?;
+        if r.is_ok() {
+            health.waiting_since.store(0, Relaxed);
+        }
+        Ok(r?)
+    }
+
+    /// Closes every idle pooled connection (the pool opens new ones): closing
+    /// a SQLite connection rolls back a transaction left open on it and frees
+    /// the lock. Not a `ROLLBACK` statement: sqlx tracks each connection's
+    /// transaction depth itself, and would go on believing it nested.
+    /// Call holding the writer queue. Returns how many were closed.
+    async fn close_idle_connections(&self) -> u64 {
+        let mut idle = Vec::new();
+        while let Some(conn) = self.pool.try_acquire() {
+            idle.push(conn);
+        }
+        let n = idle.len() as u64;
+        for conn in idle {
+            let _ = conn.close().await;
+        }
+        self.write_health.heals.fetch_add(1, Relaxed);
+        n
+    }
+
+    /// Signalled (a stored permit if nobody waits) after every commit of this
+    /// store that changed a rollout or one of its actions; other replicas'
+    /// changes arrive as [`notify::Change::Rollouts`].
+    pub fn changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
+    /// Whether writes get the database's lock (always healthy on PostgreSQL).
+    pub fn write_health(&self) -> WriteHealth {
+        let since = self.write_health.waiting_since.load(Relaxed);
+        WriteHealth { stuck_since: (since != 0).then_some(since), heals: self.write_health.heals.load(Relaxed) }
     }
 
     /// Liveness of the database connection.
@@ -215,11 +329,48 @@ impl Store {
 pub(crate) struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    touched: Touched,
+}
+
+/// The rollouts a transaction changed (the rollout or its actions): at
+/// commit their revision is raised (`rollout_changes`, read by the driver),
+/// other replicas are told ([`notify::Change::Rollouts`], PostgreSQL) and
+/// this process's driver is woken ([`Store::changes`]).
+struct Touched {
+    ids: std::collections::BTreeSet<i64>,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+    /// This store's origin on PostgreSQL (notifications are sent), else None.
+    origin: Option<std::sync::Arc<str>>,
 }
 
 impl WriteTx {
-    pub(crate) async fn commit(self) -> Result<()> {
+    /// Records that this transaction changes rollout `id` or one of its actions.
+    pub(crate) fn touch(&mut self, rollout_id: i64) {
+        self.touched.ids.insert(rollout_id);
+    }
+
+    pub(crate) async fn commit(mut self) -> Result<()> {
+        if self.touched.ids.is_empty() {
+            self.tx.commit().await?;
+            return Ok(());
+        }
+        let ids: Vec<i64> = self.touched.ids.iter().copied().collect();
+        if let Some(origin) = &self.touched.origin {
+            notify::send(&mut self.tx, Backend::Postgres, origin, &notify::Change::Rollouts { ids: ids.clone() })
+                .await?;
+        }
+        // Last, and in id order: two transactions raising the same
+        // revisions queue on them instead of deadlocking, and the rows stay
+        // locked only for the commit. Integers only: formatted.
+        let values = ids.iter().map(|id| format!("({id}, 1)")).collect::<Vec<_>>().join(", ");
+        sqlx::query(&format!(
+            "INSERT INTO rollout_changes (rollout_id, rev) VALUES {values} \
+             ON CONFLICT (rollout_id) DO UPDATE SET rev = rollout_changes.rev + 1"
+        ))
+        .execute(&mut *self.tx)
+        .await?;
         self.tx.commit().await?;
+        self.touched.changed.notify_one();
         Ok(())
     }
 }
@@ -235,6 +386,11 @@ impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.tx
     }
+}
+
+/// SQLite's "database is locked" (SQLITE_BUSY, code 5).
+fn is_locked(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("5") || d.message().contains("database is locked"))
 }
 
 /// Typed column access with the column name in the error.

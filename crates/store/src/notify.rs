@@ -27,6 +27,9 @@ pub const CHANNEL: &str = "otafleet_caches";
 /// messages of at most this many ids (37 bytes each as JSON).
 const DEVICES_PER_MESSAGE: usize = 150;
 
+/// Rollout ids per message (at most 20 bytes each as JSON).
+const ROLLOUTS_PER_MESSAGE: usize = 300;
+
 /// What changed, as far as other replicas' caches are concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
@@ -34,6 +37,9 @@ pub enum Change {
     /// The actions of these devices changed (released, reported, timed out,
     /// failed): what a cache holds about their in-flight action and version is stale.
     Actions { devices: Vec<Uuid> },
+    /// These rollouts or their actions changed (their revision moved): the
+    /// leader's driver looks at them again.
+    Rollouts { ids: Vec<i64> },
     /// An API token was revoked.
     TokenRevoked { id: i64 },
     /// A device's token was replaced.
@@ -64,6 +70,10 @@ impl Change {
                 devices.chunks(DEVICES_PER_MESSAGE).map(|c| one(Change::Actions { devices: c.to_vec() })).collect()
             }
             Change::Actions { devices } if devices.is_empty() => Ok(Vec::new()),
+            Change::Rollouts { ids } if ids.len() > ROLLOUTS_PER_MESSAGE => {
+                ids.chunks(ROLLOUTS_PER_MESSAGE).map(|c| one(Change::Rollouts { ids: c.to_vec() })).collect()
+            }
+            Change::Rollouts { ids } if ids.is_empty() => Ok(Vec::new()),
             other => Ok(vec![one(other.clone())?]),
         }
     }

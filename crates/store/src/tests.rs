@@ -196,7 +196,7 @@ async fn drive(s: &Store, id: i64, now: i64) -> Vec<Decision> {
     let fence = lead(s).await;
     let mut out = Vec::new();
     loop {
-        let (d, _) = s.drive_step(id, now, &fence).await.unwrap();
+        let d = s.drive_step(id, now, &fence).await.unwrap().decision;
         if matches!(d, Decision::Idle { .. }) {
             return out;
         }
@@ -641,7 +641,7 @@ async fn a_stale_fence_is_refused_and_writes_nothing(s: Store) {
     // b drives: the rollout starts and releases its three devices (deadline 12 000).
     let mut ds = Vec::new();
     loop {
-        let (d, _) = s.drive_step(r.id, 2_000, &b).await.unwrap();
+        let d = s.drive_step(r.id, 2_000, &b).await.unwrap().decision;
         if matches!(d, Decision::Idle { .. }) {
             break;
         }
@@ -881,10 +881,12 @@ async fn committed_changes_are_notified_postgres() {
     sqlite.notify(&notify::Change::Ping { n: 1 }).await.unwrap();
     let Some(s) = postgres().await else { return };
     let mut l = s.listen().await.unwrap();
+    // Rollouts' revision changes, collected on the side (see `next_notice`).
+    let mut touched = Vec::new();
     let spec: StrategySpec = serde_json::from_str(r#"{"steps":["100%"]}"#).unwrap();
     let r = make_rollout(&s, 3, spec).await;
     drive(&s, r.id, 1_000).await;
-    let n = next_notice(&mut l).await;
+    let n = next_notice(&mut l, &mut touched).await;
     assert_eq!(n.origin, s.origin());
     let notify::Change::Actions { mut devices } = n.change else { panic!("{n:?}") };
     devices.sort();
@@ -892,23 +894,33 @@ async fn committed_changes_are_notified_postgres() {
     let a = s.inflight_action(Uuid::from_u128(2)).await.unwrap().unwrap();
     let out = s.report_statuses(&[(a.device_id, report(a.id, 1, ActionState::Downloading))], 2_000).await.unwrap();
     assert!(matches!(out[0], Ok((ReportOutcome::Applied, _))));
-    assert_eq!(next_notice(&mut l).await.change, notify::Change::Actions { devices: vec![a.device_id] });
+    assert_eq!(next_notice(&mut l, &mut touched).await.change, notify::Change::Actions { devices: vec![a.device_id] });
     // A duplicate changes nothing and says nothing: the next message is the revocation.
     s.report_status(a.device_id, &report(a.id, 1, ActionState::Downloading), 2_001).await.unwrap();
     let t = s.create_token("t", Role::Viewer, "secret-notify").await.unwrap();
     s.revoke_token(t.id, "t").await.unwrap();
-    assert_eq!(next_notice(&mut l).await.change, notify::Change::TokenRevoked { id: t.id });
+    assert_eq!(next_notice(&mut l, &mut touched).await.change, notify::Change::TokenRevoked { id: t.id });
     assert!(s.rotate_device_token(a.device_id, "new-secret", "t").await.unwrap());
-    assert_eq!(next_notice(&mut l).await.change, notify::Change::DeviceToken { device: a.device_id });
+    assert_eq!(next_notice(&mut l, &mut touched).await.change, notify::Change::DeviceToken { device: a.device_id });
     assert!(s.delete_device(a.device_id, "t").await.unwrap());
-    assert_eq!(next_notice(&mut l).await.change, notify::Change::DeviceDeleted { device: a.device_id });
+    assert_eq!(next_notice(&mut l, &mut touched).await.change, notify::Change::DeviceDeleted { device: a.device_id });
     s.notify(&notify::Change::Ping { n: 9 }).await.unwrap();
-    assert_eq!(next_notice(&mut l).await.change, notify::Change::Ping { n: 9 });
+    assert_eq!(next_notice(&mut l, &mut touched).await.change, notify::Change::Ping { n: 9 });
+    // Creating, driving, the report and the deletion (which skipped the
+    // device's action) each changed the rollout: each said so.
+    assert!(touched.len() >= 4 && touched.iter().all(|ids| ids == &vec![r.id]), "{touched:?}");
 }
 
-async fn next_notice(l: &mut notify::Listener) -> notify::Notice {
-    match tokio::time::timeout(std::time::Duration::from_secs(5), l.next()).await.unwrap().unwrap() {
-        notify::Received::Notice(n) => n,
-        notify::Received::Lost => panic!("lost"),
+/// The next notice other than a rollouts' revision change; those are
+/// pushed onto `touched`.
+async fn next_notice(l: &mut notify::Listener, touched: &mut Vec<Vec<i64>>) -> notify::Notice {
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), l.next()).await.unwrap().unwrap() {
+            notify::Received::Notice(notify::Notice { change: notify::Change::Rollouts { ids }, .. }) => {
+                touched.push(ids)
+            }
+            notify::Received::Notice(n) => return n,
+            notify::Received::Lost => panic!("lost"),
+        }
     }
 }

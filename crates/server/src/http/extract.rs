@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
-/// JSON body, deserialized with the path of the first bad field reported.
+/// JSON body (an object), deserialized with the path of the first bad field reported.
 pub struct ApiJson<T>(pub T);
 
 fn field_of(path: &serde_path_to_error::Path) -> Option<String> {
@@ -56,6 +56,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::bad_request(format!("could not read the body: {e}"))
             }
         })?;
+        // Every body of this API is an object. serde would also build a
+        // struct from an array of its fields in order (`[null, null]`): refuse that.
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+                return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "body: expected a JSON object"))
+            }
+            _ => {}
+        }
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             if e.inner().is_syntax() || e.inner().is_eof() {

@@ -1,6 +1,6 @@
 //! Probes for orchestrators: `/healthz` (the process answers) and `/readyz`
 //! (this replica can serve: the database answers, its schema is this
-//! binary's, the caches are warm). Neither needs a token. `GET /` stays the
+//! binary's, writes get the database's lock, the caches are warm). Neither needs a token. `GET /` stays the
 //! tracker's health answer (`compat::health`).
 
 use crate::AppState;
@@ -58,6 +58,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Err("database unavailable".into())
     };
     check("migrations", migrations);
+    let writes = state.store.write_health();
+    check(
+        "database_writes",
+        match writes.stuck_since {
+            None => Ok(()),
+            Some(since) => Err(format!(
+                "a write has waited {:.1} s for the database lock, which no writer of this replica holds \
+                 (being healed; healed {} time(s) so far)",
+                (otafleet_store::now_ms() - since) as f64 / 1000.0,
+                writes.heals
+            )),
+        },
+    );
     let warm = state.warm.load(Ordering::Acquire);
     check("caches", if warm { Ok(()) } else { Err("not warmed yet".into()) });
     let ready = not_ready.is_empty();

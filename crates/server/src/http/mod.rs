@@ -108,6 +108,24 @@ async fn fallback() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+/// Runs a request that may write (anything but GET, HEAD, OPTIONS) to the
+/// end in a task of its own, so a client that hangs up (which drops the
+/// request's future) never cuts a handler off between two of its writes:
+/// what a request started, it finishes, and it answers into the void.
+async fn run_to_completion(req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "request handler panicked");
+            ApiError::internal("the request failed").into_response()
+        }
+    }
+}
+
 async fn method_not_allowed(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     if res.status() == StatusCode::METHOD_NOT_ALLOWED {
@@ -189,6 +207,7 @@ pub fn router(state: AppState) -> Router {
     routes()
         .router
         .fallback(fallback)
+        .layer(middleware::from_fn(run_to_completion))
         .layer(middleware::from_fn(method_not_allowed))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.body_limit))

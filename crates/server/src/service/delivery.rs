@@ -155,6 +155,9 @@ pub fn changed_elsewhere(state: &AppState, change: &Change) {
             // The leader's gate may move (a report applied by another replica).
             state.driver_wake.notify_one();
         }
+        // The leader's driver looks at them again (its revision check
+        // decides whether anything is read).
+        Change::Rollouts { .. } => state.driver_wake.notify_one(),
         Change::TokenRevoked { id } => state.caches.forget_token(*id),
         Change::DeviceToken { device } => device_token_rotated(state, *device),
         Change::DeviceDeleted { device } => device_deleted(state, *device),
@@ -171,6 +174,8 @@ pub fn desynced(state: &AppState) {
 /// action in flight, read after `LISTEN` was in place, become unknown.
 pub async fn resync(state: &AppState) -> ServiceResult<()> {
     state.caches.resync(&state.store.devices_in_flight().await?);
+    // Rollout changes may have been missed too: the driver lists them all.
+    state.driver_wake.notify_one();
     Ok(())
 }
 

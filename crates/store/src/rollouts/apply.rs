@@ -15,6 +15,7 @@ pub(crate) async fn apply_effects(tx: &mut Tx, r: &Rollout, e: &Effects, actor: 
     if *e == Effects::default() {
         return Ok(Vec::new());
     }
+    tx.touch(r.id);
     apply_rollout_change(tx, r.id, &e.rollout, now).await?;
     let mut released = Vec::new();
     for change in &e.actions {
@@ -126,6 +127,7 @@ pub(crate) async fn apply_action_change(
     now: i64,
 ) -> Result<()> {
     debug_assert!(!c.state.is_in_flight(), "an action change never puts an action in flight");
+    tx.touch(a.rollout_id);
     sqlx::query(
         "UPDATE actions SET state = $1, error = $2, not_before = COALESCE($3, not_before), deadline = NULL, \
          updated_at = $4 WHERE id = $5",

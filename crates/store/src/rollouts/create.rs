@@ -74,6 +74,7 @@ impl Store {
         }));
         events::insert(&mut tx, now, &ev).await?;
         let r = load_rollout(&mut tx, id).await?;
+        tx.touch(id);
         tx.commit().await?;
         Ok(r)
     }

@@ -12,6 +12,9 @@ use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts
 /// Everything [`engine::decide`] reads about one rollout.
 #[derive(Debug, Clone)]
 pub struct Parts {
+    /// The rollout's revision, read before anything else: a change committed
+    /// while the rest is read raises it past this value, so the driver looks again.
+    pub rev: i64,
     pub rollout: Rollout,
     pub current: WaveCounts,
     pub in_flight_total: u64,
@@ -40,6 +43,13 @@ impl Parts {
 }
 
 pub(crate) async fn read_parts(conn: &mut sqlx::AnyConnection, id: i64, now: i64) -> Result<Parts> {
+    let rev = sqlx::query("SELECT rev FROM rollout_changes WHERE rollout_id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.i64("rev"))
+        .transpose()?
+        .unwrap_or(0);
     let row = sqlx::query(&format!("SELECT {ROLLOUT_COLS} FROM rollouts WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -100,7 +110,7 @@ pub(crate) async fn read_parts(conn: &mut sqlx::AnyConnection, id: i64, now: i64
         rollback.ready = c.i64("ready")? as u64;
         rollback.next_ready_at = c.opt_i64("next_ready")?;
     }
-    Ok(Parts { rollout: r, current, in_flight_total, next_ready_at, rollback })
+    Ok(Parts { rev, rollout: r, current, in_flight_total, next_ready_at, rollback })
 }
 
 impl Store {
@@ -111,8 +121,9 @@ impl Store {
     }
 
     /// One driver step: read, decide, apply in one transaction. Returns the
-    /// decision taken and the actions it handed to devices (to notify them and
-    /// to answer their next check-in without a read).
+    /// decision taken, the actions it handed to devices (to notify them and
+    /// to answer their next check-in without a read) and, for "idle", the
+    /// revision the decision was taken at.
     ///
     /// A cheap read outside any transaction filters out the common "nothing to
     /// do" case; otherwise the snapshot is read again inside the write
@@ -122,11 +133,11 @@ impl Store {
     /// Only the holder of the driver's lease may drive: `fence` is checked
     /// first inside the write transaction, and a lapsed or taken-over lease
     /// ends the step with [`StoreError::Fenced`] before anything is written.
-    pub async fn drive_step(&self, id: i64, now: i64, fence: &Fence) -> Result<(Decision, Vec<Action>)> {
+    pub async fn drive_step(&self, id: i64, now: i64, fence: &Fence) -> Result<Step> {
         let parts = self.snapshot(id, now).await?;
         let decision = engine::decide(&parts.snapshot(), now);
         if matches!(decision, Decision::Idle { .. }) {
-            return Ok((decision, Vec::new()));
+            return Ok(Step { decision, released: Vec::new(), rev: parts.rev });
         }
         let mut tx = self.write_tx().await?;
         check_fence(&mut tx, self.backend, fence, now).await?;
@@ -134,13 +145,23 @@ impl Store {
         let snapshot = parts.snapshot();
         let decision = engine::decide(&snapshot, now);
         if matches!(decision, Decision::Idle { .. }) {
-            return Ok((decision, Vec::new()));
+            return Ok(Step { decision, released: Vec::new(), rev: parts.rev });
         }
         let e = effects::decision(&snapshot, &decision, now);
         let released = apply_effects(&mut tx, &parts.rollout, &e, "driver", now).await?;
         let devices = released.iter().map(|a| a.device_id).collect();
         notify::send(&mut tx, self.backend, &self.origin, &Change::Actions { devices }).await?;
         tx.commit().await?;
-        Ok((decision, released))
+        Ok(Step { decision, released, rev: parts.rev })
     }
+}
+
+/// What one [`Store::drive_step`] did.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub decision: Decision,
+    pub released: Vec<Action>,
+    /// The rollout's revision the decision was taken at (a step that changed
+    /// something has raised it since).
+    pub rev: i64,
 }

@@ -30,7 +30,7 @@ mod report_writes;
 mod reports;
 mod steer;
 
-pub use drive::Parts;
+pub use drive::{Parts, Step};
 
 use crate::devices::Device;
 use crate::events::{self, NewEvent};
@@ -306,6 +306,7 @@ pub(crate) async fn set_action_state(
     last_seq: Option<i64>,
 ) -> Result<()> {
     a.state.transition(to).map_err(|e| StoreError::Conflict(format!("action {}: {e}", a.id)))?;
+    tx.touch(a.rollout_id);
     let keep_deadline = to.is_in_flight();
     sqlx::query(
         "UPDATE actions SET state = $1, error = COALESCE($2, error), not_before = COALESCE($3, not_before), \

@@ -143,16 +143,20 @@ impl Store {
         rows.iter().map(|r| r.parsed::<Uuid>("device_id")).collect()
     }
 
-    /// Rollouts the driver has to look at. Jobs with nothing planned (waves = 0)
-    /// belong to an external executor and cost the driver nothing.
-    pub async fn drivable_rollouts(&self) -> Result<Vec<i64>> {
+    /// Rollouts the driver has to look at, with their revision (raised by
+    /// every change to the rollout or its actions: the driver skips a rollout
+    /// whose revision has not moved since the engine last said "idle").
+    /// Jobs with nothing planned (waves = 0) belong to an external executor
+    /// and cost the driver nothing.
+    pub async fn drivable_rollouts(&self) -> Result<Vec<(i64, i64)>> {
         let rows = sqlx::query(&format!(
-            "SELECT id FROM rollouts WHERE waves > 0 AND (state IN {ACTIVE} \
-             OR (rollback_requested = 1 AND state IN {ROLLBACKABLE})) ORDER BY id"
+            "SELECT r.id, COALESCE(c.rev, 0) AS rev FROM rollouts r LEFT JOIN rollout_changes c ON c.rollout_id = r.id \
+             WHERE r.waves > 0 AND (r.state IN {ACTIVE} OR (r.rollback_requested = 1 AND r.state IN {ROLLBACKABLE})) \
+             ORDER BY r.id"
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| r.i64("id")).collect()
+        rows.iter().map(|r| Ok((r.i64("id")?, r.i64("rev")?))).collect()
     }
 
     /// Devices with an action in flight (to seed the check-in inbox at start).

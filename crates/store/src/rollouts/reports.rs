@@ -155,6 +155,7 @@ async fn apply_report(
             updated_at: now,
             ..a.clone()
         };
+        tx.touch(a.rollout_id);
         w.action(updated.clone());
         w.event(action_event(&a, to, report.message.as_deref()));
         updated
