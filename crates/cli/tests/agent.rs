@@ -527,7 +527,7 @@ fn agent_refuses_unsigned_releases_and_bad_configs() {
     let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 60);
     assert_ne!(r["state"], "succeeded");
     let err = env.actions(id)[0]["error"].as_str().unwrap_or_default().to_string();
-    assert!(err.contains("not signed"), "{err}");
+    assert!(err.contains("the server sent no signed order"), "{err}");
     assert_eq!(agent.running(), None, "nothing was installed");
 
     // Config errors are one clear line.
@@ -813,7 +813,7 @@ fn tracker_rollbacks_roll_real_agents_back() {
     // older than the newest the devices installed).
     let r = env.h.post("/ota/rollback?version=1.0.0", Some(ADMIN), None);
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!((r.body["status"].as_str(), r.body["kind"].as_str()), (Some("rollback_pending"), Some("rollback")));
+    assert_eq!((r.body["status"].as_str(), r.body["type"].as_str()), (Some("rollback_pending"), Some("rollback")));
     let job = r.body["job_id"].as_i64().unwrap();
     assert_eq!(wait_job(job, "rollback_complete"), "rollback_complete", "{}", agents[0].logs());
     for (a, id) in agents.iter().zip(&ids) {
