@@ -2,8 +2,12 @@
 //! interval with jitter (or at once when an MQTT push arrives), and carries
 //! out the action the server hands it:
 //!
-//! 1. fetch the action with its signed manifest and refuse unsigned,
-//!    tampered, wrong-device-type and downgrade releases (`failed` + reason);
+//! 1. fetch the action with its signed order and manifest, and refuse an
+//!    order that is unsigned, signed with another key, for another device or
+//!    action, relabelled or expired, and a release that is unsigned,
+//!    tampered, for another device type, or older than what runs or ever ran
+//!    without a signed rollback order (`failed` + reason); a rollback to a
+//!    version still on the device is done locally, but only on a valid order;
 //! 2. download the artifacts, resuming partial files, and check their SHA-256;
 //! 3. install with the handler configured for the release kind, activate;
 //! 4. run the health check; on failure roll back locally and report
@@ -268,8 +272,24 @@ impl Agent {
         files.into_iter().find(|h| factory && matches!(h, Handler::File(s) if s.running().is_some()))
     }
 
-    /// A rollback the device can do on its own: nothing new is installed, so
-    /// no manifest is needed; the health check still decides.
+    /// What the checks of `verify` compare an action with, now.
+    fn device<'a>(&'a self, current_version: &'a str) -> verify::Device<'a> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        verify::Device {
+            key: &self.key,
+            device_id: self.identity.device_id,
+            device_type: self.device_type(),
+            current_version,
+            newest_version: self.state.newest_version.as_deref(),
+            now,
+            clock_skew_secs: self.cfg.clock_skew_secs.min(i64::MAX as u64) as i64,
+        }
+    }
+
+    /// A rollback the device can do on its own, on a valid signed rollback
+    /// order: nothing new is installed, so no manifest is needed; the health
+    /// check still decides.
     async fn roll_back_locally(&mut self, order: &ActionOrder, handler: Handler) -> Result<Outcome> {
         let from = self.state.current_version.clone();
         self.state.inflight = Some(Inflight {
@@ -312,19 +332,25 @@ impl Agent {
         if self.state.inflight.as_ref().is_some_and(|i| i.action_id != order.action_id) {
             self.abandon_inflight().await?;
         }
-        if order.kind == ActionKind::Rollback {
-            if let Some(h) = self.local_rollback(&order.version) {
-                return self.roll_back_locally(&order, h).await;
-            }
-        }
-        let detail = match self.client.action(order.action_id).await {
+        let asked = order.action_id;
+        let detail = match self.client.action(asked).await {
             Ok(d) => d,
             Err(e) => return Ok(Outcome::Later(e)),
         };
-        let order = detail.order.clone();
+        // Reports go to the action asked about, whatever the answer claims.
+        let order = ActionOrder { action_id: asked, ..detail.order.clone() };
         let from =
             self.state.inflight.as_ref().map(|i| i.from_version.clone()).unwrap_or(self.state.current_version.clone());
-        let verified = match verify::check(&detail, &self.key, self.device_type(), &from) {
+        let signed = match verify::check_order(&detail, asked, &self.device(&from)) {
+            Ok(o) => o,
+            Err(reason) => return self.finish(&order, ActionState::Failed, Some(reason)).await,
+        };
+        if signed.kind == ActionKind::Rollback {
+            if let Some(h) = self.local_rollback(&signed.version) {
+                return self.roll_back_locally(&order, h).await;
+            }
+        }
+        let verified = match verify::check_release(&detail, &signed, &self.device(&from)) {
             Ok(v) => v,
             Err(reason) => return self.finish(&order, ActionState::Failed, Some(reason)).await,
         };
@@ -395,6 +421,7 @@ impl Agent {
                     self.state.previous_version =
                         Some(std::mem::replace(&mut self.state.current_version, order.version.clone()));
                 }
+                self.state.installed(&order.version);
                 for p in &paths {
                     let _ = tokio::fs::remove_file(p).await;
                 }

@@ -8,6 +8,7 @@
 //! enrollment_token = "enr_…"            # or enrollment_token_file; used once
 //! public_key_file = "otafleet-signing.pub"  # or public_key = "<hex>"
 //! initial_version = "1.0.0"             # before anything was installed
+//! clock_skew_secs = 60                  # signed orders accepted this long past expiry
 //! mqtt_url = "mqtt://broker:1883"       # optional push
 //! [labels]                              # proposed at enrollment
 //! site = "lab"
@@ -45,6 +46,10 @@ pub struct AgentConfig {
     /// Hex ed25519 public key releases must be signed with.
     pub public_key: Option<String>,
     pub public_key_file: Option<PathBuf>,
+    /// Seconds a signed order is still accepted after its expiry, for a device
+    /// clock behind the server's (default 60).
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
     /// Device type checked against a release's compatible types (default: the
     /// `device_type` label the device was enrolled with).
     pub device_type: Option<String>,
@@ -72,6 +77,9 @@ pub struct AgentConfig {
 
 fn default_version() -> String {
     "0.0.0".into()
+}
+fn default_clock_skew() -> u64 {
+    60
 }
 fn default_jitter() -> f64 {
     0.1

@@ -2,9 +2,11 @@
 //!
 //! - `identity.json` (mode 0600): device id, device token, labels — written
 //!   once at enrollment.
-//! - `state.json`: the running and previous versions, the sequence counter,
-//!   the action in flight and its phase, and the offline queue of status
-//!   reports not yet delivered (sent in order when the server is back).
+//! - `state.json`: the running and previous versions, the newest version
+//!   ever installed (below which only a signed rollback order may go), the
+//!   sequence counter, the action in flight and its phase, and the offline
+//!   queue of status reports not yet delivered (sent in order when the
+//!   server is back).
 //!
 //! Both are written atomically (temp file, fsync, rename, fsync of the
 //! directory), so a power cut leaves the old or the new file, never half.
@@ -57,6 +59,12 @@ pub struct Inflight {
 pub struct AgentState {
     pub current_version: String,
     pub previous_version: Option<String>,
+    /// The newest version this device ever installed and found healthy: an
+    /// install order for an older one is refused (a replayed old release);
+    /// only a signed rollback order may go below it. Absent in state files
+    /// written before it existed.
+    #[serde(default)]
+    pub newest_version: Option<String>,
     /// Last sequence number used in a status report.
     pub seq: i64,
     pub inflight: Option<Inflight>,
@@ -76,6 +84,7 @@ impl AgentState {
         AgentState {
             current_version: version.to_string(),
             previous_version: None,
+            newest_version: None,
             seq: 0,
             inflight: None,
             queue: VecDeque::new(),
@@ -95,6 +104,17 @@ impl AgentState {
             current_version: Some(self.current_version.clone()),
         });
         self.seq
+    }
+
+    /// `version` was installed and is healthy: remember it if it is the newest yet.
+    pub fn installed(&mut self, version: &str) {
+        let newer = self
+            .newest_version
+            .as_deref()
+            .is_none_or(|n| otafleet_core::protocol::compare_versions(version, n) == std::cmp::Ordering::Greater);
+        if newer {
+            self.newest_version = Some(version.to_string());
+        }
     }
 
     pub fn mark_finished(&mut self, action_id: i64, seq: i64) {
@@ -204,12 +224,28 @@ mod tests {
         assert_eq!(s.enqueue(7, 0, ActionState::Downloading, None), 1);
         assert_eq!(s.enqueue(7, 5, ActionState::Installing, None), 6, "above the server's last seq");
         assert_eq!(s.enqueue(8, 0, ActionState::Downloading, None), 7);
+        s.installed("2.0.0");
+        s.installed("1.5.0");
+        assert_eq!(s.newest_version.as_deref(), Some("2.0.0"), "only ever grows");
+        s.installed("2.0.1");
+        assert_eq!(s.newest_version.as_deref(), Some("2.0.1"));
         s.mark_finished(7, 6);
         assert!(s.already_finished(7, 5));
         assert!(!s.already_finished(7, 6), "the server saw our final report: a new order is a retry");
         sd.save_state(&s).unwrap();
         assert_eq!(sd.state().unwrap().unwrap(), s);
         assert!(!dir.path().join("state.tmp").exists());
+    }
+
+    #[test]
+    fn state_files_from_before_the_newest_version_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(dir.path()).unwrap();
+        let old =
+            r#"{"current_version":"1.0.0","previous_version":null,"seq":3,"inflight":null,"queue":[],"finished":[]}"#;
+        std::fs::write(dir.path().join("state.json"), old).unwrap();
+        let s = sd.state().unwrap().unwrap();
+        assert_eq!((s.current_version.as_str(), s.newest_version, s.seq), ("1.0.0", None, 3));
     }
 
     #[test]

@@ -56,7 +56,8 @@ pub struct DeployArgs {
 
 #[derive(Args)]
 pub struct RollbackArgs {
-    /// Version to go back to.
+    /// Version to go back to: every device gets a signed rollback order for it, which agents carry out
+    /// even though the version is older than what they run.
     pub version: String,
     #[arg(long, value_enum, default_value_t = WaveArg::Green)]
     pub wave: WaveArg,

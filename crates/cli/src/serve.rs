@@ -18,7 +18,7 @@ pub struct ServeArgs {
     #[arg(long, env = "OTAFLEET_DATABASE_URL", default_value = "sqlite://otafleet.db")]
     pub database_url: String,
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
-    /// data_dir, signing_key, mqtt_url, lease_secs, replica_id, allow_http_artifacts.
+    /// data_dir, signing_key, order_ttl, mqtt_url, lease_secs, replica_id, allow_http_artifacts.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Private key file (`otafleet keys generate`) that signs release manifests.
     #[arg(long, env = "OTAFLEET_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
+    /// How long a device's signed order stays valid after the server hands it out (`30s`, `10m`, `1h`);
+    /// agents refuse it later, so a held-back order cannot be used after that.
+    #[arg(long, env = "OTAFLEET_ORDER_TTL", default_value = "1h", value_parser = otafleet_core::duration::parse_arg)]
+    pub order_ttl: std::time::Duration,
     /// MQTT broker, mqtt://host:port: devices are woken on otafleet/<device-id>/cmd.
     #[arg(long, env = "OTAFLEET_MQTT_URL")]
     pub mqtt_url: Option<String>,
@@ -66,6 +70,7 @@ struct FileConfig {
     poll_interval_secs: Option<u64>,
     data_dir: Option<PathBuf>,
     signing_key: Option<PathBuf>,
+    order_ttl: Option<String>,
     mqtt_url: Option<String>,
     lease_secs: Option<u64>,
     replica_id: Option<String>,
@@ -99,6 +104,12 @@ impl ServeArgs {
             take!(data_dir);
             take!(lease_secs);
             take!(allow_http_artifacts);
+            if let Some(t) = &file.order_ttl {
+                if from_default("order_ttl") {
+                    self.order_ttl = otafleet_core::duration::parse_arg(t)
+                        .map_err(|e| anyhow::anyhow!("config file {}: order_ttl: {e}", path.display()))?;
+                }
+            }
             if self.signing_key.is_none() {
                 self.signing_key = file.signing_key;
             }
@@ -120,6 +131,9 @@ impl ServeArgs {
         if self.body_limit < 1024 {
             anyhow::bail!("--body-limit must be at least 1024 bytes");
         }
+        if self.order_ttl < std::time::Duration::from_secs(1) {
+            anyhow::bail!("--order-ttl must be at least 1s");
+        }
         if self.lease_secs == 0 {
             anyhow::bail!("--lease-secs must be at least 1");
         }
@@ -138,6 +152,7 @@ impl ServeArgs {
             poll_interval_secs: self.poll_interval_secs.max(1),
             data_dir: self.data_dir,
             release_signer,
+            order_ttl: self.order_ttl,
             mqtt,
             lease: std::time::Duration::from_secs(self.lease_secs),
             replica_id,

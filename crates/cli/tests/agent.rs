@@ -7,14 +7,21 @@
 //! rolled back on the device, one whose artifact was tampered with on the
 //! server and is refused, a download killed in the middle and resumed, and
 //! (when `OTAFLEET_TEST_MQTT_URL` is set) an MQTT push that starts an update
-//! within about a second.
+//! within about a second. Signed orders: a man in the middle ([`Mitm`])
+//! replaying another device's or an old action's signed detail as a
+//! rollback, or holding an order back until it expired, is refused with the
+//! reason; so is an order signed with another key; the tracker's
+//! `/ota/rollback` and `otafleet rollback` roll real agents back, after which
+//! an install of a version older than the newest ever installed is refused.
 
 mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A server with a fresh signing key and data dir.
@@ -59,6 +66,24 @@ impl Env {
 
     fn public_key(&self) -> PathBuf {
         self.dir.path().join("keys").join("otafleet-signing.pub")
+    }
+
+    /// A rollout of `version` to the given devices only.
+    fn rollout_to(&self, version: &str, devices: &[&str], strategy: Value) -> i64 {
+        let body = json!({"version": version, "devices": devices, "strategy": strategy});
+        let r = self.h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["id"].as_i64().unwrap()
+    }
+
+    /// The error of the one failed action of a finished rollout.
+    fn failure(&self, id: i64) -> String {
+        let r = self.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120);
+        assert_ne!(r["state"], "succeeded", "{r}");
+        let acts = self.actions(id);
+        let failed: Vec<&Value> = acts.iter().filter(|a| a["state"] == "failed").collect();
+        assert_eq!(failed.len(), 1, "{acts:?}");
+        failed[0]["error"].as_str().unwrap_or_default().to_string()
     }
 
     fn enrollment_token(&self, labels: &str) -> String {
@@ -130,6 +155,12 @@ impl Agent {
     }
 
     fn start_with(env: &Env, name: &str, token: &str, extra: &str, health: &str) -> Agent {
+        Self::start_via(env, &env.server.url, &env.public_key(), name, token, extra, health)
+    }
+
+    /// An agent talking to `server` (the real one or a [`Mitm`] in front of
+    /// it) and trusting the public key in `key`.
+    fn start_via(env: &Env, server: &str, key: &Path, name: &str, token: &str, extra: &str, health: &str) -> Agent {
         let dir = env.dir.path().join(format!("agent-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("agent.toml");
@@ -151,8 +182,7 @@ interval_secs = 0
 type = "file"
 dir = "app"
 "#,
-            server = env.server.url,
-            key = env.public_key().display(),
+            key = key.display(),
             poll = if extra.contains("poll_interval_secs") { "" } else { "poll_interval_secs = 1\n" },
         );
         std::fs::write(&config, text).unwrap();
@@ -497,7 +527,7 @@ fn agent_refuses_unsigned_releases_and_bad_configs() {
     let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 60);
     assert_ne!(r["state"], "succeeded");
     let err = env.actions(id)[0]["error"].as_str().unwrap_or_default().to_string();
-    assert!(err.contains("not signed"), "{err}");
+    assert!(err.contains("the server sent no signed order"), "{err}");
     assert_eq!(agent.running(), None, "nothing was installed");
 
     // Config errors are one clear line.
@@ -535,4 +565,278 @@ fn mqtt_push_starts_the_update_within_a_second() {
     assert!(begun < Duration::from_secs(3), "took {begun:?}; a poll would take 10 minutes\n{}", agent.logs());
     let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 60);
     assert_eq!(r["state"], "succeeded", "{r}");
+}
+
+/// What the man in the middle does to the action details it forwards.
+#[derive(Clone, Default)]
+enum Tamper {
+    /// Forwards them unchanged.
+    #[default]
+    None,
+    /// Answers a device's request for any action with this captured detail,
+    /// relabelled as a rollback of the action asked for (only the unsigned
+    /// fields can be changed).
+    Replay { device: String, detail: Value },
+    /// Holds every action detail back this long before forwarding it.
+    Delay(Duration),
+}
+
+/// A man in the middle on the plain-HTTP device protocol: forwards every
+/// request to the server, records every action detail it sees (by device
+/// id), and tampers with them as told.
+struct Mitm {
+    url: String,
+    tamper: Arc<Mutex<Tamper>>,
+    /// Action details seen, by the device whose request fetched them.
+    seen: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Mitm {
+    fn start(upstream: &str) -> Mitm {
+        use axum::body::Body;
+        use axum::extract::{Request, State};
+        use axum::response::Response;
+
+        #[derive(Clone)]
+        struct Ctx {
+            upstream: String,
+            client: reqwest::Client,
+            tamper: Arc<Mutex<Tamper>>,
+            seen: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+            /// Bearer token → device id, learnt from check-in answers.
+            devices: Arc<Mutex<HashMap<String, String>>>,
+        }
+
+        async fn forward(State(c): State<Ctx>, req: Request) -> Response {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+            let token = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let mut out = c.client.request(parts.method.clone(), format!("{}{path}", c.upstream));
+            for (k, v) in &parts.headers {
+                if k != "host" && k != "content-length" {
+                    out = out.header(k, v);
+                }
+            }
+            let res = out.body(body.to_vec()).send().await.expect("forward to the server");
+            let status = res.status();
+            let headers = res.headers().clone();
+            let mut bytes = res.bytes().await.unwrap_or_default().to_vec();
+            if path == "/device/v1/checkin" && status.is_success() {
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    if let Some(d) = v["device_id"].as_str() {
+                        c.devices.lock().unwrap().insert(token.clone(), d.to_string());
+                    }
+                }
+            }
+            if let Some(asked) = path.strip_prefix("/device/v1/actions/") {
+                let device = c.devices.lock().unwrap().get(&token).cloned().unwrap_or_default();
+                if let (true, Ok(detail)) = (status.is_success(), serde_json::from_slice::<Value>(&bytes)) {
+                    c.seen.lock().unwrap().entry(device.clone()).or_default().push(detail);
+                }
+                let tamper = c.tamper.lock().unwrap().clone();
+                match tamper {
+                    Tamper::None => {}
+                    Tamper::Delay(d) => tokio::time::sleep(d).await,
+                    Tamper::Replay { device: victim, mut detail } if victim == device => {
+                        detail["action_id"] = json!(asked.parse::<i64>().unwrap_or(0));
+                        detail["kind"] = json!("rollback");
+                        bytes = serde_json::to_vec(&detail).unwrap();
+                    }
+                    Tamper::Replay { .. } => {}
+                }
+            }
+            let mut r = Response::builder().status(status);
+            for (k, v) in &headers {
+                if k != "content-length" && k != "transfer-encoding" && k != "connection" {
+                    r = r.header(k, v);
+                }
+            }
+            r.body(Body::from(bytes)).unwrap()
+        }
+
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let tamper = Arc::new(Mutex::new(Tamper::None));
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let ctx = Ctx {
+            upstream: upstream.to_string(),
+            client: reqwest::Client::new(),
+            tamper: tamper.clone(),
+            seen: seen.clone(),
+            devices: Default::default(),
+        };
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(forward).with_state(ctx);
+        rt.spawn(async move { axum::serve(listener, app).await });
+        Mitm { url, tamper, seen, _rt: rt }
+    }
+
+    fn tamper(&self, t: Tamper) {
+        *self.tamper.lock().unwrap() = t;
+    }
+
+    /// The last action detail `device` fetched for `version`.
+    fn captured(&self, device: &str, version: &str) -> Value {
+        let seen = self.seen.lock().unwrap();
+        let all = seen.get(device).cloned().unwrap_or_default();
+        all.into_iter().rev().find(|d| d["version"] == version).unwrap_or_else(|| panic!("no detail of {version} seen"))
+    }
+}
+
+/// The version the server and the device's own state file say it runs.
+fn versions(env: &Env, agent: &Agent, id: &str) -> (String, String) {
+    let st: Value = serde_json::from_slice(&std::fs::read(agent.dir.join("state/state.json")).unwrap()).unwrap();
+    let server = device(env, id)["current_version"].as_str().unwrap_or_default().to_string();
+    (server, st["current_version"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn replayed_signed_orders_are_refused_by_real_agents() {
+    let env = Env::start(&[]);
+    let mitm = Mitm::start(&env.server.url);
+    let token = env.enrollment_token("device_type=esp32");
+    let a = Agent::start_via(&env, &mitm.url, &env.public_key(), "victim", &token, "", HEALTH);
+    let b = Agent::start_via(&env, &mitm.url, &env.public_key(), "other", &token, "", HEALTH);
+    let (ida, idb) = (a.device_id(), b.device_id());
+
+    // Two good releases; the MITM sees (and keeps) every signed detail.
+    env.release("2.0.0", b"version two\n");
+    let id = env.rollout("2.0.0", json!({"steps": ["100%"]}));
+    assert_eq!(env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120)["state"], "succeeded");
+    env.release("3.0.0", b"version three\n");
+    let id = env.rollout("3.0.0", json!({"steps": ["100%"]}));
+    assert_eq!(env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120)["state"], "succeeded");
+    assert_eq!(a.running().as_deref(), Some("version three\n"));
+
+    // 1. The other device's valid signed order for the old release, served to
+    // the victim as a rollback of its next action.
+    env.release("3.1.0", b"version three point one\n");
+    let detail = mitm.captured(&idb, "2.0.0");
+    assert_eq!(detail["kind"], "install");
+    mitm.tamper(Tamper::Replay { device: ida.clone(), detail });
+    let id = env.rollout_to("3.1.0", &[&ida], json!({"steps": ["100%"], "retries": 0}));
+    let err = env.failure(id);
+    assert!(err.contains(&format!("the signed order is for device {idb}, this is device {ida}")), "{err}");
+    assert_eq!(a.running().as_deref(), Some("version three\n"), "{}", a.logs());
+    assert_eq!(versions(&env, &a, &ida), ("3.0.0".into(), "3.0.0".into()));
+
+    // 2. The victim's own old signed order, relabelled as a rollback of the
+    // action it asks about now.
+    let detail = mitm.captured(&ida, "2.0.0");
+    let old_action = detail["action_id"].as_i64().unwrap();
+    mitm.tamper(Tamper::Replay { device: ida.clone(), detail });
+    let id = env.rollout_to("3.1.0", &[&ida], json!({"steps": ["100%"], "retries": 0}));
+    let err = env.failure(id);
+    let asked = env.actions(id)[0]["id"].as_i64().unwrap();
+    assert!(
+        err.contains(&format!("the signed order is for action {old_action}, the device asked for action {asked}")),
+        "{err}"
+    );
+    assert_eq!(a.running().as_deref(), Some("version three\n"));
+    assert_eq!(versions(&env, &a, &ida), ("3.0.0".into(), "3.0.0".into()));
+
+    // Untouched, the same action goes through.
+    mitm.tamper(Tamper::None);
+    let id = env.rollout_to("3.1.0", &[&ida], json!({"steps": ["100%"]}));
+    assert_eq!(env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120)["state"], "succeeded");
+    assert_eq!(a.running().as_deref(), Some("version three point one\n"));
+}
+
+#[test]
+fn an_order_held_back_until_it_expired_is_refused() {
+    let env = Env::start(&["--order-ttl", "1s"]);
+    let mitm = Mitm::start(&env.server.url);
+    let token = env.enrollment_token("device_type=esp32");
+    let a = Agent::start_via(&env, &mitm.url, &env.public_key(), "held", &token, "clock_skew_secs = 0", HEALTH);
+    let id = a.device_id();
+    env.release("2.0.0", b"version two\n");
+    // The MITM cannot forge an order, but it can sit on one (a freeze).
+    mitm.tamper(Tamper::Delay(Duration::from_millis(2500)));
+    let rollout = env.rollout("2.0.0", json!({"steps": ["100%"], "retries": 0}));
+    let err = env.failure(rollout);
+    assert!(err.contains("expired at") && err.contains("held back or replayed"), "{err}");
+    assert_eq!(a.running(), None, "nothing was installed");
+    assert_eq!(versions(&env, &a, &id), ("1.0.0".into(), "1.0.0".into()));
+}
+
+#[test]
+fn an_order_signed_with_another_key_is_refused() {
+    let env = Env::start(&[]);
+    let other = env.dir.path().join("other-keys");
+    let (code, out, err) = cli("http://unused", None, &["keys", "generate", "--out", other.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let token = env.enrollment_token("device_type=esp32");
+    let pubkey = other.join("otafleet-signing.pub");
+    let a = Agent::start_via(&env, &env.server.url, &pubkey, "wrongkey", &token, "", HEALTH);
+    let id = a.device_id();
+    env.release("2.0.0", b"version two\n");
+    let rollout = env.rollout("2.0.0", json!({"steps": ["100%"], "retries": 0}));
+    let err = env.failure(rollout);
+    assert!(err.contains("the order signature does not verify with the configured public key"), "{err}");
+    assert_eq!(a.running(), None, "nothing was installed");
+    assert_eq!(versions(&env, &a, &id), ("1.0.0".into(), "1.0.0".into()));
+}
+
+#[test]
+fn tracker_rollbacks_roll_real_agents_back() {
+    let env = Env::start(&[]);
+    let token = env.enrollment_token("device_type=esp32");
+    let agents: Vec<Agent> = (0..2).map(|i| Agent::start(&env, &format!("t{i}"), &token, "")).collect();
+    let ids: Vec<String> = agents.iter().map(Agent::device_id).collect();
+    let job_status = |job: i64| -> String {
+        let jobs = env.h.get("/ota/jobs", Some(ADMIN)).body;
+        let job = jobs.as_array().unwrap().iter().find(|j| j["id"] == job).cloned().unwrap_or_default();
+        job["status"].as_str().unwrap_or_default().to_string()
+    };
+    let wait_job = |job: i64, want: &str| {
+        eventually(Duration::from_secs(120), || {
+            let s = job_status(job);
+            (s == want || s == "failed" || s == "rolled_back").then_some(s)
+        })
+    };
+    env.release("2.0.0", b"version two\n");
+    let deploy = |env: &Env| {
+        let r = env.h.post("/ota/deploy?version=2.0.0&wave=green", Some(ADMIN), None);
+        assert_eq!(r.status, 200, "{}", r.text);
+        let job = r.body["job_id"].as_i64().unwrap();
+        assert_eq!(wait_job(job, "complete"), "complete");
+        for (a, id) in agents.iter().zip(&ids) {
+            assert_eq!(a.running().as_deref(), Some("version two\n"));
+            assert_eq!(versions(env, a, id), ("2.0.0".into(), "2.0.0".into()));
+        }
+    };
+    deploy(&env);
+
+    // 1. POST /ota/rollback: rollback orders, carried out (the version is
+    // older than the newest the devices installed).
+    let r = env.h.post("/ota/rollback?version=1.0.0", Some(ADMIN), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!((r.body["status"].as_str(), r.body["type"].as_str()), (Some("rollback_pending"), Some("rollback")));
+    let job = r.body["job_id"].as_i64().unwrap();
+    assert_eq!(wait_job(job, "rollback_complete"), "rollback_complete", "{}", agents[0].logs());
+    for (a, id) in agents.iter().zip(&ids) {
+        assert_eq!(a.running(), None, "back to the factory version");
+        assert_eq!(versions(&env, a, id), ("1.0.0".into(), "1.0.0".into()));
+    }
+    assert!(agents[0].logs().contains("rolled back to 1.0.0 locally"), "{}", agents[0].logs());
+
+    // 2. Again, forward and back with `otafleet rollback`.
+    deploy(&env);
+    let (code, out, err) = cli(&env.server.url, Some(ADMIN), &["-o", "json", "rollback", "1.0.0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let job = serde_json::from_str::<Value>(&out).unwrap()["job_id"].as_i64().unwrap();
+    assert_eq!(wait_job(job, "rollback_complete"), "rollback_complete", "{}", agents[0].logs());
+    for (a, id) in agents.iter().zip(&ids) {
+        assert_eq!(versions(&env, a, id), ("1.0.0".into(), "1.0.0".into()));
+    }
+
+    // 3. An *install* of a version older than the newest ever installed is
+    // refused, although the device runs an even older one now.
+    env.release("1.5.0", b"version one point five\n");
+    let id = env.rollout_to("1.5.0", &[&ids[0]], json!({"steps": ["100%"], "retries": 0}));
+    let err = env.failure(id);
+    assert!(err.contains("refusing 1.5.0: older than 2.0.0, the newest version this device installed"), "{err}");
+    assert_eq!(versions(&env, &agents[0], &ids[0]), ("1.0.0".into(), "1.0.0".into()));
 }

@@ -3,7 +3,7 @@
 //! With the `openapi` feature (the server's), they derive `utoipa::ToSchema`
 //! for the OpenAPI document; the states are described as strings.
 
-use crate::model::{ActionKind, ActionState, DeviceHealth};
+use crate::model::{ActionKind, ActionState, DeviceHealth, RolloutKind};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -84,7 +84,8 @@ pub struct StatusAck {
 }
 
 /// `GET /device/v1/actions/{id}`: one of the device's own actions, with the
-/// signed release manifest the agent verifies before installing anything.
+/// signed release manifest and the signed order the agent verifies before
+/// doing anything.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActionDetail {
@@ -93,6 +94,65 @@ pub struct ActionDetail {
     /// [`Manifest::canonical`] of the release: exactly the bytes that `signature` signs.
     #[serde(default)]
     pub manifest: Option<String>,
+    /// [`Order::canonical`] of this device's order: exactly the bytes that
+    /// `order_signature` signs. Absent from servers older than signed orders
+    /// (and without a signing key); current agents refuse such actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_order: Option<String>,
+    /// Detached ed25519 signature of `signed_order`, hex, with the key that
+    /// signs release manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_signature: Option<String>,
+}
+
+/// One device's order, signed by the server besides the release manifest
+/// (after Uptane's *director* role): the manifest says what a release is, the
+/// order says that *this* device is to install it (or roll back to it) in
+/// *this* action, until when. An agent acts only on an order that names its
+/// own device id and the action it asked for, has not expired, and whose
+/// kind, version and artifacts are those of the action and the manifest; it
+/// goes below the newest version it ever installed only on a `rollback`
+/// order naming that version. Times are Unix seconds (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Order {
+    // Fields in alphabetical order: canonical JSON, as for [`Manifest`].
+    pub action_id: i64,
+    /// The release's artifacts (name, sha256, size), exactly as in its manifest.
+    pub artifacts: Vec<ManifestArtifact>,
+    pub device_id: Uuid,
+    /// Unix seconds after which the device refuses the order (issue time + the server's `--order-ttl`).
+    pub expires_at: i64,
+    /// Unix seconds when the server signed the order.
+    pub issued_at: i64,
+    /// `install`, or `rollback`: the only kind that may go back to an older version.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub kind: ActionKind,
+    pub rollout_id: i64,
+    /// The version to install, or to go back to.
+    pub version: String,
+}
+
+impl Order {
+    /// Canonical JSON: sorted keys, artifacts sorted, no whitespace.
+    pub fn canonical(&self) -> String {
+        let mut o = self.clone();
+        o.artifacts.sort();
+        // Plain strings, integers and a UUID cannot fail to serialize.
+        serde_json::to_string(&o).unwrap_or_default()
+    }
+}
+
+/// The kind of order a device gets for an action of a rollout: an action
+/// that goes back — one of the engine's rollback actions, or any action of a
+/// rollback rollout (the tracker's `/ota/rollback`, `otafleet rollback`,
+/// whose waves are planned like a deploy's) — is a `rollback` order, which
+/// an agent carries out even when it lowers the version.
+pub fn order_kind(action: ActionKind, rollout: RolloutKind) -> ActionKind {
+    match rollout {
+        RolloutKind::Rollback => ActionKind::Rollback,
+        RolloutKind::Deploy => action,
+    }
 }
 
 /// The signed description of a release. The server signs its canonical JSON
@@ -296,5 +356,33 @@ mod tests {
         assert!(m1.canonical().contains(r#""compatible":["esp32","x"],"kind":"file","version":"2.0.0"}"#));
         assert!(m1.fits(Some("esp32")) && !m1.fits(Some("rpi")) && !m1.fits(None));
         assert!(Manifest { compatible: vec![], ..m1 }.fits(None));
+    }
+
+    #[test]
+    fn order_is_canonical_and_rollback_rollouts_order_rollbacks() {
+        let a = |n: &str| ManifestArtifact { name: n.into(), sha256: "ab".repeat(32), size: 3 };
+        let o = Order {
+            action_id: 7,
+            artifacts: vec![a("b"), a("a")],
+            device_id: Uuid::nil(),
+            expires_at: 3600,
+            issued_at: 0,
+            kind: ActionKind::Rollback,
+            rollout_id: 2,
+            version: "1.0.0".into(),
+        };
+        let mut o2 = o.clone();
+        o2.artifacts.reverse();
+        assert_eq!(o.canonical(), o2.canonical());
+        let c = o.canonical();
+        assert!(c.starts_with(r#"{"action_id":7,"artifacts":[{"name":"a","#), "{c}");
+        assert!(
+            c.ends_with(r#""device_id":"00000000-0000-0000-0000-000000000000","expires_at":3600,"issued_at":0,"kind":"rollback","rollout_id":2,"version":"1.0.0"}"#),
+            "{c}"
+        );
+        assert_eq!(serde_json::from_str::<Order>(&c).unwrap().canonical(), c);
+        assert_eq!(order_kind(ActionKind::Install, RolloutKind::Deploy), ActionKind::Install);
+        assert_eq!(order_kind(ActionKind::Rollback, RolloutKind::Deploy), ActionKind::Rollback);
+        assert_eq!(order_kind(ActionKind::Install, RolloutKind::Rollback), ActionKind::Rollback);
     }
 }

@@ -48,6 +48,8 @@ pub struct Config {
     pub data_dir: std::path::PathBuf,
     /// Signs the release manifests handed to devices (`--signing-key`).
     pub release_signer: Option<signing::ReleaseSigner>,
+    /// How long a device's signed order stays valid after it is handed out (`--order-ttl`).
+    pub order_ttl: std::time::Duration,
     /// Broker for device wake-ups (`--mqtt-url`).
     pub mqtt: Option<mqtt::Broker>,
     /// Duration of the driver's lease (`--lease-secs`): how long a dead
@@ -73,6 +75,7 @@ impl Default for Config {
             driver_tick_ms: 1000,
             data_dir: "./otafleet-data".into(),
             release_signer: None,
+            order_ttl: std::time::Duration::from_secs(3600),
             mqtt: None,
             lease: std::time::Duration::from_secs(10),
             replica_id: leader::default_replica_id(),

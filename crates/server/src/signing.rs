@@ -1,18 +1,22 @@
-//! Release signing. The server holds an ed25519 private key (`--signing-key`,
-//! written by `otafleet keys generate`) and signs each release's canonical
-//! manifest ([`otafleet_core::protocol::Manifest`]) when a device asks for an
-//! action: ed25519 signatures are deterministic, so signing on demand gives
-//! the same bytes every time and a release whose artifacts were just uploaded
-//! is never served with a stale signature. Devices verify with the public key
-//! they were provisioned with; without a key the server hands out unsigned
-//! manifests, which agents refuse.
+//! Release and order signing. The server holds an ed25519 private key
+//! (`--signing-key`, written by `otafleet keys generate`) and signs each
+//! release's canonical manifest ([`otafleet_core::protocol::Manifest`]) when a
+//! device asks for an action: ed25519 signatures are deterministic, so signing
+//! on demand gives the same bytes every time and a release whose artifacts
+//! were just uploaded is never served with a stale signature. With the same
+//! key it signs the device's order for that action
+//! ([`otafleet_core::protocol::Order`]: device, action, kind, version,
+//! artifact hashes, expiry), issued at the time of the request and valid for
+//! `--order-ttl`. Devices verify both with the public key they were
+//! provisioned with; without a key the server hands out unsigned manifests
+//! and no orders, which agents refuse.
 //!
 //! Key files are hex text: `otafleet-signing.key` holds the 32-byte secret
 //! seed (mode 0600), `otafleet-signing.pub` the 32-byte public key.
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use otafleet_core::protocol::{Manifest, ManifestArtifact};
+use otafleet_core::protocol::{Manifest, ManifestArtifact, Order};
 use otafleet_store::Release;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -89,6 +93,15 @@ pub fn sign_release(signer: Option<&ReleaseSigner>, release: &Release) -> (Strin
     (canonical, signature)
 }
 
+/// Canonical order and, when a key is configured, its signature (None: no
+/// key, and no order is handed out).
+pub fn sign_order(signer: Option<&ReleaseSigner>, order: &Order) -> Option<(String, String)> {
+    let signer = signer?;
+    let canonical = order.canonical();
+    let signature = signer.sign(canonical.as_bytes());
+    Some((canonical, signature))
+}
+
 /// `otafleet keys generate --out DIR`: writes a new key pair; refuses to
 /// overwrite an existing private key. Returns (private path, public path).
 pub fn generate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
@@ -154,6 +167,28 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn orders_are_signed_with_the_release_key() {
+        let signer = ReleaseSigner::from_secret([3u8; 32]);
+        let order = Order {
+            action_id: 1,
+            artifacts: manifest(&release()).artifacts,
+            device_id: uuid::Uuid::nil(),
+            expires_at: 3600,
+            issued_at: 0,
+            kind: otafleet_core::ActionKind::Install,
+            rollout_id: 1,
+            version: "2.0.0".into(),
+        };
+        assert_eq!(sign_order(None, &order), None);
+        let (text, sig) = sign_order(Some(&signer), &order).unwrap();
+        assert_eq!(text, order.canonical());
+        let sig = Signature::from_slice(&hex::decode(sig).unwrap()).unwrap();
+        signer.public_key().verify(text.as_bytes(), &sig).unwrap();
+        let relabelled = text.replace("\"install\"", "\"rollback\"");
+        assert!(signer.public_key().verify(relabelled.as_bytes(), &sig).is_err());
     }
 
     #[test]

@@ -175,6 +175,7 @@ async fn the_device_protocol_and_events_are_typed() {
         "EnrollRequest",
         "EnrollResponse",
         "ActionDetail",
+        "Order",
     ] {
         assert!(schemas[name].is_object(), "schema {name} missing");
     }
@@ -183,6 +184,9 @@ async fn the_device_protocol_and_events_are_typed() {
         checkin["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/CheckinRequest"
     );
+    // The signed order's fields are documented on the action detail.
+    let detail = schemas["ActionDetail"].to_string();
+    assert!(detail.contains("signed_order") && detail.contains("order_signature"), "{detail}");
     // `device.deleted` is sent with `data: null`: the schema allows it.
     let data = schemas["Event"]["properties"]["data"].to_string();
     assert!(data.contains("null"), "Event.data must be nullable: {data}");

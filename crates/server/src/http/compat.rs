@@ -210,6 +210,10 @@ pub async fn update_status(
 }
 
 /// Roll devices back to `version`: a rollback job over the wave's scope.
+/// Its waves are planned like a deploy's, and every device gets a signed
+/// *rollback* order (`protocol::order_kind`), the same kind as the engine's
+/// automatic rollback actions, so real agents go back even to an older
+/// version than the newest they ever installed.
 #[utoipa::path(post, operation_id = "trackerRollback", path = "/ota/rollback", params(RollbackQuery),
     responses((status = 200, body = RollbackResponse), super::error::doc::AuthErrors, super::error::doc::QueryErrors), security(("bearer" = [])), tag = "tracker")]
 pub async fn rollback(

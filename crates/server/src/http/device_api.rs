@@ -45,7 +45,7 @@ pub async fn checkin(
     let now = otafleet_store::now_ms();
     let action = delivery::checkin(&state, device, req.current_version.as_deref(), req.health, now).await?;
     let action = match action {
-        Some(a) => Some(super::device_actions::action_detail(&state, a).await?.order),
+        Some(a) => Some(super::device_actions::action_order(&state, a).await?.0),
         None => None,
     };
     Ok(Json(CheckinResponse { device_id: device, action, poll_after_secs: state.config.poll_interval_secs }))

@@ -51,7 +51,7 @@ pub use otafleet_api::Page;
         artifacts::upload, artifacts::gc, artifacts::download, device_actions::get_one,
         openapi_json, metrics, health::healthz, health::readyz,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, otafleet_core::protocol::Order)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

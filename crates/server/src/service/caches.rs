@@ -16,6 +16,8 @@
 //!   most two poll intervals and one flush old (devices count as online for
 //!   three), and a fleet polling every interval costs half the writes.
 //! - Releases by version: releases are immutable once created.
+//! - The kind of each rollout (deploy or rollback), which never changes: it
+//!   decides the kind of order a device is handed (`protocol::order_kind`).
 //! - The rendered `GET /ota/jobs` body, validated by the newest event id
 //!   (every rollout change writes an event), also used as its ETag.
 //!
@@ -61,7 +63,7 @@
 //!   action in flight added; tokens and versions cleared) before serving from
 //!   memory again.
 
-use otafleet_core::DeviceHealth;
+use otafleet_core::{DeviceHealth, RolloutKind};
 use otafleet_store::{Action, Release, Store, TokenRecord};
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -123,6 +125,7 @@ pub struct Caches {
     /// How long a written last-seen time stands before a check-in rewrites it.
     seen_resolution: Duration,
     releases: RwLock<HashMap<String, Release>>,
+    rollout_kinds: RwLock<HashMap<i64, RolloutKind>>,
     jobs: Mutex<Option<(i64, axum::body::Bytes)>>,
 }
 
@@ -416,6 +419,22 @@ impl Caches {
             write(&self.releases).insert(version.to_string(), r.clone());
         }
         Ok(r)
+    }
+
+    /// The kind of a rollout (None: no such rollout).
+    pub async fn rollout_kind(
+        &self,
+        store: &Store,
+        id: i64,
+    ) -> Result<Option<RolloutKind>, otafleet_store::StoreError> {
+        if let Some(k) = read(&self.rollout_kinds).get(&id) {
+            return Ok(Some(*k));
+        }
+        let kind = store.get_rollout(id).await?.map(|r| r.kind);
+        if let Some(k) = kind {
+            write(&self.rollout_kinds).insert(id, k);
+        }
+        Ok(kind)
     }
 
     pub fn jobs(&self, validator: i64) -> Option<axum::body::Bytes> {
