@@ -386,7 +386,8 @@ fn postgres_backend_serves_the_same_api() {
     let id = r.body["job_id"].as_i64().unwrap();
     let r = eventually(Duration::from_secs(10), || {
         let r = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN));
-        (r.body["state"] == "running").then_some(r)
+        // `running` is committed one step before the release: wait for both.
+        (r.body["state"] == "running" && r.body["progress"][0]["in_flight"] == 2).then_some(r)
     });
     assert_eq!(r.body["progress"][0]["in_flight"], 2);
 }
