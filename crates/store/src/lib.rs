@@ -188,6 +188,14 @@ impl Store {
                         sqlx::query("PRAGMA mmap_size = 268435456").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA cache_size = -16384").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA wal_autocheckpoint = 16384").execute(&mut *conn).await?;
+                    } else {
+                        // A transaction left idle (its process paused or cut
+                        // off mid-way) is ended by the server: its locks, among
+                        // them the driver's fence (`FOR SHARE` on the lease
+                        // row), would otherwise hold off a takeover until that
+                        // process came back. No transaction of ours idles
+                        // between statements for anywhere near this long.
+                        sqlx::query("SET idle_in_transaction_session_timeout = 3000").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
