@@ -60,8 +60,12 @@ pub struct Agent {
     rng: rand::rngs::StdRng,
 }
 
-fn http_client() -> Result<reqwest::Client> {
+/// One client for the server, artifact downloads and health URLs; TLS is
+/// verified as the configuration says ([`AgentConfig::trust`]).
+fn http_client(cfg: &AgentConfig) -> Result<reqwest::Client> {
+    let tls = cfg.trust()?.client_config()?;
     reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
@@ -98,7 +102,7 @@ impl Agent {
     pub async fn start(cfg: AgentConfig) -> Result<Agent> {
         let key = verify::parse_public_key(cfg.public_key.as_deref().unwrap_or_default())?;
         let dir = StateDir::open(&cfg.state_dir)?;
-        let http = http_client()?;
+        let http = http_client(&cfg)?;
         let state = match dir.state()? {
             Some(s) => s,
             None => {
@@ -478,7 +482,7 @@ impl Agent {
     /// Runs until `stop` turns true (an action in progress is finished first).
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
         if let Some(url) = self.cfg.mqtt_url.clone() {
-            crate::push::spawn(&url, self.identity.device_id, self.wake.clone())?;
+            crate::push::spawn(&url, &self.cfg.mqtt_trust(), self.identity.device_id, self.wake.clone())?;
         }
         tracing::info!(device = %self.identity.device_id, version = %self.state.current_version, server = %self.cfg.server, "agent running");
         let mut failures = 0u32;

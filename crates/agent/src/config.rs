@@ -3,13 +3,17 @@
 //! file's directory, so a config and its key can travel together.
 //!
 //! ```toml
-//! server = "http://otafleet.example:8000"
+//! server = "https://otafleet.example:8443"
+//! ca_file = "fleet-ca.pem"              # CAs trusted for the server (default: the Mozilla roots)
+//! # server_cert_sha256 = "AB:CD:…"      # or pin the server's certificate instead
+//! # allow_http = true                   # only for a plain http:// server on a trusted network
 //! state_dir = "/var/lib/otafleet-agent"
 //! enrollment_token = "enr_…"            # or enrollment_token_file; used once
 //! public_key_file = "otafleet-signing.pub"  # or public_key = "<hex>"
 //! initial_version = "1.0.0"             # before anything was installed
 //! clock_skew_secs = 60                  # signed orders accepted this long past expiry
-//! mqtt_url = "mqtt://broker:1883"       # optional push
+//! mqtt_url = "mqtts://broker:8883"      # optional push (mqtt:// for plain TCP)
+//! # mqtt_ca_file = "broker-ca.pem"      # the broker's CA (default: ca_file, else the Mozilla roots)
 //! [labels]                              # proposed at enrollment
 //! site = "lab"
 //! [health]                              # optional; url or command
@@ -31,8 +35,20 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Base URL of the otafleet server.
+    /// Base URL of the otafleet server (`https://`; `http://` only with `allow_http`).
     pub server: String,
+    /// PEM bundle of the CAs the server's certificate must chain to, instead
+    /// of the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the server's own certificate: that certificate
+    /// is accepted from the server's host whatever its issuer, name or dates,
+    /// and no other (`openssl x509 -noout -fingerprint -sha256 -in cert.pem`).
+    pub server_cert_sha256: Option<String>,
+    /// Talk plain HTTP to an `http://` server (a trusted network only: the
+    /// agent still verifies signed releases and orders, but a listener learns
+    /// what the device runs and could hold updates back).
+    #[serde(default)]
+    pub allow_http: bool,
     /// Where the agent keeps its identity, state, report queue and downloads.
     pub state_dir: PathBuf,
     /// Enrollment token (first start only; ignored once enrolled).
@@ -61,8 +77,12 @@ pub struct AgentConfig {
     /// Random spread of each wait, as a fraction of it (default 0.1).
     #[serde(default = "default_jitter")]
     pub jitter: f64,
-    /// `mqtt://host:port`: wake up on pushes on `otafleet/<device-id>/cmd`.
+    /// `mqtt://host:port` or `mqtts://host:port`: wake up on pushes on
+    /// `otafleet/<device-id>/cmd`.
     pub mqtt_url: Option<String>,
+    /// PEM bundle of the CA of an `mqtts://` broker (default: `ca_file`,
+    /// else the Mozilla roots).
+    pub mqtt_ca_file: Option<PathBuf>,
     /// Cap on download speed in bytes per second (constrained links).
     pub download_rate_limit: Option<u64>,
     /// Seconds without data before a download is abandoned (and later resumed).
@@ -148,6 +168,25 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 }
 
 impl AgentConfig {
+    /// What the server's certificate is checked against.
+    pub fn trust(&self) -> Result<otafleet_rt::tls::Trust> {
+        let pin = match &self.server_cert_sha256 {
+            Some(fp) => {
+                let url = reqwest::Url::parse(&self.server)?;
+                let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+                let sha256 = otafleet_rt::tls::parse_fingerprint(fp).context("server_cert_sha256")?;
+                Some(otafleet_rt::tls::Pin { host: host.to_string(), sha256 })
+            }
+            None => None,
+        };
+        Ok(otafleet_rt::tls::Trust { ca_file: self.ca_file.clone(), pin })
+    }
+
+    /// What an `mqtts://` broker's certificate is checked against.
+    pub fn mqtt_trust(&self) -> otafleet_rt::tls::Trust {
+        otafleet_rt::tls::Trust::ca(self.mqtt_ca_file.clone().or_else(|| self.ca_file.clone()))
+    }
+
     /// Reads and validates the file.
     pub fn load(path: &Path) -> Result<AgentConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
@@ -157,11 +196,27 @@ impl AgentConfig {
 
     pub fn parse(text: &str, base: &Path) -> Result<AgentConfig> {
         let mut c: AgentConfig = toml::from_str(text)?;
-        if !(c.server.starts_with("http://") || c.server.starts_with("https://")) {
-            bail!("server must be an http:// or https:// URL, got '{}'", c.server);
+        let url = reqwest::Url::parse(&c.server)
+            .map_err(|e| anyhow::anyhow!("server must be an https:// URL, got '{}': {e}", c.server))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if c.allow_http => {}
+            "http" => bail!(
+                "server is plain http:// ('{}'): use https://, or set allow_http = true on a trusted network",
+                c.server
+            ),
+            _ => bail!("server must be an https:// URL, got '{}'", c.server),
+        }
+        if url.host_str().is_none() {
+            bail!("server '{}' names no host", c.server);
+        }
+        if c.server_cert_sha256.is_some() && url.scheme() != "https" {
+            bail!("server_cert_sha256 pins the certificate of an https:// server");
         }
         c.server = c.server.trim_end_matches('/').to_string();
         c.state_dir = resolve(base, &c.state_dir);
+        c.ca_file = c.ca_file.as_deref().map(|p| resolve(base, p));
+        c.mqtt_ca_file = c.mqtt_ca_file.as_deref().map(|p| resolve(base, p));
         if let Some(p) = &c.enrollment_token_file {
             let p = resolve(base, p);
             let t = std::fs::read_to_string(&p)
@@ -180,8 +235,15 @@ impl AgentConfig {
         if !(0.0..=1.0).contains(&c.jitter) {
             bail!("jitter must be between 0 and 1");
         }
+        // Read the certificates now, so a bad file stops the agent at start.
+        c.trust().context("server trust (ca_file, server_cert_sha256)")?.client_config()?;
         if let Some(u) = &c.mqtt_url {
-            crate::push::parse_broker(u)?;
+            let url = crate::push::parse_broker(u)?;
+            if url.tls {
+                c.mqtt_trust().client_config().context("mqtt_ca_file")?;
+            } else if c.mqtt_ca_file.is_some() {
+                bail!("mqtt_ca_file is only used with an mqtts:// mqtt_url");
+            }
         }
         if c.health.url.is_some() && c.health.command.is_some() {
             bail!("health: give url or command, not both");
@@ -214,6 +276,7 @@ mod tests {
         let text = format!(
             r#"
             server = "http://127.0.0.1:8000/"
+            allow_http = true
             state_dir = "state"
             enrollment_token = "enr_x"
             public_key = "{KEY}"
@@ -240,23 +303,49 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_server_is_pinned_by_its_host() {
+        let fp = "AB:".repeat(31) + "AB";
+        let text = format!(
+            "server = \"https://[::1]:8443\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\nserver_cert_sha256 = \"{fp}\"\nca_file = \"ca.pem\"\nmqtt_url = \"mqtts://b\"\n"
+        );
+        // The CA file is read at parse time; check the pin without it.
+        let c: AgentConfig = toml::from_str(&text).unwrap();
+        let pin = c.trust().unwrap().pin.unwrap();
+        assert_eq!(pin.host, "::1");
+        assert_eq!(pin.sha256, [0xab; 32]);
+        assert_eq!(c.mqtt_trust().ca_file, Some(PathBuf::from("ca.pem")));
+    }
+
+    #[test]
     fn bad_configs_say_what_is_wrong() {
         let err = |t: &str| format!("{:#}", AgentConfig::parse(t, Path::new("/")).unwrap_err());
         assert!(err(r#"server = "x"
 state_dir = "s""#)
-        .contains("http://"));
-        assert!(err(r#"server = "http://a"
+        .contains("https://"));
+        assert!(err(r#"server = "ftp://a"
+state_dir = "s""#)
+        .contains("https://"));
+        assert!(err(&format!("server = \"http://a\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\n"))
+            .contains("set allow_http = true"));
+        assert!(err(r#"server = "https://a"
 state_dir = "s""#)
         .contains("public_key"));
-        assert!(err(r#"server = "http://a"
+        assert!(err(r#"server = "https://a"
 state_dir = "s"
 public_key = "abc""#)
         .contains("public key"));
+        let base = format!("server = \"https://a\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\n");
+        assert!(err(&format!("{base}ca_file = \"/nonexistent/ca.pem\"\n")).contains("/nonexistent/ca.pem"));
+        assert!(err(&format!("{base}server_cert_sha256 = \"abc\"\n")).contains("64 hex digits"));
+        assert!(err(&format!("{base}mqtt_url = \"mqtt://b\"\nmqtt_ca_file = \"ca.pem\"\n"))
+            .contains("only used with an mqtts://"));
+        let plain = format!("server = \"http://a\"\nallow_http = true\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\n");
+        assert!(err(&format!("{plain}server_cert_sha256 = \"{}\"\n", "ab".repeat(32))).contains("https:// server"));
         let t = format!(
-            "server = \"http://a\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\n[handlers.x]\ntype = \"nope\"\n"
+            "server = \"https://a\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\n[handlers.x]\ntype = \"nope\"\n"
         );
         assert!(err(&t).contains("unknown variant"));
-        let t = format!("server = \"http://a\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\nsurprise = 1\n");
+        let t = format!("server = \"https://a\"\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\nsurprise = 1\n");
         assert!(err(&t).contains("unknown field"));
     }
 }

@@ -5,28 +5,26 @@
 //! trusted: the agent still fetches and verifies everything over HTTP.
 
 use anyhow::{anyhow, Result};
-use otafleet_core::protocol::{command_topic, parse_mqtt_url};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use otafleet_core::protocol::{command_topic, parse_mqtt_url, MqttUrl};
+use otafleet_rt::tls::Trust;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-pub fn parse_broker(url: &str) -> Result<(String, u16)> {
+pub fn parse_broker(url: &str) -> Result<MqttUrl> {
     parse_mqtt_url(url).map_err(|e| anyhow!("mqtt_url: {e}"))
 }
 
 /// Subscribes in the background, reconnecting after errors; every message on
 /// the device's topic (and every reconnect, in case one was missed) wakes the
-/// agent.
-pub fn spawn(url: &str, device_id: Uuid, wake: Arc<Notify>) -> Result<tokio::task::JoinHandle<()>> {
-    let (host, port) = parse_broker(url)?;
+/// agent. An `mqtts://` broker is verified against `trust`.
+pub fn spawn(url: &str, trust: &Trust, device_id: Uuid, wake: Arc<Notify>) -> Result<tokio::task::JoinHandle<()>> {
+    let url = parse_broker(url)?;
     let topic = command_topic(&device_id);
-    let mut opts = MqttOptions::new(format!("otafleet-agent-{device_id}"), host.clone(), port);
-    opts.set_keep_alive(Duration::from_secs(30));
+    let opts = otafleet_rt::mqtt::options(&url, &format!("otafleet-agent-{device_id}"), trust)?;
     let (client, events) = AsyncClient::new(opts, 16);
-    let where_ = format!("{host}:{port}");
-    Ok(tokio::spawn(otafleet_rt::mqtt::run(events, where_, move |ev| match ev {
+    Ok(tokio::spawn(otafleet_rt::mqtt::run(events, url.to_string(), move |ev| match ev {
         Event::Incoming(Packet::ConnAck(_)) => {
             if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                 tracing::warn!(error = %e, "MQTT subscribe failed");

@@ -58,12 +58,15 @@ fn decode<T: DeserializeOwned>(method: &Method, path: &str, status: StatusCode, 
 }
 
 impl Api {
-    pub fn new(base: &str, token: Option<String>) -> Result<Self> {
+    /// `ca_file`: the CAs to trust for an `https://` server (`--ca-file`).
+    pub fn new(base: &str, token: Option<String>, ca_file: Option<&std::path::Path>) -> Result<Self> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(anyhow!("--server must be an http:// URL, got '{base}'"));
+            return Err(anyhow!("--server must be an http:// or https:// URL, got '{base}'"));
         }
+        let tls = otafleet_rt::tls::Trust::ca(ca_file.map(Into::into)).client_config().context("--ca-file")?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .context("building the HTTP client")?;

@@ -809,7 +809,12 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
 
 /// `otafleet update`: the tracker's direct update of robot pods, then (when a
 /// token is configured) a job recorded on the server with the outcome.
-pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token: Option<String>) -> Result<()> {
+pub async fn update(
+    args: otafleet_k8s::update::UpdateArgs,
+    server: &str,
+    token: Option<String>,
+    ca_file: Option<&std::path::Path>,
+) -> Result<()> {
     let wave = args.wave;
     let mut strategy = json!({"wave": wave.as_str()});
     if !args.steps.is_empty() {
@@ -819,7 +824,7 @@ pub async fn update(args: otafleet_k8s::update::UpdateArgs, server: &str, token:
     let version = args.version.clone();
     let outcome = otafleet_k8s::update::update(args).await;
     if let Some(t) = token {
-        let api = Api::new(server, Some(t))?;
+        let api = Api::new(server, Some(t), ca_file)?;
         // Run here, recorded there: the server plans nothing for it.
         let body = json!({"version": version, "selector": selector, "strategy": strategy, "executor": "external"});
         let recorded: Result<Value> = async {

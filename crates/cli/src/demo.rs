@@ -100,7 +100,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let base = format!("http://{}", server.addr);
     println!("otafleet demo: server at {base} (temporary SQLite database {})", db.display());
     println!("admin token for this demo: {admin}\n");
-    let api = Api::new(&base, Some(admin.clone()))?;
+    let api = Api::new(&base, Some(admin.clone()), None)?;
 
     let sim_args = SimArgs {
         devices: args.devices,

@@ -28,6 +28,9 @@ pub struct Cli {
     /// URL of the otafleet server.
     #[arg(long, global = true, env = "OTAFLEET_URL", default_value = "http://127.0.0.1:8000")]
     pub server: String,
+    /// PEM bundle of the CAs to trust for an https:// server (default: the Mozilla roots).
+    #[arg(long, global = true, env = "OTAFLEET_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// API token (see `otafleet token create`).
     #[arg(long, global = true, env = "OTAFLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -143,13 +146,13 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<()> {
         Cmd::Operator(OperatorCmd::Run(args)) => otafleet_k8s::operator::run_operator(args).await,
         Cmd::Operator(OperatorCmd::Crd) => otafleet_k8s::operator::print_crd(),
         Cmd::Flash(args) => otafleet_k8s::flash::flash(args).await,
-        Cmd::Update(args) => commands::update(args, &cli.server, cli.token.clone()).await,
+        Cmd::Update(args) => commands::update(args, &cli.server, cli.token.clone(), cli.ca_file.as_deref()).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "otafleet", &mut std::io::stdout());
             Ok(())
         }
         cmd => {
-            let api = client::Api::new(&cli.server, cli.token.clone())?;
+            let api = client::Api::new(&cli.server, cli.token.clone(), cli.ca_file.as_deref())?;
             commands::run(cmd, &api, cli.output).await
         }
     }

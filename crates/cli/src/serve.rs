@@ -18,7 +18,8 @@ pub struct ServeArgs {
     #[arg(long, env = "OTAFLEET_DATABASE_URL", default_value = "sqlite://otafleet.db")]
     pub database_url: String,
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
-    /// data_dir, signing_key, order_ttl, mqtt_url, lease_secs, replica_id, allow_http_artifacts.
+    /// data_dir, signing_key, order_ttl, mqtt_url, mqtt_ca_file, tls_cert, tls_key, lease_secs, replica_id,
+    /// allow_http_artifacts.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -43,9 +44,19 @@ pub struct ServeArgs {
     /// agents refuse it later, so a held-back order cannot be used after that.
     #[arg(long, env = "OTAFLEET_ORDER_TTL", default_value = "1h", value_parser = otafleet_core::duration::parse_arg)]
     pub order_ttl: std::time::Duration,
-    /// MQTT broker, mqtt://host:port: devices are woken on otafleet/<device-id>/cmd.
+    /// MQTT broker, mqtt://host:port or mqtts://host:port (TLS): devices are woken on
+    /// otafleet/<device-id>/cmd.
     #[arg(long, env = "OTAFLEET_MQTT_URL")]
     pub mqtt_url: Option<String>,
+    /// PEM bundle of the CA that signed the mqtts:// broker's certificate (default: the Mozilla roots).
+    #[arg(long, env = "OTAFLEET_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+    /// Serve HTTPS: PEM certificate chain, leaf first (with --tls-key). Reloaded when the file changes.
+    #[arg(long, env = "OTAFLEET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OTAFLEET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Seconds the driver's lease lasts: one replica drives rollouts; if it dies, another takes over
     /// within this time and a third.
     #[arg(long, env = "OTAFLEET_LEASE_SECS", default_value_t = 10)]
@@ -72,6 +83,9 @@ struct FileConfig {
     signing_key: Option<PathBuf>,
     order_ttl: Option<String>,
     mqtt_url: Option<String>,
+    mqtt_ca_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     lease_secs: Option<u64>,
     replica_id: Option<String>,
     allow_http_artifacts: Option<bool>,
@@ -116,6 +130,14 @@ impl ServeArgs {
             if self.mqtt_url.is_none() {
                 self.mqtt_url = file.mqtt_url;
             }
+            if self.mqtt_ca_file.is_none() {
+                self.mqtt_ca_file = file.mqtt_ca_file;
+            }
+            // The pair comes from one place: flags/environment or the file.
+            if self.tls_cert.is_none() && self.tls_key.is_none() {
+                self.tls_cert = file.tls_cert;
+                self.tls_key = file.tls_key;
+            }
             if self.replica_id.is_none() {
                 self.replica_id = file.replica_id;
             }
@@ -125,8 +147,14 @@ impl ServeArgs {
             None => None,
         };
         let mqtt = match &self.mqtt_url {
-            Some(u) => Some(otafleet_server::mqtt::Broker::parse(u).context("--mqtt-url")?),
+            Some(u) => Some(otafleet_server::mqtt::Broker::parse(u, self.mqtt_ca_file.clone()).context("--mqtt-url")?),
+            None if self.mqtt_ca_file.is_some() => anyhow::bail!("--mqtt-ca-file needs --mqtt-url mqtts://…"),
             None => None,
+        };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(otafleet_server::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together (tls_cert and tls_key in the config file)"),
         };
         if self.body_limit < 1024 {
             anyhow::bail!("--body-limit must be at least 1024 bytes");
@@ -154,6 +182,7 @@ impl ServeArgs {
             release_signer,
             order_ttl: self.order_ttl,
             mqtt,
+            tls,
             lease: std::time::Duration::from_secs(self.lease_secs),
             replica_id,
             allow_http_artifacts: self.allow_http_artifacts,
@@ -177,9 +206,10 @@ pub async fn run(args: ServeArgs, m: &ArgMatches) -> Result<()> {
         None => tracing::warn!("no --signing-key: release manifests are unsigned and agents will refuse them"),
     }
     tracing::info!(listen = %config.listen, database = %otafleet_server::redact(&config.database_url), replica = %config.replica_id, "starting otafleet serve");
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     let running = otafleet_server::start(config).await?;
     announce(&running);
-    tracing::info!(addr = %running.addr, "listening");
-    println!("otafleet listening on http://{}", running.addr);
+    tracing::info!(addr = %running.addr, scheme, "listening");
+    println!("otafleet listening on {scheme}://{}", running.addr);
     running.wait().await
 }

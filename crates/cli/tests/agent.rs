@@ -30,11 +30,20 @@ struct Env {
     server: Server,
     h: Http,
     args: Vec<String>,
+    /// The test PKI when the server serves HTTPS.
+    pki: Option<Pki>,
 }
 
 impl Env {
     fn start(extra: &[&str]) -> Env {
+        Self::start_with(extra, false)
+    }
+
+    /// With `tls`, the server serves HTTPS with a certificate of a test CA
+    /// (`pki`), which the test's HTTP helper and CLI trust.
+    fn start_with(extra: &[&str], tls: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
+        let pki = tls.then(|| pki(&dir.path().join("pki")));
         let keys = dir.path().join("keys");
         let (code, out, err) = cli("http://unused", None, &["keys", "generate", "--out", keys.to_str().unwrap()]);
         assert_eq!(code, 0, "{out}{err}");
@@ -48,18 +57,32 @@ impl Env {
             "--data-dir",
             data.to_str().unwrap(),
         ];
+        let (cert, key) = match &pki {
+            Some(p) => (p.cert.to_str().unwrap().to_string(), p.key.to_str().unwrap().to_string()),
+            None => Default::default(),
+        };
+        if pki.is_some() {
+            args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+        }
         args.extend_from_slice(extra);
         let server = Server::start(&sqlite_url(&dir), &args);
-        let h = Http::new(&server.url);
+        let h = Http::trusting(&server.url, pki.as_ref().map(|p| p.ca.as_path()));
         let args = args.iter().map(|s| s.to_string()).collect();
-        Env { dir, server, h, args }
+        Env { dir, server, h, args, pki }
+    }
+
+    /// The CLI against this server (trusting its CA).
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let ca = self.pki.as_ref().map(|p| p.ca.to_str().unwrap().to_string());
+        let env: Vec<(&str, &str)> = ca.iter().map(|c| ("OTAFLEET_CA_FILE", c.as_str())).collect();
+        cli_env(&self.server.url, Some(ADMIN), args, &env)
     }
 
     /// Kills the server (-9) and starts it again on the same address.
     fn restart_server(&mut self, offline: impl FnOnce()) {
         self.server.kill9();
         offline();
-        let listen = self.server.url.trim_start_matches("http://").to_string();
+        let listen = self.server.url.split_once("://").unwrap().1.to_string();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         self.server = Server::start_at(&sqlite_url(&self.dir), &listen, &args);
     }
@@ -87,11 +110,7 @@ impl Env {
     }
 
     fn enrollment_token(&self, labels: &str) -> String {
-        let (code, out, err) = cli(
-            &self.server.url,
-            Some(ADMIN),
-            &["-o", "json", "devices", "enroll-token", "create", "--labels", labels],
-        );
+        let (code, out, err) = self.cli(&["-o", "json", "devices", "enroll-token", "create", "--labels", labels]);
         assert_eq!(code, 0, "{out}{err}");
         serde_json::from_str::<Value>(&out).unwrap()["token"].as_str().unwrap().to_string()
     }
@@ -103,11 +122,8 @@ impl Env {
         assert_eq!(r.status, 201, "{}", r.text);
         let file = self.dir.path().join(format!("app-{version}.txt"));
         std::fs::write(&file, content).unwrap();
-        let (code, out, err) = cli(
-            &self.server.url,
-            Some(ADMIN),
-            &["-o", "json", "releases", "upload", version, file.to_str().unwrap(), "--name", "app.txt"],
-        );
+        let (code, out, err) =
+            self.cli(&["-o", "json", "releases", "upload", version, file.to_str().unwrap(), "--name", "app.txt"]);
         assert_eq!(code, 0, "{out}{err}");
         serde_json::from_str(&out).unwrap()
     }
@@ -166,7 +182,7 @@ impl Agent {
         let config = dir.join("agent.toml");
         let text = format!(
             r#"server = "{server}"
-state_dir = "state"
+{allow_http}state_dir = "state"
 enrollment_token = "{token}"
 public_key_file = "{key}"
 name = "{name}"
@@ -183,6 +199,7 @@ type = "file"
 dir = "app"
 "#,
             key = key.display(),
+            allow_http = if server.starts_with("http://") { "allow_http = true\n" } else { "" },
             poll = if extra.contains("poll_interval_secs") { "" } else { "poll_interval_secs = 1\n" },
         );
         std::fs::write(&config, text).unwrap();
@@ -517,7 +534,7 @@ fn agent_refuses_unsigned_releases_and_bad_configs() {
     );
     let keys = dir.path().join("keys");
     cli("http://unused", None, &["keys", "generate", "--out", keys.to_str().unwrap()]);
-    let env = Env { dir, server, h: Http::new("http://unused"), args: Vec::new() };
+    let env = Env { dir, server, h: Http::new("http://unused"), args: Vec::new(), pki: None };
     let env = Env { h: Http::new(&env.server.url), ..env };
     let token = env.enrollment_token("device_type=esp32");
     let agent = Agent::start(&env, "u", &token, "");
@@ -532,10 +549,21 @@ fn agent_refuses_unsigned_releases_and_bad_configs() {
 
     // Config errors are one clear line.
     let bad = env.dir.path().join("bad.toml");
-    std::fs::write(&bad, "server = \"http://x\"\nstate_dir = \"s\"\n").unwrap();
+    std::fs::write(&bad, "server = \"https://x\"\nstate_dir = \"s\"\n").unwrap();
     let out = Command::new(bin()).args(["agent", "--config", bad.to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("public_key"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Plain HTTP only when asked for.
+    let key = env.dir.path().join("keys/otafleet-signing.pub");
+    std::fs::write(
+        &bad,
+        format!("server = \"http://x\"\nstate_dir = \"s\"\npublic_key_file = \"{}\"\n", key.display()),
+    )
+    .unwrap();
+    let out = Command::new(bin()).args(["agent", "--config", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plain http://") && err.contains("allow_http = true"), "{err}");
 }
 
 #[test]
@@ -839,4 +867,169 @@ fn tracker_rollbacks_roll_real_agents_back() {
     let err = env.failure(id);
     assert!(err.contains("refusing 1.5.0: older than 2.0.0, the newest version this device installed"), "{err}");
     assert_eq!(versions(&env, &agents[0], &ids[0]), ("1.0.0".into(), "1.0.0".into()));
+}
+
+/// Waits up to 20 s for `text` in the agent's log; fails showing the log.
+fn wait_for_log(agent: &Agent, text: &str) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !agent.logs().contains(text) {
+        assert!(Instant::now() < end, "no '{text}' in the log:\n{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The first free port on loopback (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn https_with_a_fleet_ca_or_a_pinned_certificate_and_nothing_else() {
+    let env = Env::start_with(&[], true);
+    let pki = env.pki.as_ref().unwrap();
+    assert!(env.server.url.starts_with("https://127.0.0.1:"), "{}", env.server.url);
+    assert_eq!(env.h.get("/readyz", None).status, 200);
+
+    // The CLI verifies the server: with the CA it works, without it it says why.
+    let (code, out, err) = env.cli(&["rollouts", "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = cli(&env.server.url, Some(ADMIN), &["rollouts", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+    // Plain HTTP to the TLS port gets no answer from the API.
+    let plain = env.server.url.replacen("https://", "http://", 1);
+    let (code, _, _) = cli(&plain, Some(ADMIN), &["rollouts", "list"]);
+    assert_ne!(code, 0);
+
+    let token = env.enrollment_token("device_type=esp32");
+    let ca = format!("ca_file = \"{}\"", pki.ca.display());
+    let by_ca = Agent::start(&env, "by-ca", &token, &ca);
+    let pin = format!("server_cert_sha256 = \"{}\"", pki.fingerprint);
+    let by_pin = Agent::start(&env, "by-pin", &token, &pin);
+    let mut wrong = pki.fingerprint.clone().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = format!("server_cert_sha256 = \"{}\"", String::from_utf8(wrong).unwrap());
+    let wrong_pin = Agent::start(&env, "wrong-pin", &token, &wrong);
+    let mozilla = Agent::start(&env, "mozilla-roots", &token, "");
+    let ids = [by_ca.device_id(), by_pin.device_id()];
+
+    env.release("2.0.0", b"over tls\n");
+    let id = env.rollout("2.0.0", json!({"steps": ["100%"]}));
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 120);
+    assert_eq!(r["state"], "succeeded", "{r}\n{}", by_ca.logs());
+    for (a, id) in [&by_ca, &by_pin].into_iter().zip(&ids) {
+        assert_eq!(a.running().as_deref(), Some("over tls\n"));
+        assert_eq!(device(&env, id)["current_version"], "2.0.0");
+    }
+    // The other two never got past the handshake: not enrolled, and their logs say why.
+    let devices = env.h.get("/api/v1/devices?limit=100", Some(ADMIN)).body;
+    assert_eq!(devices["items"].as_array().unwrap().len(), 2, "{devices}");
+    wait_for_log(&wrong_pin, "is not the pinned one");
+    wait_for_log(&mozilla, "UnknownIssuer");
+    assert_eq!(wrong_pin.running(), None);
+    assert_eq!(mozilla.running(), None);
+}
+
+/// A Mosquitto of our own with a TLS listener on a free port, signed by the
+/// test CA; None (and a SKIPPED line) where mosquitto is not installed.
+struct TlsBroker {
+    child: Child,
+    port: u16,
+}
+
+impl TlsBroker {
+    fn start(dir: &Path, pki: &Pki) -> Option<TlsBroker> {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            eprintln!("SKIPPED mqtts test: no mosquitto binary (apt-get install mosquitto)");
+            return None;
+        };
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        // `user root`: started as root, mosquitto would otherwise switch to its
+        // own user, which cannot read this test's files.
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                pki.ca.display(),
+                pki.cert.display(),
+                pki.key.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("mosquitto.log")).unwrap();
+        let child = Command::new(bin)
+            .args(["-c", conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn mosquitto");
+        let mut broker = TlsBroker { child, port };
+        let up = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!("mosquitto exited ({status}): {}", std::fs::read_to_string(dir.join("mosquitto.log")).unwrap());
+            }
+            assert!(up.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker.port = port;
+        Some(broker)
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn mqtts_push_reaches_an_agent_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker_pki = pki(&dir.path().join("broker-pki"));
+    let Some(broker) = TlsBroker::start(dir.path(), &broker_pki) else { return };
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let ca = broker_pki.ca.to_str().unwrap().to_string();
+    let env = Env::start_with(&["--mqtt-url", &url, "--mqtt-ca-file", &ca], true);
+    let token = env.enrollment_token("device_type=esp32");
+    // The server and the broker have different CAs: the agent is told each.
+    let extra = format!(
+        "ca_file = \"{}\"\nmqtt_url = \"mqtts://127.0.0.1:{}\"\nmqtt_ca_file = \"{ca}\"\npoll_interval_secs = 600",
+        env.pki.as_ref().unwrap().ca.display(),
+        broker.port
+    );
+    let agent = Agent::start(&env, "pushed-tls", &token, &extra);
+    agent.device_id();
+    eventually(Duration::from_secs(30), || agent.logs().contains("push connected").then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    env.release("2.0.0", b"pushed over tls\n");
+    let start = Instant::now();
+    let id = env.rollout("2.0.0", json!({"steps": ["100%"]}));
+    let begun = eventually(Duration::from_secs(30), || {
+        let a = env.actions(id);
+        let s = a.first().and_then(|a| a["state"].as_str().map(str::to_string)).unwrap_or_default();
+        ["downloading", "installing", "verifying", "succeeded"].contains(&s.as_str()).then(|| start.elapsed())
+    });
+    eprintln!("MQTT over TLS: rollout created → device downloading in {begun:?}");
+    assert!(begun < Duration::from_secs(3), "took {begun:?}; a poll would take 10 minutes\n{}", agent.logs());
+    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+
+    // An agent that does not trust the broker's CA gets no push (and says why).
+    let token = env.enrollment_token("device_type=esp32");
+    let extra = format!(
+        "ca_file = \"{}\"\nmqtt_url = \"mqtts://127.0.0.1:{}\"\npoll_interval_secs = 600",
+        env.pki.as_ref().unwrap().ca.display(),
+        broker.port
+    );
+    let distrustful = Agent::start(&env, "no-broker-ca", &token, &extra);
+    distrustful.device_id();
+    wait_for_log(&distrustful, "MQTT connect failed");
+    let logs = distrustful.logs();
+    assert!(logs.contains("invalid peer certificate") && !logs.contains("push connected"), "{logs}");
 }

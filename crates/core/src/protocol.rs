@@ -230,28 +230,54 @@ pub fn command_topic(device_id: &Uuid) -> String {
 /// The payload of a push on [`command_topic`].
 pub const CHECKIN_COMMAND: &str = r#"{"cmd":"checkin"}"#;
 
-/// Parses the broker address `mqtt://host[:port]` (or `tcp://`; port 1883 by
-/// default) used by the server's publisher and the agent's subscriber. Plain
-/// TCP only: TLS is not built in.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = match url.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => rest,
-        Some((scheme, _)) => {
-            return Err(format!("unsupported MQTT URL scheme '{scheme}' in '{url}': use mqtt://host:port"))
+/// A broker address, parsed from `mqtt://host[:port]` (or `tcp://`, plain
+/// TCP, port 1883 by default) or `mqtts://host[:port]` (or `ssl://`, TLS,
+/// port 8883 by default). Used by the server's publisher and the agent's
+/// subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub host: String,
+    pub port: u16,
+    /// The connection is TLS (`mqtts://`).
+    pub tls: bool,
+}
+
+impl std::fmt::Display for MqttUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
-        None => return Err(format!("'{url}' is not an MQTT URL: use mqtt://host:port")),
+    }
+}
+
+/// Parses a broker address ([`MqttUrl`]); the error says what is wrong.
+pub fn parse_mqtt_url(url: &str) -> Result<MqttUrl, String> {
+    const USE: &str = "use mqtt://host:port or mqtts://host:port";
+    let (rest, tls) = match url.split_once("://") {
+        Some(("mqtt" | "tcp", rest)) => (rest, false),
+        Some(("mqtts" | "ssl", rest)) => (rest, true),
+        Some((scheme, _)) => return Err(format!("unsupported MQTT URL scheme '{scheme}' in '{url}': {USE}")),
+        None => return Err(format!("'{url}' is not an MQTT URL: {USE}")),
     };
     let hostport = rest.trim_end_matches('/');
     if hostport.is_empty() || hostport.contains('/') || hostport.contains('@') {
-        return Err(format!("'{url}' is not an MQTT URL: use mqtt://host:port (no path, no credentials)"));
+        return Err(format!("'{url}' is not an MQTT URL: {USE} (no path, no credentials)"));
     }
+    let default_port = if tls { 8883 } else { 1883 };
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if !hostport.ends_with(']') => {
             (h, p.parse::<u16>().map_err(|_| format!("bad port '{p}' in MQTT URL '{url}'"))?)
         }
-        _ => (hostport, 1883),
+        _ => (hostport, default_port),
     };
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("'{url}' names no host: {USE}"));
+    }
+    Ok(MqttUrl { host: host.to_string(), port, tls })
 }
 
 /// Orders two version strings: numeric runs compare as numbers, other runs as
@@ -330,13 +356,19 @@ mod tests {
 
     #[test]
     fn mqtt_urls_parse_or_say_why_not() {
-        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883));
-        assert_eq!(parse_mqtt_url("tcp://broker/").unwrap(), ("broker".into(), 1883));
-        assert_eq!(parse_mqtt_url("mqtt://[::1]:1884").unwrap(), ("::1".into(), 1884));
-        assert_eq!(parse_mqtt_url("mqtt://[::1]").unwrap(), ("::1".into(), 1883));
-        assert!(parse_mqtt_url("mqtts://x").unwrap_err().contains("unsupported"));
+        let u = |h: &str, port, tls| MqttUrl { host: h.into(), port, tls };
+        assert_eq!(parse_mqtt_url("mqtt://127.0.0.1:1883").unwrap(), u("127.0.0.1", 1883, false));
+        assert_eq!(parse_mqtt_url("tcp://broker/").unwrap(), u("broker", 1883, false));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]:1884").unwrap(), u("::1", 1884, false));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]").unwrap(), u("::1", 1883, false));
+        assert_eq!(parse_mqtt_url("mqtts://broker").unwrap(), u("broker", 8883, true));
+        assert_eq!(parse_mqtt_url("ssl://broker:9000").unwrap(), u("broker", 9000, true));
+        assert_eq!(parse_mqtt_url("mqtts://[::1]:8884").unwrap().to_string(), "mqtts://[::1]:8884");
+        assert_eq!(parse_mqtt_url("tcp://b").unwrap().to_string(), "mqtt://b:1883");
+        assert!(parse_mqtt_url("ws://x").unwrap_err().contains("unsupported"));
         assert!(parse_mqtt_url("x:1883").unwrap_err().contains("not an MQTT URL"));
         assert!(parse_mqtt_url("mqtt://h:port").unwrap_err().contains("bad port"));
+        assert!(parse_mqtt_url("mqtt://:1883").unwrap_err().contains("no host"));
         assert!(parse_mqtt_url("mqtt://u:p@h").is_err());
     }
 

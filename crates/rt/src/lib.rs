@@ -9,11 +9,16 @@
 //!   [`otafleet_core::backoff::Backoff`], which the rollout engine uses too.
 //! - [`mqtt::run`] (feature `mqtt`): the one MQTT connection loop, which
 //!   reconnects with that backoff; the server's publisher and the agent's
-//!   subscriber both run on it.
+//!   subscriber both run on it, and [`mqtt::options`] sets up their
+//!   connection (plain or TLS).
+//! - [`tls`] (feature `tls`): rustls configuration for the server's listener
+//!   and for every client (CA bundle, pinned certificate).
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use otafleet_core::backoff::Backoff;
 use rand::Rng;
@@ -136,7 +141,7 @@ where
         match op().await {
             Err(e) if retryable(&e) && policy.allows(attempt) => {
                 let delay = policy.delay(attempt);
-                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "retrying");
+                tracing::warn!(error = %format_args!("{e:#}"), attempt, delay_ms = delay.as_millis() as u64, "retrying");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }

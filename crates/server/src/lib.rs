@@ -19,6 +19,7 @@ pub mod reports;
 pub mod service;
 pub mod signing;
 pub mod time;
+pub mod tls;
 
 use anyhow::Context;
 use otafleet_store::Store;
@@ -50,8 +51,11 @@ pub struct Config {
     pub release_signer: Option<signing::ReleaseSigner>,
     /// How long a device's signed order stays valid after it is handed out (`--order-ttl`).
     pub order_ttl: std::time::Duration,
-    /// Broker for device wake-ups (`--mqtt-url`).
+    /// Broker for device wake-ups (`--mqtt-url`, `--mqtt-ca-file`).
     pub mqtt: Option<mqtt::Broker>,
+    /// Serve HTTPS with this certificate chain and key (`--tls-cert`,
+    /// `--tls-key`); plain HTTP without.
+    pub tls: Option<TlsFiles>,
     /// Duration of the driver's lease (`--lease-secs`): how long a dead
     /// leader's replicas wait before one of them drives.
     pub lease: std::time::Duration,
@@ -77,11 +81,21 @@ impl Default for Config {
             release_signer: None,
             order_ttl: std::time::Duration::from_secs(3600),
             mqtt: None,
+            tls: None,
             lease: std::time::Duration::from_secs(10),
             replica_id: leader::default_replica_id(),
             allow_http_artifacts: false,
         }
     }
+}
+
+/// PEM files of the server's certificate chain (leaf first) and its private
+/// key. They are read at start and again whenever either file changes (a
+/// renewed certificate is served without a restart).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// Shared state behind every handler and the driver.
@@ -106,8 +120,13 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Store, config: Config) -> Self {
         let poll = std::time::Duration::from_secs(config.poll_interval_secs);
-        let mqtt =
-            config.mqtt.as_ref().map(|b| mqtt::Publisher::start(b, &format!("otafleet-{}", uuid::Uuid::new_v4())));
+        // The broker's settings were checked when the configuration was built;
+        // should its CA file have gone since, devices still poll.
+        let mqtt = config.mqtt.as_ref().and_then(|b| {
+            mqtt::Publisher::start(b, &format!("otafleet-{}", uuid::Uuid::new_v4()))
+                .map_err(|e| tracing::error!(error = %format!("{e:#}"), "MQTT push disabled"))
+                .ok()
+        });
         let leader = Arc::new(leader::Leadership::new(config.replica_id.clone(), config.lease));
         let store_backend = store.backend();
         AppState {
@@ -178,6 +197,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("opening database {}", redact(&config.database_url)))?;
     let bootstrap_token = bootstrap_admin(&store, config.admin_token.as_deref()).await?;
+    let tls = match &config.tls {
+        Some(files) => Some(tls::Tls::load(files).context("--tls-cert/--tls-key")?),
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState::new(store, config);
@@ -205,10 +228,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let _ = driver_stop.send(true);
             wake.notify_one();
         };
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signal)
-            .await
-            .context("http server")?;
+        match tls {
+            None => axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(signal)
+                .await
+                .context("http server")?,
+            Some(tls) => tls.serve(listener, app, signal).await?,
+        }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease).await;
         if let Some(c) = coherence {

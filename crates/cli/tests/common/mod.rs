@@ -116,14 +116,16 @@ pub struct Http {
 
 impl Http {
     pub fn new(base: &str) -> Self {
-        Http {
-            base: base.to_string(),
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap(),
+        Self::trusting(base, None)
+    }
+
+    /// An HTTP helper that also trusts the CA in the PEM file `ca` (for a TLS server).
+    pub fn trusting(base: &str, ca: Option<&std::path::Path>) -> Self {
+        let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(0);
+        if let Some(ca) = ca {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap());
         }
+        Http { base: base.to_string(), client: b.build().unwrap() }
     }
 
     pub fn req(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
@@ -176,4 +178,55 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(std::time::Instant::now() < end, "condition not met within {timeout:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A test CA and a server certificate it signed (for 127.0.0.1 and
+/// localhost), as PEM files in a directory.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SHA-256 of the server certificate, as `otafleet_rt::tls::fingerprint` gives it.
+    pub fingerprint: String,
+}
+
+pub fn pki(dir: &std::path::Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "otafleet test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let p = Pki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        fingerprint: otafleet_rt::tls::fingerprint(cert.der()),
+    };
+    std::fs::write(&p.ca, ca_cert.pem()).unwrap();
+    std::fs::write(&p.cert, cert.pem()).unwrap();
+    std::fs::write(&p.key, key.serialize_pem()).unwrap();
+    p
+}
+
+/// Like [`cli`], with more environment variables (e.g. `OTAFLEET_CA_FILE`).
+pub fn cli_env(server: &str, token: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.args(args).env("OTAFLEET_URL", server).env_remove("OTAFLEET_TOKEN").env_remove("OTAFLEET_CA_FILE");
+    if let Some(t) = token {
+        c.env("OTAFLEET_TOKEN", t);
+    }
+    c.envs(env.iter().copied());
+    let out = c.output().expect("run otafleet");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
