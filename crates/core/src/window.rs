@@ -77,9 +77,14 @@ impl fmt::Display for Window {
     }
 }
 
+/// Digits only: `str::parse` would also take a sign (`+5`, `-1`).
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn parse_hhmm(s: &str) -> Option<i64> {
     let (h, m) = s.split_once(':')?;
-    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+    if h.len() > 2 || m.len() != 2 || !is_digits(h) || !is_digits(m) {
         return None;
     }
     let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
@@ -130,7 +135,15 @@ fn parse_offset(s: &str) -> Option<i64> {
         b'-' => (-1, &rest[1..]),
         _ => return None,
     };
-    let mins = if hhmm.contains(':') { parse_hhmm(hhmm)? } else { hhmm.parse::<i64>().ok()? * 60 };
+    // Whole hours: digits only, and checked, as `UTC+3333333333333333333` overflowed
+    // (found by the fuzz target `strategy`).
+    let mins = if hhmm.contains(':') {
+        parse_hhmm(hhmm)?
+    } else if is_digits(hhmm) {
+        hhmm.parse::<i64>().ok()?.checked_mul(60)?
+    } else {
+        return None;
+    };
     (mins <= 14 * 60).then_some(sign * mins)
 }
 
@@ -218,6 +231,21 @@ mod tests {
         for bad in
             ["", "Funday 10:00-11:00", "10:00", "25:00-26:00", "Mon 10:00-10:00", "Mon 10:00-11:00 PST", "a b c d"]
         {
+            assert!(bad.parse::<Window>().is_err(), "{bad}");
+        }
+        let w: Window = "daily 10:00-11:00 UTC+2".parse().unwrap();
+        assert!(w.contains(at(mon, 8, 30)));
+        // Out-of-range or signed offsets and times are refused, never overflow.
+        for bad in [
+            "Mon-Fri 0:00-23:59 UTC+33333333333333333333",
+            "10:00-11:00 UTC+3333333333333333333",
+            "10:00-11:00 UTC+15",
+            "10:00-11:00 UTC+-5",
+            "10:00-11:00 UTC++5",
+            "10:00-11:00 UTC+-1:00",
+            "10:+5-11:00",
+            "10:00-+1:00",
+        ] {
             assert!(bad.parse::<Window>().is_err(), "{bad}");
         }
     }

@@ -1,17 +1,22 @@
-//! Fuzzing of the core's parsers on the stable toolchain.
+//! Fuzzing of the core's parsers as `cargo test` properties.
 //!
-//! cargo-fuzz (libFuzzer) needs a nightly compiler, which this project does
-//! not use; so these are proptest properties over hostile input instead:
-//! every seed of the committed corpus (`tests/fuzz-corpus/<target>/*`), then
-//! random mutations of those seeds (bytes inserted, replaced, deleted,
-//! seeds spliced), strings drawn from each grammar's own tokens, and
-//! arbitrary Unicode. Not coverage-guided: the corpus is how interesting
-//! inputs are kept. Each property asserts no panic and, where the parser has
-//! an inverse, that an accepted value round-trips.
+//! The coverage-guided fuzzing is in `fuzz/` at the repository root: cargo-fuzz
+//! (libFuzzer) targets `selector`, `strategy`, `manifest`, `duration` (and the
+//! server's `query`) with these same assertions, built on the stable toolchain
+//! with `--sanitizer none` and run for a bounded time by `.ci/fuzz`
+//! (`OTAFLEET_FUZZ_SECS`, default 20 s per target). Both use one corpus, the
+//! committed `tests/fuzz-corpus/<target>/*`.
+//!
+//! Here the properties run in every `cargo test` without that tooling:
+//! every seed of the corpus, then random mutations of those seeds (bytes
+//! inserted, replaced, deleted, seeds spliced), strings drawn from each
+//! grammar's own tokens, and arbitrary Unicode. Each property asserts no
+//! panic and, where the parser has an inverse, that an accepted value
+//! round-trips.
 //!
 //! `OTAFLEET_FUZZ_CASES` sets the cases per property (default 256, so
 //! `cargo test` stays quick); e.g. `OTAFLEET_FUZZ_CASES=200000 cargo test -p
-//! otafleet-core --test fuzz --release` for a long run. A crash found this
+//! otafleet-core --test fuzz --release` for a long run. A crash found either
 //! way is fixed and its input added to the corpus.
 
 use otafleet_core::protocol::Manifest;

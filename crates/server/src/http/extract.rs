@@ -2,6 +2,7 @@
 //! field at fault (axum's own rejections are plain text).
 
 use super::error::ApiError;
+use super::query::BadQuery;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -92,25 +93,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// `form_urlencoded` decodes invalid UTF-8 to U+FFFD, which would then be
-/// stored as if the client had sent it: refuse such a query instead, naming
-/// the parameter.
+/// [`super::query::strict_utf8`], answered as a 400 naming the parameter.
 fn strict_utf8(query: &str) -> Result<(), ApiError> {
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            let plus = s.replace('+', " ");
-            percent_encoding::percent_decode_str(&plus).decode_utf8().map(|c| c.into_owned())
-        };
-        let name = decode(key).map_err(|_| ApiError::bad_request("a query parameter name is not valid UTF-8"))?;
-        if decode(value).is_err() {
-            return Err(ApiError {
-                field: Some(name.clone()),
-                ..ApiError::bad_request(format!("query parameter '{}' is not valid UTF-8", name.escape_debug()))
-            });
-        }
-    }
-    Ok(())
+    super::query::strict_utf8(query).map_err(|e| match e {
+        BadQuery::Name => ApiError::bad_request("a query parameter name is not valid UTF-8"),
+        BadQuery::Value(name) => ApiError {
+            field: Some(name.clone()),
+            ..ApiError::bad_request(format!("query parameter '{}' is not valid UTF-8", name.escape_debug()))
+        },
+    })
 }
 
 #[cfg(test)]
@@ -133,25 +124,47 @@ mod tests {
         prop_oneof![prop::collection::vec(prop::sample::select(T), 0..16).prop_map(|t| t.concat()), any::<String>(),]
     }
 
+    /// The property of `any_query_string`, shared with the seeds of the corpus.
+    fn check(q: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        if strict_utf8(q).is_ok() {
+            let sent_fffd = q.contains('\u{fffd}') || q.to_ascii_uppercase().contains("%EF%BF%BD");
+            for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+                proptest::prop_assert!(sent_fffd || !(k.contains('\u{fffd}') || v.contains('\u{fffd}')), "{:?}", q);
+            }
+            let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+            let _ = serde_path_to_error::deserialize::<_, otafleet_api::DeviceListQuery>(de);
+        }
+        Ok(())
+    }
+
+    /// Every seed of the libFuzzer target `query`'s corpus (kept with the
+    /// core's, `crates/core/tests/fuzz-corpus/query`) holds the property.
+    #[test]
+    fn query_corpus_seeds() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fuzz-corpus/query");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            let q = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+            check(&q).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+        assert!(n > 0, "no seeds in {}", dir.display());
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config {
             cases: std::env::var("OTAFLEET_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
             failure_persistence: None,
             ..Default::default()
         })]
-        /// Fuzz (see `otafleet-core`'s `tests/fuzz.rs`): any query string, from
+        /// Fuzz (see `otafleet-core`'s `tests/fuzz.rs`; the coverage-guided
+        /// target is `fuzz/fuzz_targets/query.rs`): any query string, from
         /// percent-escapes and separators or arbitrary text, never panics, and a
         /// query it lets through decodes without U+FFFD unless the client sent one.
         #[test]
         fn any_query_string(q in query()) {
-            if strict_utf8(&q).is_ok() {
-                let sent_fffd = q.contains('\u{fffd}') || q.to_ascii_uppercase().contains("%EF%BF%BD");
-                for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-                    proptest::prop_assert!(sent_fffd || !(k.contains('\u{fffd}') || v.contains('\u{fffd}')), "{:?}", q);
-                }
-                let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
-                let _ = serde_path_to_error::deserialize::<_, otafleet_api::DeviceListQuery>(de);
-            }
+            check(&q)?;
         }
     }
 }

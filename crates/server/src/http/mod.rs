@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod health;
+mod query;
 pub mod releases;
 pub mod rollouts;
 pub mod tokens;
