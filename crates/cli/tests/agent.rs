@@ -577,11 +577,18 @@ fn mqtt_push_starts_the_update_within_a_second() {
     // Polls only every 10 minutes: anything sooner is the push.
     let extra = format!("mqtt_url = \"{mqtt}\"\npoll_interval_secs = 600");
     let agent = Agent::start(&env, "pushed", &token, &extra);
+    push_starts_the_update(&env, &agent, "MQTT push", b"pushed\n");
+}
+
+/// With the agent polling only every 10 minutes, a rollout of 2.0.0
+/// (`content`) must start downloading on it within 3 s (the push) and
+/// succeed.
+fn push_starts_the_update(env: &Env, agent: &Agent, what: &str, content: &[u8]) {
     agent.device_id();
     eventually(Duration::from_secs(30), || agent.logs().contains("push connected").then_some(()));
     // Let the first check-in pass so the next one can only come from a push.
     std::thread::sleep(Duration::from_millis(500));
-    env.release("2.0.0", b"pushed\n");
+    env.release("2.0.0", content);
     let start = Instant::now();
     let id = env.rollout("2.0.0", json!({"steps": ["100%"]}));
     let begun = eventually(Duration::from_secs(30), || {
@@ -589,7 +596,7 @@ fn mqtt_push_starts_the_update_within_a_second() {
         let s = a.first().and_then(|a| a["state"].as_str().map(str::to_string)).unwrap_or_default();
         ["downloading", "installing", "verifying", "succeeded"].contains(&s.as_str()).then(|| start.elapsed())
     });
-    eprintln!("MQTT push: rollout created → device downloading in {begun:?}");
+    eprintln!("{what}: rollout created → device downloading in {begun:?}");
     assert!(begun < Duration::from_secs(3), "took {begun:?}; a poll would take 10 minutes\n{}", agent.logs());
     let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 60);
     assert_eq!(r["state"], "succeeded", "{r}");
@@ -1004,21 +1011,7 @@ fn mqtts_push_reaches_an_agent_over_tls() {
         broker.port
     );
     let agent = Agent::start(&env, "pushed-tls", &token, &extra);
-    agent.device_id();
-    eventually(Duration::from_secs(30), || agent.logs().contains("push connected").then_some(()));
-    std::thread::sleep(Duration::from_millis(500));
-    env.release("2.0.0", b"pushed over tls\n");
-    let start = Instant::now();
-    let id = env.rollout("2.0.0", json!({"steps": ["100%"]}));
-    let begun = eventually(Duration::from_secs(30), || {
-        let a = env.actions(id);
-        let s = a.first().and_then(|a| a["state"].as_str().map(str::to_string)).unwrap_or_default();
-        ["downloading", "installing", "verifying", "succeeded"].contains(&s.as_str()).then(|| start.elapsed())
-    });
-    eprintln!("MQTT over TLS: rollout created → device downloading in {begun:?}");
-    assert!(begun < Duration::from_secs(3), "took {begun:?}; a poll would take 10 minutes\n{}", agent.logs());
-    let r = env.wait_rollout(id, &["succeeded", "failed", "rolled_back"], 60);
-    assert_eq!(r["state"], "succeeded", "{r}");
+    push_starts_the_update(&env, &agent, "MQTT over TLS", b"pushed over tls\n");
 
     // An agent that does not trust the broker's CA gets no push (and says why).
     let token = env.enrollment_token("device_type=esp32");

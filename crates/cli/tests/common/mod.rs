@@ -155,17 +155,7 @@ impl Http {
 
 /// Runs the CLI binary against a server; returns (exit code, stdout, stderr).
 pub fn cli(server: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::new(bin());
-    c.args(args).env("OTAFLEET_URL", server).env_remove("OTAFLEET_TOKEN");
-    if let Some(t) = token {
-        c.env("OTAFLEET_TOKEN", t);
-    }
-    let out = c.output().expect("run otafleet");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cli_env(server, token, args, &[])
 }
 
 /// Polls until `f` returns Some or the timeout passes.
