@@ -59,6 +59,10 @@ pub struct SimArgs {
     /// balancer (devices are registered through the server).
     #[arg(long, value_delimiter = ',')]
     pub also_via: Vec<String>,
+    /// The CAs to trust for an `https://` server: the CLI's global
+    /// `--ca-file` (`OTAFLEET_CA_FILE`); the Mozilla roots without one.
+    #[arg(skip)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for SimArgs {
@@ -76,6 +80,7 @@ impl Default for SimArgs {
             seed: 1,
             max_connections: 256,
             also_via: Vec::new(),
+            ca_file: None,
         }
     }
 }
@@ -144,7 +149,9 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
         bail!("--devices must be at least 1");
     }
     let labels = parse_labels(&args.labels)?;
+    let tls = otafleet_rt::tls::Trust::ca(args.ca_file.clone()).client_config().context("--ca-file")?;
     let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
         .pool_max_idle_per_host(args.max_connections.max(1))
         .timeout(Duration::from_secs(120))
         .build()

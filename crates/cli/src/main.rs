@@ -134,7 +134,10 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<()> {
             serve::run(args, &sub).await
         }
         Cmd::Demo(args) => demo::run(args).await,
-        Cmd::Sim(args) => otafleet_agent::sim::run(&cli.server, cli.token.as_deref(), args).await.map(|_| ()),
+        Cmd::Sim(args) => {
+            let args = otafleet_agent::sim::SimArgs { ca_file: cli.ca_file.clone(), ..args };
+            otafleet_agent::sim::run(&cli.server, cli.token.as_deref(), args).await.map(|_| ())
+        }
         Cmd::Bench(b) => bench::run(b).await,
         Cmd::Agent(args) => otafleet_agent::agent::main(args).await,
         Cmd::Keys(KeysCmd::Generate { out }) => {

@@ -935,6 +935,16 @@ fn https_with_a_fleet_ca_or_a_pinned_certificate_and_nothing_else() {
     wait_for_log(&mozilla, "UnknownIssuer");
     assert_eq!(wrong_pin.running(), None);
     assert_eq!(mozilla.running(), None);
+
+    // The simulated fleet trusts the global --ca-file too.
+    let sim = ["sim", "--devices", "3", "--duration", "1", "--poll-ms", "200", "--labels", "device_type=simtls"];
+    let (code, _, err) = cli(&env.server.url, Some(ADMIN), &sim);
+    assert_ne!(code, 0);
+    assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+    let (code, out, err) = env.cli(&sim);
+    assert_eq!(code, 0, "{out}{err}");
+    let sims = env.h.get("/api/v1/devices?selector=device_type%3Dsimtls&limit=100", Some(ADMIN)).body;
+    assert_eq!(sims["items"].as_array().unwrap().len(), 3, "{sims}");
 }
 
 /// A Mosquitto of our own with a TLS listener on a free port, signed by the
