@@ -80,7 +80,18 @@ pub struct DeviceListQuery {
     /// Page size, 1 to 1000 (default 100).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
-    /// Cursor: the `next` value of the previous page.
+    /// Cursor: the `next` value of the previous page (id order only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<Uuid>,
+    /// Free text: devices whose name or id contains it (any case).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Order: `id` (default), `name`, `last_seen`, `current_version`,
+    /// `health` or `created_at`; a leading `-` for descending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<String>,
+    /// Devices to skip, 0 to 1,000,000: pages of a sorted list (`next` is
+    /// the offset of the next page there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
 }

@@ -32,9 +32,30 @@ pub struct EventListQuery {
     /// e.g. `rollout.failed`, `action.succeeded`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Who caused it, as events name them: `token:<name>`, `device:<id>`, `driver`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     /// Cursor: events after this id (oldest first).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/events/stream` query: which events to send. Without
+/// `after` (or a `Last-Event-ID` header, which wins), only events from now on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventStreamQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<Uuid>,
+    /// One kind, e.g. `action.failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Resume: send the events after this id first (the id of the last event received).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
 }

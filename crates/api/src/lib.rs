@@ -27,7 +27,7 @@ pub use devices::{
 };
 pub use enroll::{CreateEnrollmentToken, EnrollmentToken, EnrollmentTokenInfo};
 pub use error::{ErrorBody, ErrorDetail};
-pub use events::{Event, EventListQuery};
+pub use events::{Event, EventListQuery, EventStreamQuery};
 pub use releases::{
     Artifact, ArtifactGc, ArtifactGcQuery, CreateRelease, FreedArtifact, Release, ReleaseListQuery, UploadQuery,
 };

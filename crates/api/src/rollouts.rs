@@ -126,6 +126,9 @@ pub struct RolloutListQuery {
     /// Filter by state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Only the rollouts of this release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
     /// Cursor: the `next` value of the previous page.

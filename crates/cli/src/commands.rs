@@ -515,6 +515,7 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
                 kind: a.kind,
                 after: a.after,
                 limit: Some(a.limit),
+                ..Default::default()
             };
             let p: Answer<Page<api::Event>> = api.query(Method::GET, "/api/v1/events", &q).await?;
             show(fmt, &p.json, &p.body, |p| {
@@ -576,7 +577,12 @@ async fn devices(c: DevicesCmd, api: &Api, fmt: Format) -> Result<()> {
             let (mut json, mut items) = (Vec::new(), Vec::new());
             let mut after: Option<Uuid> = None;
             loop {
-                let q = api::DeviceListQuery { selector: selector.clone(), limit: Some(limit), after };
+                let q = api::DeviceListQuery {
+                    selector: selector.clone(),
+                    limit: Some(limit),
+                    after,
+                    ..Default::default()
+                };
                 let p: Answer<Page<api::Device>> = api.query(Method::GET, "/api/v1/devices", &q).await?;
                 json.extend(p.json["items"].as_array().cloned().unwrap_or_default());
                 items.extend(p.body.items);
@@ -736,7 +742,7 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
     };
     let r = match c {
         RolloutsCmd::List { state, limit } => {
-            let q = api::RolloutListQuery { state, limit: Some(limit), before: None };
+            let q = api::RolloutListQuery { state, limit: Some(limit), ..Default::default() };
             let p: Answer<Page<api::Rollout>> = api.query(Method::GET, "/api/v1/rollouts", &q).await?;
             show(fmt, &p.json["items"], &p.body, |p| output::table(&output::rows(&p.items), ROLLOUT_COLS));
             return Ok(());

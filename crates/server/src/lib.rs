@@ -20,6 +20,7 @@ pub mod service;
 pub mod signing;
 pub mod time;
 pub mod tls;
+pub mod ui;
 
 use anyhow::Context;
 use otafleet_store::Store;
@@ -115,6 +116,8 @@ pub struct AppState {
     pub leader: Arc<leader::Leadership>,
     /// Set once the caches are warm (`service::delivery::warm`): `/readyz`.
     pub warm: Arc<std::sync::atomic::AtomicBool>,
+    /// The live event feed (`/api/v1/events/stream`, the dashboard).
+    pub feed: Arc<service::stream::Feed>,
 }
 
 impl AppState {
@@ -133,6 +136,7 @@ impl AppState {
             mqtt,
             leader,
             warm: Default::default(),
+            feed: service::stream::Feed::new(),
             reports: reports::ReportQueue::start(store.clone()),
             store,
             config: Arc::new(config),
@@ -215,7 +219,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let coherence =
             notices.map(|l| tokio::spawn(service::coherence::run(state.clone(), l, driver_stopped.clone())));
         let lease = tokio::spawn(leader::run(state.clone(), driver_stopped));
+        let feed = tokio::spawn(state.feed.clone().run(state.store.clone()));
         let wake = state.driver_wake.clone();
+        let streams = state.feed.clone();
         let signal = async move {
             tokio::select! {
                 _ = otafleet_rt::shutdown_signal() => {}
@@ -227,6 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             // another replica drives without waiting for the lease to lapse.
             let _ = driver_stop.send(true);
             wake.notify_one();
+            streams.close();
         };
         match tls {
             None => axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -237,6 +244,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), feed).await;
         if let Some(c) = coherence {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c).await;
         }

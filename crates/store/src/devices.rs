@@ -64,9 +64,74 @@ fn target_from_row(r: &AnyRow) -> Result<TargetDevice> {
 #[derive(Debug, Clone, Default)]
 pub struct DeviceQuery {
     pub selector: Selector,
-    /// Keyset pagination: devices with an id greater than this.
+    /// Keyset pagination: devices with an id greater than this (id order only).
     pub after: Option<Uuid>,
     pub limit: i64,
+    /// Free text: a device whose name or id contains it (any case).
+    pub search: Option<String>,
+    /// The order (ties broken by id).
+    pub sort: DeviceSort,
+    pub descending: bool,
+    /// Rows skipped (pages of a sorted list).
+    pub offset: i64,
+}
+
+/// The orders a device list can be read in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeviceSort {
+    #[default]
+    Id,
+    Name,
+    LastSeen,
+    CurrentVersion,
+    Health,
+    CreatedAt,
+}
+
+impl DeviceSort {
+    /// Its name in `?sort=` (a leading `-` is descending).
+    pub const NAMES: &'static [(&'static str, DeviceSort)] = &[
+        ("id", DeviceSort::Id),
+        ("name", DeviceSort::Name),
+        ("last_seen", DeviceSort::LastSeen),
+        ("current_version", DeviceSort::CurrentVersion),
+        ("health", DeviceSort::Health),
+        ("created_at", DeviceSort::CreatedAt),
+    ];
+
+    fn column(self) -> &'static str {
+        match self {
+            DeviceSort::Id => "d.id",
+            DeviceSort::Name => "d.name",
+            DeviceSort::LastSeen => "COALESCE(d.last_seen, -1)",
+            DeviceSort::CurrentVersion => "COALESCE(d.current_version, '')",
+            DeviceSort::Health => "d.health",
+            DeviceSort::CreatedAt => "d.created_at",
+        }
+    }
+}
+
+/// Counts for the fleet overview.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    pub total: i64,
+    /// Seen since the `online_since` asked for.
+    pub online: i64,
+    pub by_version: Vec<(Option<String>, i64)>,
+    pub by_health: Vec<(String, i64)>,
+    /// By the `device_type` label (None: devices without one).
+    pub by_type: Vec<(Option<String>, i64)>,
+}
+
+/// Devices that moved between two versions in a span of time (a succeeded
+/// install or rollback), for the versions-over-time chart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMoves {
+    /// Start of the span, Unix ms.
+    pub bucket: i64,
+    pub from: Option<String>,
+    pub to: String,
+    pub devices: i64,
 }
 
 pub(crate) const DEVICE_COLS: &str =
@@ -203,9 +268,99 @@ impl Store {
         if let Some(after) = q.after {
             sql.push(" AND d.id > ").bind_str(&after.to_string());
         }
-        sql.push(" ORDER BY d.id LIMIT ").bind_i64(q.limit.clamp(1, 10_000));
+        if let Some(text) = q.search.as_deref().filter(|t| !t.is_empty()) {
+            let escaped: String = text
+                .to_lowercase()
+                .chars()
+                .flat_map(|c| match c {
+                    '%' | '_' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            let pattern = format!("%{escaped}%");
+            sql.push(" AND (LOWER(d.name) LIKE ").bind_str(&pattern);
+            sql.push(" ESCAPE '\\' OR d.id LIKE ").bind_str(&pattern).push(" ESCAPE '\\')");
+        }
+        let dir = if q.descending { " DESC" } else { "" };
+        sql.push(&format!(" ORDER BY {}{dir}", q.sort.column()));
+        if q.sort != DeviceSort::Id {
+            sql.push(&format!(", d.id{dir}"));
+        }
+        sql.push(" LIMIT ").bind_i64(q.limit.clamp(1, 10_000));
+        if q.offset > 0 {
+            sql.push(" OFFSET ").bind_i64(q.offset);
+        }
         let rows = sql.query().fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
+    }
+
+    /// The fleet overview's counts; `online_since`: Unix ms.
+    pub async fn fleet_counts(&self, online_since: i64) -> Result<FleetCounts> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN last_seen >= $1 THEN 1 ELSE 0 END), 0) AS online FROM devices",
+        )
+        .bind(online_since)
+        .fetch_one(&self.pool)
+        .await?;
+        let pairs = |rows: Vec<AnyRow>| -> Result<Vec<(Option<String>, i64)>> {
+            rows.iter().map(|r| Ok((r.opt_string("k")?, r.i64("n")?))).collect()
+        };
+        let by_version = pairs(
+            sqlx::query(
+                "SELECT current_version AS k, COUNT(*) AS n FROM devices GROUP BY current_version ORDER BY n DESC",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+        )?;
+        let by_type = pairs(
+            sqlx::query(
+                "SELECT l.value AS k, COUNT(*) AS n FROM devices d \
+                 LEFT JOIN device_labels l ON l.device_id = d.id AND l.key = 'device_type' \
+                 GROUP BY l.value ORDER BY n DESC",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+        )?;
+        Ok(FleetCounts {
+            total: row.i64("n")?,
+            online: row.i64("online")?,
+            by_version,
+            by_health: self.device_health_counts().await?,
+            by_type,
+        })
+    }
+
+    /// Succeeded version changes since `since`, counted per `bucket_ms` span.
+    pub async fn version_moves(&self, since: i64, bucket_ms: i64) -> Result<Vec<VersionMoves>> {
+        let bucket_ms = bucket_ms.max(1);
+        let rows = sqlx::query(
+            "SELECT (updated_at - $1) / $2 AS b, from_version, to_version, COUNT(*) AS n FROM actions \
+             WHERE state = 'succeeded' AND updated_at >= $1 \
+             GROUP BY (updated_at - $1) / $2, from_version, to_version ORDER BY b",
+        )
+        .bind(since)
+        .bind(bucket_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(VersionMoves {
+                    bucket: since + r.i64("b")? * bucket_ms,
+                    from: r.opt_string("from_version")?,
+                    to: r.string("to_version")?,
+                    devices: r.i64("n")?,
+                })
+            })
+            .collect()
+    }
+
+    /// When the oldest succeeded version change since `since` happened.
+    pub async fn first_version_move(&self, since: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query("SELECT MIN(updated_at) AS t FROM actions WHERE state = 'succeeded' AND updated_at >= $1")
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?
+            .opt_i64("t")?)
     }
 
     /// Every device a selector matches, with only what planning needs, in one

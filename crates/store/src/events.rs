@@ -65,8 +65,13 @@ pub struct EventQuery {
     pub rollout_id: Option<i64>,
     pub device_id: Option<Uuid>,
     pub kind: Option<String>,
+    pub actor: Option<String>,
     /// Only events with a larger id (for tailing).
     pub after: Option<i64>,
+    /// Only events with a smaller id (pages of a newest-first list).
+    pub before: Option<i64>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
     pub limit: i64,
 }
 
@@ -113,10 +118,36 @@ impl Store {
         if let Some(k) = &q.kind {
             sql.push(" AND kind = ").bind_str(k);
         }
+        if let Some(a) = &q.actor {
+            sql.push(" AND actor = ").bind_str(a);
+        }
         if let Some(a) = q.after {
             sql.push(" AND id > ").bind_i64(a);
         }
-        sql.push(" ORDER BY id LIMIT ").bind_i64(q.limit.clamp(1, 10_000));
+        if let Some(b) = q.before {
+            sql.push(" AND id < ").bind_i64(b);
+        }
+        sql.push(if q.newest_first { " ORDER BY id DESC LIMIT " } else { " ORDER BY id LIMIT " })
+            .bind_i64(q.limit.clamp(1, 10_000));
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// The events with these ids (at most 1000 asked for), oldest first: the
+    /// event stream asks again for ids it jumped over.
+    pub async fn events_by_ids(&self, ids: &[i64]) -> Result<Vec<Event>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql =
+            Sql::new("SELECT id, at, kind, rollout_id, device_id, action_id, actor, data FROM events WHERE id IN (");
+        for (i, id) in ids.iter().take(1000).enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind_i64(*id);
+        }
+        sql.push(") ORDER BY id");
         let rows = sql.query().fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }

@@ -21,7 +21,7 @@ mod rollouts;
 mod sql;
 mod tokens;
 
-pub use devices::{Device, DeviceQuery, NewDevice, TargetDevice};
+pub use devices::{Device, DeviceQuery, DeviceSort, FleetCounts, NewDevice, TargetDevice, VersionMoves};
 pub use enroll::{EnrollRefusal, EnrollmentToken, NewEnrollmentToken};
 pub use events::{Event, EventQuery, NewEvent};
 pub use leases::{Fence, DRIVER_LEASE};

@@ -77,7 +77,7 @@ async fn devices_crud_and_selectors(s: Store) {
     assert!(matches!(err, StoreError::Conflict(ref m) if m.contains("00000000-0000-0000-0000-000000000001")), "{err}");
     assert!(s.get_device(Uuid::from_u128(4)).await.unwrap().is_none());
 
-    let q = |sel: &str| DeviceQuery { selector: Selector::parse(sel).unwrap(), after: None, limit: 100 };
+    let q = |sel: &str| DeviceQuery { selector: Selector::parse(sel).unwrap(), limit: 100, ..Default::default() };
     let ids = |v: Vec<Device>| v.into_iter().map(|d| d.id.as_u128()).collect::<Vec<_>>();
     assert_eq!(ids(s.list_devices(&q("device_type=esp32,site in (a,b)")).await.unwrap()), vec![1, 2]);
     assert_eq!(ids(s.list_devices(&q("site!=a")).await.unwrap()), vec![2]);
@@ -85,10 +85,8 @@ async fn devices_crud_and_selectors(s: Store) {
     assert_eq!(ids(s.list_devices(&q("!site")).await.unwrap()), Vec::<u128>::new());
     assert_eq!(s.count_devices(&Selector::parse("site=a").unwrap()).await.unwrap(), 2);
     // Pagination by cursor.
-    let page = s
-        .list_devices(&DeviceQuery { selector: Selector::default(), after: Some(Uuid::from_u128(1)), limit: 1 })
-        .await
-        .unwrap();
+    let page =
+        s.list_devices(&DeviceQuery { after: Some(Uuid::from_u128(1)), limit: 1, ..Default::default() }).await.unwrap();
     assert_eq!(ids(page), vec![2]);
 
     let d =

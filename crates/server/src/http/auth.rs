@@ -51,7 +51,17 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(secret) = bearer(parts)? else { return Ok(Caller { token: None }) };
+        // The dashboard's session cookie stands in for the bearer token on
+        // reads only (its `EventSource` cannot set headers); a change with a
+        // cookie alone is anonymous, so no other site can make one (`ui`).
+        let cookie = match parts.method {
+            axum::http::Method::GET | axum::http::Method::HEAD => crate::ui::session_secret(&parts.headers),
+            _ => None,
+        };
+        let secret = match (bearer(parts)?, cookie.as_deref()) {
+            (Some(s), _) | (None, Some(s)) => s,
+            (None, None) => return Ok(Caller { token: None }),
+        };
         match state.caches.token(&state.store, secret).await? {
             Some(t) => Ok(Caller { token: Some(t) }),
             None => Err(ApiError::unauthorized("unknown, revoked or expired token")),

@@ -14,7 +14,7 @@ use otafleet_api::{
     self as api, BulkRegister, BulkRegistered, DeviceListQuery, RegisterDevice, RegisteredDevice, UpdateDevice,
 };
 use otafleet_core::Selector;
-use otafleet_store::{Device, DeviceQuery, NewDevice, Role};
+use otafleet_store::{Device, DeviceQuery, DeviceSort, NewDevice, Role};
 use uuid::Uuid;
 
 /// A stored device as the API answers it.
@@ -112,8 +112,43 @@ pub async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
     }
-    let devices = state.store.list_devices(&DeviceQuery { selector, after: q.after, limit }).await?;
-    let next = (devices.len() as i64 == limit).then(|| devices.last().map(|d| d.id.to_string())).flatten();
+    let (sort, descending) = match q.sort.as_deref() {
+        None => (DeviceSort::Id, false),
+        Some(raw) => {
+            let (name, descending) = match raw.strip_prefix('-') {
+                Some(n) => (n, true),
+                None => (raw, false),
+            };
+            let sort = DeviceSort::NAMES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).ok_or_else(|| {
+                let names: Vec<&str> = DeviceSort::NAMES.iter().map(|(n, _)| *n).collect();
+                ApiError::invalid("sort", format!("must be one of {} (a leading '-' for descending)", names.join(", ")))
+            })?;
+            (sort, descending)
+        }
+    };
+    let keyset = sort == DeviceSort::Id && !descending;
+    if q.after.is_some() && !keyset {
+        return Err(ApiError::invalid("after", "pages only the default order (id); use offset with sort"));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if !(0..=1_000_000).contains(&offset) {
+        return Err(ApiError::invalid("offset", "must be between 0 and 1000000"));
+    }
+    let search = match q.q {
+        Some(t) if t.chars().count() > 200 => return Err(ApiError::invalid("q", "at most 200 characters")),
+        Some(t) if t.chars().any(char::is_control) => {
+            return Err(ApiError::invalid("q", "must not contain control characters"))
+        }
+        t => t.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+    };
+    let query = DeviceQuery { selector, after: q.after, limit, search, sort, descending, offset };
+    let devices = state.store.list_devices(&query).await?;
+    let full = devices.len() as i64 == limit;
+    let next = match (full, keyset && offset == 0) {
+        (false, _) => None,
+        (true, true) => devices.last().map(|d| d.id.to_string()),
+        (true, false) => Some((offset + limit).to_string()),
+    };
     Ok(Json(Page { items: devices.into_iter().map(device_view).collect(), next }))
 }
 

@@ -45,7 +45,7 @@ pub use otafleet_api::Page;
         releases::create, releases::list, releases::get_one,
         rollouts::create, rollouts::list, rollouts::get_one, rollouts::actions,
         rollouts::pause, rollouts::resume, rollouts::abort, rollouts::promote, rollouts::rollback,
-        devices::rotate_token, events::list, tokens::create, tokens::list, tokens::get_one, tokens::revoke,
+        devices::rotate_token, events::list, events::stream, tokens::create, tokens::list, tokens::get_one, tokens::revoke,
         compat::health, compat::deploy, compat::jobs, compat::update_status, compat::rollback,
         device_api::checkin, device_api::status,
         enroll::create_token, enroll::list_tokens, enroll::get_token, enroll::revoke_token, enroll::enroll,
@@ -181,6 +181,7 @@ fn routes() -> Routes {
         .route("/api/v1/rollouts/{id}/promote", post(rollouts::promote))
         .route("/api/v1/rollouts/{id}/rollback", post(rollouts::rollback))
         .route("/api/v1/events", get(events::list))
+        .route("/api/v1/events/stream", get(events::stream))
         .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/api/v1/tokens/{id}", get(tokens::get_one))
         .route("/api/v1/tokens/{id}/revoke", post(tokens::revoke))
@@ -207,6 +208,7 @@ pub fn route_paths() -> Vec<&'static str> {
 pub fn router(state: AppState) -> Router {
     routes()
         .router
+        .merge(crate::ui::routes())
         .fallback(fallback)
         .layer(middleware::from_fn(run_to_completion))
         .layer(middleware::from_fn(method_not_allowed))

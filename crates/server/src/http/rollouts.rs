@@ -151,7 +151,10 @@ pub async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be between 1 and 1000"));
     }
-    let rs = state.store.list_rollouts(&RolloutQuery { state: st, before: q.before, limit }).await?;
+    let rs = state
+        .store
+        .list_rollouts(&RolloutQuery { state: st, release_id: q.release_id, before: q.before, limit })
+        .await?;
     let next = (rs.len() as i64 == limit).then(|| rs.last().map(|r| r.id.to_string())).flatten();
     Ok(Json(Page { items: rs.into_iter().map(|r| rollout_view(r, None)).collect(), next }))
 }

@@ -11,12 +11,14 @@
 //! - [`caches`]: the caches themselves, each with its invariant.
 //! - [`coherence`]: on PostgreSQL, the listener that applies other replicas'
 //!   changes to the caches (through [`delivery`]).
+//! - [`stream`]: the live event feed (`/api/v1/events/stream`, the dashboard).
 //! - [`tokens`]: the bootstrap admin token.
 
 pub mod caches;
 pub mod coherence;
 pub mod delivery;
 pub mod rollouts;
+pub mod stream;
 pub mod tokens;
 
 pub use rollouts::{create_rollout, CreateRollout, ReleaseRef};

@@ -138,6 +138,8 @@ pub struct NewRollout<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct RolloutQuery {
     pub state: Option<RolloutState>,
+    /// Only the rollouts of this release.
+    pub release_id: Option<i64>,
     pub before: Option<i64>,
     pub limit: i64,
 }

@@ -24,6 +24,9 @@ impl Store {
         if let Some(s) = q.state {
             sql.push(" AND state = ").bind_str(s.as_str());
         }
+        if let Some(r) = q.release_id {
+            sql.push(" AND release_id = ").bind_i64(r);
+        }
         sql.push(" ORDER BY id DESC LIMIT ").bind_i64(q.limit.clamp(1, 100_000));
         let rows = sql.query().fetch_all(&self.pool).await?;
         rows.iter().map(rollout_from_row).collect()
