@@ -2,6 +2,8 @@
 //! on a free port with a temporary database, talk HTTP to it, kill it.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -174,7 +174,8 @@ impl Feed {
     }
 
     /// Subscribes; starts the tail reading if it was idle. `None` until the
-    /// tail has placed itself at the end of the table (a moment after start).
+    /// tail has placed itself at the end of the table (a moment after start,
+    /// or after a time without subscribers).
     pub fn subscribe(&self) -> Option<Subscription> {
         let shared = self.shared.lock().unwrap();
         let sub = shared.started.then(|| Subscription { rx: self.tx.subscribe(), from: shared.cursor.clone() });
@@ -197,8 +198,21 @@ impl Feed {
             if *stop.borrow() {
                 return;
             }
+            let idle = {
+                // Checked and set under the lock `subscribe` takes: going
+                // idle forgets the position, so the next subscriber waits
+                // for a fresh one instead of a broadcast of everything
+                // written while nobody listened.
+                let mut s = self.shared.lock().unwrap();
+                if s.started && self.tx.receiver_count() == 0 {
+                    s.started = false;
+                    true
+                } else {
+                    false
+                }
+            };
             let started = self.shared.lock().unwrap().started;
-            if started && self.tx.receiver_count() == 0 {
+            if idle {
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = stop.changed() => return,
