@@ -356,11 +356,11 @@ impl Store {
 
     /// When the oldest succeeded version change since `since` happened.
     pub async fn first_version_move(&self, since: i64) -> Result<Option<i64>> {
-        Ok(sqlx::query("SELECT MIN(updated_at) AS t FROM actions WHERE state = 'succeeded' AND updated_at >= $1")
+        sqlx::query("SELECT MIN(updated_at) AS t FROM actions WHERE state = 'succeeded' AND updated_at >= $1")
             .bind(since)
             .fetch_one(&self.pool)
             .await?
-            .opt_i64("t")?)
+            .opt_i64("t")
     }
 
     /// Every device a selector matches, with only what planning needs, in one

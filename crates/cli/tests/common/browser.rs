@@ -91,14 +91,8 @@ impl Browser {
 
     pub fn try_find(&self, css: &str) -> Option<String> {
         let url = format!("{}/session/{}/element", self.base, self.session);
-        let v: Value = self
-            .http
-            .post(url)
-            .json(&json!({"using": "css selector", "value": css}))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
+        let v: Value =
+            self.http.post(url).json(&json!({"using": "css selector", "value": css})).send().ok()?.json().ok()?;
         v["value"].as_object()?.values().next()?.as_str().map(str::to_string)
     }
 
