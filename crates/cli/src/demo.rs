@@ -99,7 +99,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let server = otafleet_server::start(config).await?;
     let base = format!("http://{}", server.addr);
     println!("otafleet demo: server at {base} (temporary SQLite database {})", db.display());
-    println!("admin token for this demo: {admin}\n");
+    println!("admin token for this demo: {admin}");
+    println!("dashboard: {base}/ui/login#token={admin}\n");
     let api = Api::new(&base, Some(admin.clone()), None)?;
 
     let sim_args = SimArgs {

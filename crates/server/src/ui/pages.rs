@@ -22,7 +22,10 @@ const ONLINE_POLLS: u64 = 3;
 
 pub async fn fleet(State(state): State<AppState>, session: Session) -> UiResult<Response> {
     let now = otafleet_store::now_ms();
-    let online_since = now - (ONLINE_POLLS * state.config.poll_interval_secs * 1000) as i64;
+    // Last-seen times reach the database up to one poll interval plus one
+    // flush (2 s) late (`service::caches`): count those in too.
+    let window_secs = (ONLINE_POLLS + 1) * state.config.poll_interval_secs + 2;
+    let online_since = now - (window_secs * 1000) as i64;
     let counts = state.store.fleet_counts(online_since).await?;
     let history = versions_over_time(&state, &counts.by_version, now).await?;
     let total = counts.total.max(1);
@@ -54,7 +57,7 @@ pub async fn fleet(State(state): State<AppState>, session: Session) -> UiResult<
             div.stat { span.label { "online" } span.value id="count-online" { (counts.online) } }
             div.stat { span.label { "offline" } span.value id="count-offline" { (counts.total - counts.online) } }
         }
-        p.muted { "Online: checked in within the last " (ONLINE_POLLS * state.config.poll_interval_secs) " s (three poll intervals)." }
+        p.muted { "Online: checked in within the last " (window_secs) " s (three poll intervals, and the delay before a check-in is recorded)." }
         div.grid {
             (table("By version", counts.by_version.iter().cloned().map(|(k, n)| (or_none(k, "unknown"), n)).collect()))
             (table("By health", counts.by_health.clone()))

@@ -1,0 +1,151 @@
+//! The dashboard in a real headless Chromium (through chromedriver): sign
+//! in, the fleet page's counts against the API, a rollout created from the
+//! form whose wave progress moves without a reload as a simulated fleet
+//! reports, pause from the button, a viewer without buttons whose forged
+//! post is refused, a post without the CSRF token refused, a hostile device
+//! name shown as text. Screenshots of every page go to
+//! `$CARGO_TARGET_TMPDIR/ui-screenshots/`.
+
+mod common;
+
+use common::browser::Browser;
+use common::*;
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const XSS: &str = "<script>alert(1)</script>";
+
+#[test]
+fn dashboard_in_a_real_browser() {
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let Some(b) = Browser::start(&shots) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&sqlite_url(&dir), &["--poll-interval-secs", "1"]);
+    let h = Http::new(&s.url);
+
+    // A fleet: 12 simulated devices, and one with a hostile name.
+    let mut sim = Command::new(bin())
+        .args(["sim", "--devices", "12", "--poll-ms", "200", "--latency", "400", "--labels", "device_type=robot"])
+        .env("OTAFLEET_URL", &s.url)
+        .env("OTAFLEET_TOKEN", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let body = json!({"name": XSS, "labels": {"device_type": "esp32"}}).to_string();
+    assert_eq!(h.post("/api/v1/devices", Some(ADMIN), Some(&body)).status, 201);
+    assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
+    let viewer = h.post("/api/v1/tokens", Some(ADMIN), Some(r#"{"name":"watcher","role":"viewer"}"#));
+    let viewer = viewer.body["token"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(30), || {
+        (h.get("/api/v1/devices?limit=100", Some(ADMIN)).body["items"].as_array()?.len() == 13).then_some(())
+    });
+
+    // Sign in.
+    b.goto(&format!("{}/ui/", s.url));
+    b.find("#login");
+    b.screenshot("01-sign-in");
+    b.type_into("#token", ADMIN);
+    b.click("#login button");
+    b.find("#count-total");
+    let api_total = h.get("/api/v1/devices?limit=1000", Some(ADMIN)).body["items"].as_array().unwrap().len();
+    assert_eq!(b.text("#count-total"), api_total.to_string());
+    assert_eq!(b.text("td[data-count=robot]"), "12");
+    b.screenshot("02-fleet");
+
+    // The hostile name is text, not markup.
+    b.goto(&format!("{}/ui/devices?q=script", s.url));
+    assert_eq!(b.text("#devices tbody td a"), XSS);
+    assert_eq!(b.count("#devices script"), 0);
+    b.screenshot("03-devices");
+    b.click("#devices tbody td a");
+    b.find("dl.facts");
+    b.screenshot("04-device");
+
+    // A rollout from the form: a canary, then everyone after a long bake.
+    b.goto(&format!("{}/ui/rollouts/new", s.url));
+    b.type_into("#selector", "device_type=robot");
+    b.wait_for("the live selector count", Duration::from_secs(10), || {
+        (b.text("#selector-count") == "12 matching devices").then_some(())
+    });
+    b.click("#preset-custom");
+    b.type_into("#steps", "1, 100%");
+    b.type_into("#bake_time", "1h");
+    b.screenshot("05-new-rollout");
+    b.click("#new-rollout button[type=submit]");
+    b.find("#live");
+    let id: i64 = b.url().rsplit('/').next().unwrap().parse().unwrap();
+    b.wait_for("the stream to open", Duration::from_secs(10), || {
+        (b.script("return document.body.dataset.stream || ''", json!([])) == "open").then_some(())
+    });
+    b.script("window.__same_page = true", json!([]));
+    let succeeded = || b.script("return document.querySelector('tr[data-wave=\"0\"]').dataset.succeeded", json!([]));
+    b.wait_for("wave 1 to succeed on the page", Duration::from_secs(60), || (succeeded() == "1").then_some(()));
+    assert_eq!(b.script("return window.__same_page === true", json!([])), true, "updated without a reload");
+    b.screenshot("06-rollout-live");
+
+    // Pause from the button; the API agrees.
+    b.click("button[data-command=pause]");
+    b.wait_for("the paused badge", Duration::from_secs(10), || b.try_find("#state .s-paused"));
+    assert_eq!(h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body["state"], "paused");
+    b.screenshot("07-rollout-paused");
+
+    // A post without the CSRF token is refused, and changes nothing.
+    let status = b.script_async(
+        "fetch(arguments[0], {method: 'POST', credentials: 'same-origin', \
+            headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf='}) \
+         .then(r => arguments[1](r.status))",
+        json!([format!("/ui/rollouts/{id}/resume")]),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body["state"], "paused");
+
+    for (path, name) in [
+        ("/ui/releases", "08-releases"),
+        ("/ui/releases/1", "09-release"),
+        ("/ui/jobs", "10-jobs"),
+        ("/ui/events", "11-events"),
+    ] {
+        b.goto(&format!("{}{path}", s.url));
+        b.find("main h1");
+        b.screenshot(name);
+    }
+    b.window(390, 844);
+    b.goto(&format!("{}/ui/rollouts/{id}", s.url));
+    b.find("#live");
+    b.screenshot("12-rollout-phone");
+    b.window(1280, 800);
+
+    // A viewer: no buttons, and a forged post with the viewer's own valid
+    // CSRF token is refused by the role check.
+    b.delete_cookies();
+    b.goto(&format!("{}/ui/login", s.url));
+    b.type_into("#token", &viewer);
+    b.click("#login button");
+    b.find("#count-total");
+    b.goto(&format!("{}/ui/rollouts/{id}", s.url));
+    b.find("#live");
+    assert_eq!(b.count("button[data-command]"), 0);
+    b.goto(&format!("{}/ui/rollouts", s.url));
+    assert_eq!(b.count("a[href='/ui/rollouts/new']"), 0);
+    b.screenshot("13-rollouts-as-viewer");
+    let status = b.script_async(
+        "const csrf = document.querySelector('input[name=csrf]').value; \
+         fetch(arguments[0], {method: 'POST', credentials: 'same-origin', \
+            headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=' + csrf}) \
+         .then(r => arguments[1](r.status))",
+        json!([format!("/ui/rollouts/{id}/resume")]),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body["state"], "paused");
+    // The API takes no change on the cookie alone.
+    let status = b.script_async(
+        "fetch(arguments[0], {method: 'POST', credentials: 'same-origin'}).then(r => arguments[1](r.status))",
+        json!([format!("/api/v1/rollouts/{id}/resume")]),
+    );
+    assert_eq!(status, 401);
+
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
