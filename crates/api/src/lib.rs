@@ -21,6 +21,7 @@ pub mod releases;
 pub mod rollouts;
 pub mod tokens;
 pub mod tracker;
+pub mod webhooks;
 
 pub use devices::{
     BulkRegister, BulkRegistered, Device, DeviceListQuery, RegisterDevice, RegisteredDevice, UpdateDevice,
@@ -33,6 +34,7 @@ pub use releases::{
 };
 pub use rollouts::{Action, ActionListQuery, CreateRollout, Rollout, RolloutListQuery, RolloutTarget, WaveProgress};
 pub use tokens::{CreateToken, CreatedToken, DeviceToken, TokenInfo, TokenState};
+pub use webhooks::{CreateWebhook, CreatedWebhook, Delivery, DeliveryCounts, DeliveryListQuery, Webhook};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -269,6 +269,53 @@ pub enum TokenCmd {
     Revoke { id: i64 },
 }
 
+#[derive(Subcommand)]
+pub enum WebhooksCmd {
+    /// Create a webhook (admin): every event matching --events from now on is POSTed to URL, signed
+    /// with the secret printed once (header Otafleet-Signature: t=<unix s>,v1=<hex HMAC-SHA256>).
+    Create {
+        /// http:// or https:// URL of the receiver.
+        url: String,
+        /// Event kinds (action.failed), groups (rollout.*) or *, comma-separated.
+        #[arg(long, required = true, value_delimiter = ',')]
+        events: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List webhooks (admin) with their deliveries by state; never the secrets.
+    List,
+    /// Show one webhook.
+    Show { id: i64 },
+    /// Delete a webhook and its delivery log.
+    Delete { id: i64 },
+    /// A webhook's delivery log, newest first.
+    Deliveries {
+        id: i64,
+        /// pending, delivered or failed.
+        #[arg(long, value_parser = ["pending", "delivered", "failed"])]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Send one delivery again now.
+    Redeliver { id: i64, delivery: i64 },
+}
+
+const WEBHOOK_FIELDS: &[&str] =
+    &["id", "url", "events", "description", "created_at", "created_by", "after_event_id", "deliveries"];
+
+const DELIVERY_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("EVENT", "event_id"),
+    ("KIND", "event_kind"),
+    ("STATE", "state"),
+    ("ATTEMPTS", "attempts"),
+    ("LAST", "last_attempt_at"),
+    ("STATUS", "last_status"),
+    ("ERROR", "last_error"),
+    ("NEXT", "next_attempt_at"),
+];
+
 const TOKEN_COLS: &[(&str, &str)] = &[
     ("ID", "id"),
     ("NAME", "name"),
@@ -555,6 +602,7 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
             let t: Answer<api::TokenInfo> = api.empty(Method::POST, &format!("/api/v1/tokens/{id}/revoke")).await?;
             show(fmt, &t.json, &t.body, |t| println!("revoked token '{}' (id {})", t.name, t.id));
         }
+        Cmd::Webhooks(c) => webhooks(c, api, fmt).await?,
         Cmd::Serve(_)
         | Cmd::Demo(_)
         | Cmd::Sim(_)
@@ -566,6 +614,74 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
         | Cmd::Keys(_)
         | Cmd::Completions { .. } => {
             unreachable!("handled in main")
+        }
+    }
+    Ok(())
+}
+
+async fn webhooks(c: WebhooksCmd, api: &Api, fmt: Format) -> Result<()> {
+    match c {
+        WebhooksCmd::Create { url, events, description } => {
+            let body = api::CreateWebhook { url, events, description };
+            let w: Answer<api::CreatedWebhook> = api.send(Method::POST, "/api/v1/webhooks", &body).await?;
+            show(fmt, &w.json, &w.body, |w| {
+                println!(
+                    "created webhook {} → {} for {}. The signing secret is shown only once:",
+                    w.id,
+                    w.url,
+                    w.events.join(",")
+                );
+                println!("{}", w.secret);
+            });
+        }
+        WebhooksCmd::List => {
+            let p: Answer<Page<api::Webhook>> = api.fetch("/api/v1/webhooks").await?;
+            show(fmt, &p.json, &p.body, |p| {
+                let rows: Vec<Value> = p
+                    .items
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({
+                            "id": w.id, "url": w.url, "events": w.events.join(","), "pending": w.deliveries.pending,
+                            "delivered": w.deliveries.delivered, "failed": w.deliveries.failed,
+                            "created_at": w.created_at,
+                        })
+                    })
+                    .collect();
+                output::table(
+                    &rows,
+                    &[
+                        ("ID", "id"),
+                        ("URL", "url"),
+                        ("EVENTS", "events"),
+                        ("PENDING", "pending"),
+                        ("DELIVERED", "delivered"),
+                        ("FAILED", "failed"),
+                        ("CREATED", "created_at"),
+                    ],
+                )
+            });
+        }
+        WebhooksCmd::Show { id } => {
+            let w: Answer<api::Webhook> = api.fetch(&format!("/api/v1/webhooks/{id}")).await?;
+            show(fmt, &w.json, &w.body, |w| output::record(&output::value(w), WEBHOOK_FIELDS));
+        }
+        WebhooksCmd::Delete { id } => {
+            let _: Answer<Value> = api.empty(Method::DELETE, &format!("/api/v1/webhooks/{id}")).await?;
+            if fmt == Format::Table {
+                println!("deleted webhook {id}");
+            }
+        }
+        WebhooksCmd::Deliveries { id, state, limit } => {
+            let q = api::DeliveryListQuery { state, limit: Some(limit), before: None };
+            let p: Answer<Page<api::Delivery>> =
+                api.query(Method::GET, &format!("/api/v1/webhooks/{id}/deliveries"), &q).await?;
+            show(fmt, &p.json, &p.body, |p| output::table(&output::rows(&p.items), DELIVERY_COLS));
+        }
+        WebhooksCmd::Redeliver { id, delivery } => {
+            let path = format!("/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver");
+            let d: Answer<api::Delivery> = api.empty(Method::POST, &path).await?;
+            show(fmt, &d.json, &d.body, |d| println!("delivery {} of webhook {} is due again now", d.id, d.webhook_id));
         }
     }
     Ok(())

@@ -70,6 +70,9 @@ pub enum Cmd {
     /// API tokens.
     #[command(subcommand)]
     Token(commands::TokenCmd),
+    /// Webhooks: events POSTed to a URL, signed, retried; their delivery log.
+    #[command(subcommand)]
+    Webhooks(commands::WebhooksCmd),
     /// Roll a version out to robot pods/workloads in the current kubeconfig's cluster.
     Update(otafleet_k8s::update::UpdateArgs),
     /// The FlashJob operator.

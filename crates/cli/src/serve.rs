@@ -19,7 +19,7 @@ pub struct ServeArgs {
     pub database_url: String,
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
     /// data_dir, signing_key, order_ttl, mqtt_url, mqtt_ca_file, tls_cert, tls_key, lease_secs, replica_id,
-    /// allow_http_artifacts.
+    /// allow_http_artifacts, webhook_timeout, webhook_retry_initial, webhook_max_attempts.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -68,6 +68,16 @@ pub struct ServeArgs {
     /// /device/v1/artifacts/<sha256>).
     #[arg(long, env = "OTAFLEET_ALLOW_HTTP_ARTIFACTS", default_value_t = false)]
     pub allow_http_artifacts: bool,
+    /// Longest wait for a webhook receiver's answer (`10s`); longer counts as a failed attempt.
+    #[arg(long, env = "OTAFLEET_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = otafleet_core::duration::parse_arg)]
+    pub webhook_timeout: std::time::Duration,
+    /// Wait after a webhook delivery's first failed attempt; it doubles with every further one, up to an hour.
+    #[arg(long, env = "OTAFLEET_WEBHOOK_RETRY_INITIAL", default_value = "10s",
+          value_parser = otafleet_core::duration::parse_arg)]
+    pub webhook_retry_initial: std::time::Duration,
+    /// Attempts of one webhook delivery in all before it is given up (`failed` in its log).
+    #[arg(long, env = "OTAFLEET_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    pub webhook_max_attempts: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +99,9 @@ struct FileConfig {
     lease_secs: Option<u64>,
     replica_id: Option<String>,
     allow_http_artifacts: Option<bool>,
+    webhook_timeout: Option<String>,
+    webhook_retry_initial: Option<String>,
+    webhook_max_attempts: Option<u32>,
 }
 
 impl ServeArgs {
@@ -118,12 +131,21 @@ impl ServeArgs {
             take!(data_dir);
             take!(lease_secs);
             take!(allow_http_artifacts);
-            if let Some(t) = &file.order_ttl {
-                if from_default("order_ttl") {
-                    self.order_ttl = otafleet_core::duration::parse_arg(t)
-                        .map_err(|e| anyhow::anyhow!("config file {}: order_ttl: {e}", path.display()))?;
-                }
+            take!(webhook_max_attempts);
+            macro_rules! take_duration {
+                ($f:ident) => {
+                    if let Some(t) = &file.$f {
+                        if from_default(stringify!($f)) {
+                            self.$f = otafleet_core::duration::parse_arg(t).map_err(|e| {
+                                anyhow::anyhow!("config file {}: {}: {e}", path.display(), stringify!($f))
+                            })?;
+                        }
+                    }
+                };
             }
+            take_duration!(order_ttl);
+            take_duration!(webhook_timeout);
+            take_duration!(webhook_retry_initial);
             if self.signing_key.is_none() {
                 self.signing_key = file.signing_key;
             }
@@ -165,6 +187,26 @@ impl ServeArgs {
         if self.lease_secs == 0 {
             anyhow::bail!("--lease-secs must be at least 1");
         }
+        if self.webhook_timeout < std::time::Duration::from_millis(100) {
+            anyhow::bail!("--webhook-timeout must be at least 100ms");
+        }
+        if self.webhook_retry_initial < std::time::Duration::from_millis(10) {
+            anyhow::bail!("--webhook-retry-initial must be at least 10ms");
+        }
+        if !(1..=100).contains(&self.webhook_max_attempts) {
+            anyhow::bail!("--webhook-max-attempts must be between 1 and 100");
+        }
+        let webhooks = otafleet_server::service::webhooks::Settings {
+            retry: otafleet_core::webhook::RetryPolicy {
+                backoff: otafleet_core::backoff::Backoff::new(
+                    self.webhook_retry_initial,
+                    std::time::Duration::from_secs(3600).max(self.webhook_retry_initial),
+                ),
+                max_attempts: self.webhook_max_attempts,
+            },
+            timeout: self.webhook_timeout,
+            ..Default::default()
+        };
         let replica_id = match self.replica_id.map(|r| r.trim().to_string()) {
             Some(r) if r.is_empty() => anyhow::bail!("--replica-id must not be empty"),
             Some(r) => r,
@@ -186,6 +228,7 @@ impl ServeArgs {
             lease: std::time::Duration::from_secs(self.lease_secs),
             replica_id,
             allow_http_artifacts: self.allow_http_artifacts,
+            webhooks,
             ..Default::default()
         };
         Ok(config)

@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod selector;
 pub mod strategy;
 pub mod validate;
+pub mod webhook;
 pub mod window;
 
 pub use model::{

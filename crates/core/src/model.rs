@@ -299,6 +299,8 @@ str_enum!(
     TokenCreated => "token.created",
     TokenRevoked => "token.revoked",
     EnrollmentTokenRevoked => "enrollment_token.revoked",
+    WebhookCreated => "webhook.created",
+    WebhookDeleted => "webhook.deleted",
 });
 
 impl EventKind {

@@ -135,6 +135,46 @@ pub fn artifact_uri(uri: &str, allow_http: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// A webhook's URL: `http://` or `https://` with a host, at most
+/// [`MAX_URI`] bytes, no spaces, control, bidi or zero-width characters, no
+/// fragment (it is never sent).
+pub fn webhook_url(uri: &str) -> Result<(), String> {
+    if uri.is_empty() || uri.len() > MAX_URI {
+        return Err(format!("must be 1 to {MAX_URI} bytes"));
+    }
+    if uri.chars().any(|c| is_deceptive(c) || c.is_whitespace()) {
+        return Err("must not contain spaces, control, bidi or zero-width characters".into());
+    }
+    let lower = uri.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://")) else {
+        return Err("must be an http:// or https:// URL".into());
+    };
+    if uri.contains('#') {
+        return Err("must not have a fragment (#…)".into());
+    }
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
+/// Longest description (of a webhook), characters.
+pub const MAX_DESCRIPTION: usize = 500;
+
+/// A free-text description: at most [`MAX_DESCRIPTION`] characters, no
+/// control, bidi or zero-width characters.
+pub fn description(d: &str) -> Result<(), String> {
+    if d.chars().count() > MAX_DESCRIPTION {
+        return Err(format!("at most {MAX_DESCRIPTION} characters"));
+    }
+    if d.chars().any(is_deceptive) {
+        return Err("must not contain control, bidi or zero-width characters".into());
+    }
+    Ok(())
+}
+
 /// A signature: at most [`MAX_SIGNATURE`] bytes of printable ASCII.
 pub fn signature(s: &str) -> Result<(), String> {
     if s.len() > MAX_SIGNATURE {
@@ -205,6 +245,28 @@ mod tests {
             assert!(artifact_name(bad).is_err(), "{bad:?}");
         }
         assert!(artifact_name("a\nb").unwrap_err().contains("a\\nb"), "escaped in the message");
+    }
+
+    #[test]
+    fn webhook_urls_are_http_or_https_with_a_host() {
+        for good in ["https://hooks.example/otafleet", "http://127.0.0.1:9000/x?a=1", "HTTP://h"] {
+            assert!(webhook_url(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "ftp://x",
+            "https://",
+            "http:///p",
+            "https://a b",
+            "https://x/#frag",
+            "javascript:alert(1)",
+            "https://x/\u{202E}",
+        ] {
+            assert!(webhook_url(bad).is_err(), "{bad:?}");
+        }
+        assert!(webhook_url(&format!("https://x/{}", "a".repeat(MAX_URI))).is_err());
+        assert!(description("pager for the night shift").is_ok() && description("").is_ok());
+        assert!(description("a\nb").is_err() && description(&"x".repeat(MAX_DESCRIPTION + 1)).is_err());
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Config {
     /// Release artifacts may name `http://` URLs (`--allow-http-artifacts`);
     /// otherwise only `https://` and the server's own artifact path.
     pub allow_http_artifacts: bool,
+    /// How webhooks are delivered (`--webhook-timeout`, `--webhook-retry-*`).
+    pub webhooks: service::webhooks::Settings,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             lease: std::time::Duration::from_secs(10),
             replica_id: leader::default_replica_id(),
             allow_http_artifacts: false,
+            webhooks: Default::default(),
         }
     }
 }
@@ -218,8 +221,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let driver = tokio::spawn(driver::run(state.clone(), driver_stopped.clone()));
         let coherence =
             notices.map(|l| tokio::spawn(service::coherence::run(state.clone(), l, driver_stopped.clone())));
-        let lease = tokio::spawn(leader::run(state.clone(), driver_stopped));
+        let lease = tokio::spawn(leader::run(state.clone(), driver_stopped.clone()));
         let feed = tokio::spawn(state.feed.clone().run(state.store.clone()));
+        let webhooks = tokio::spawn(service::webhooks::run(state.clone(), driver_stopped.clone()));
         let wake = state.driver_wake.clone();
         let streams = state.feed.clone();
         let signal = async move {
@@ -245,6 +249,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), driver).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), feed).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), webhooks).await;
         if let Some(c) = coherence {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c).await;
         }

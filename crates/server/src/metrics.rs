@@ -34,6 +34,8 @@ pub struct Metrics {
     pub leader_takeovers: Counter,
     /// Times the cache notifications were lost and the caches resynced (PostgreSQL).
     pub cache_resyncs: Counter,
+    /// Webhook delivery attempts by outcome (`delivered`, `retried`, `failed`).
+    pub webhook_attempts: Family<Labels, Counter>,
     updated_pods: Counter,
     last_run: Gauge<f64, AtomicU64>,
     jobs_pending: Gauge,
@@ -67,6 +69,7 @@ impl Metrics {
             leader: Family::default(),
             leader_takeovers: Counter::default(),
             cache_resyncs: Counter::default(),
+            webhook_attempts: Family::default(),
             updated_pods: Counter::default(),
             last_run: Gauge::default(),
             jobs_pending: Gauge::default(),
@@ -122,6 +125,11 @@ impl Metrics {
             "otafleet_cache_resyncs",
             "Times this replica lost the cache notifications of the other replicas and resynced its caches",
             m.cache_resyncs.clone(),
+        );
+        registry.register(
+            "otafleet_webhook_attempts",
+            "Webhook delivery attempts made by this replica, by outcome (delivered, retried, failed: given up)",
+            m.webhook_attempts.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -20,6 +20,7 @@ mod releases;
 mod rollouts;
 mod sql;
 mod tokens;
+mod webhooks;
 
 pub use devices::{Device, DeviceQuery, DeviceSort, FleetCounts, NewDevice, TargetDevice, VersionMoves};
 pub use enroll::{EnrollRefusal, EnrollmentToken, NewEnrollmentToken};
@@ -31,6 +32,9 @@ pub use rollouts::{
     Target, WaveProgress,
 };
 pub use tokens::{hash_token, Bootstrap, NewToken, Role, TokenRecord};
+pub use webhooks::{
+    Attempt, AttemptOutcome, Delivery, DeliveryCounts, DeliveryState, NewDelivery, NewWebhook, Webhook,
+};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -120,7 +124,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 7] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 8] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -129,6 +133,7 @@ fn migrator(backend: Backend) -> Migrator {
             (5, "leases", include_str!("../migrations/sqlite/0005_leases.sql")),
             (6, "token_lifecycle", include_str!("../migrations/sqlite/0006_token_lifecycle.sql")),
             (9, "rollout_changes", include_str!("../migrations/sqlite/0009_rollout_changes.sql")),
+            (10, "webhooks", include_str!("../migrations/sqlite/0010_webhooks.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -138,6 +143,7 @@ fn migrator(backend: Backend) -> Migrator {
             (5, "leases", include_str!("../migrations/postgres/0005_leases.sql")),
             (6, "token_lifecycle", include_str!("../migrations/postgres/0006_token_lifecycle.sql")),
             (9, "rollout_changes", include_str!("../migrations/postgres/0009_rollout_changes.sql")),
+            (10, "webhooks", include_str!("../migrations/postgres/0010_webhooks.sql")),
         ],
     };
     Migrator {

@@ -661,6 +661,75 @@ async fn a_stale_fence_is_refused_and_writes_nothing(s: Store) {
     assert_ne!(footprint(&s, r.id).await, before);
 }
 
+both!(webhook_deliveries_are_written_once_claimed_and_fenced);
+async fn webhook_deliveries_are_written_once_claimed_and_fenced(s: Store) {
+    use otafleet_core::EventKind;
+    let ttl = std::time::Duration::from_secs(3600);
+    // Deliveries are due from when they are written: claim a little later.
+    let now = now_ms() + 5_000;
+    let fence = s.take_lease(DRIVER_LEASE, "a", ttl, now).await.unwrap();
+    s.append_event(&NewEvent::new(EventKind::DeviceRegistered, "test")).await.unwrap();
+    let w = s
+        .create_webhook(&NewWebhook {
+            url: "http://127.0.0.1:1/h",
+            events: vec!["*".into()],
+            description: "",
+            secret: "whsec_x",
+            created_by: "token:admin",
+        })
+        .await
+        .unwrap();
+    assert!(w.after_event_id >= 1, "events from before it are not its own");
+    assert_eq!(s.list_webhooks().await.unwrap(), vec![w.clone()]);
+    let d = |e: i64| NewDelivery { webhook_id: w.id, event_id: e, event_kind: EventKind::ReleaseCreated };
+    assert_eq!(s.fan_out(&fence, &[d(100), d(101)], 101).await.unwrap(), 2);
+    // Read again (a takeover, a late id): nothing twice; the cursor never moves back.
+    assert_eq!(s.fan_out(&fence, &[d(101), d(102)], 90).await.unwrap(), 1);
+    assert_eq!(s.webhook_cursor().await.unwrap(), 101);
+    // A delivery for a webhook deleted meanwhile is not written.
+    let gone = NewDelivery { webhook_id: w.id + 1000, event_id: 5, event_kind: EventKind::ReleaseCreated };
+    assert_eq!(s.fan_out(&fence, &[gone], 101).await.unwrap(), 0);
+
+    // Claimed: counted, put off; a second claim finds nothing due.
+    let c = s.claim_deliveries(&fence, w.id, now, now + 60_000, 2).await.unwrap();
+    assert_eq!(c.iter().map(|d| (d.event_id, d.attempts)).collect::<Vec<_>>(), vec![(100, 1), (101, 1)]);
+    assert_eq!(s.claim_deliveries(&fence, w.id, now, now + 60_000, 10).await.unwrap().len(), 1, "only 102 left");
+    let at = |outcome| Attempt { at: now, status: Some(500), error: Some("HTTP 500".into()), duration_ms: 3, outcome };
+    assert!(s.record_attempt(&fence, c[0].id, &at(AttemptOutcome::RetryAt(now + 1_000))).await.unwrap());
+    assert!(s.record_attempt(&fence, c[1].id, &at(AttemptOutcome::GiveUp)).await.unwrap());
+    let log = s.list_deliveries(w.id, None, None, 10).await.unwrap();
+    assert_eq!(log.iter().map(|d| d.event_id).collect::<Vec<_>>(), vec![102, 101, 100], "newest first");
+    assert_eq!((log[1].state, log[1].last_status), (DeliveryState::Failed, Some(500)));
+    assert_eq!((log[2].state, log[2].next_attempt_at), (DeliveryState::Pending, Some(now + 1_000)));
+    let counts = s.delivery_counts().await.unwrap()[&w.id];
+    assert_eq!((counts.pending, counts.failed, counts.delivered), (2, 1, 0));
+    // Due again after its backoff, not before.
+    assert!(s.claim_deliveries(&fence, w.id, now + 999, now + 60_000, 10).await.unwrap().is_empty());
+    let again = s.claim_deliveries(&fence, w.id, now + 1_000, now + 60_000, 10).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 2));
+    // Redeliver: only what is not pending.
+    assert!(s.redeliver(w.id, c[0].id).await.unwrap().is_none(), "still pending");
+    assert_eq!(s.redeliver(w.id, c[1].id).await.unwrap().unwrap().state, DeliveryState::Pending);
+
+    // A former leader's writes are refused once the lease changed hands.
+    let b = s.take_lease(DRIVER_LEASE, "b", ttl, now + 2_000).await.unwrap();
+    assert!(matches!(s.fan_out(&fence, &[d(103)], 103).await, Err(StoreError::Fenced(_))));
+    assert!(matches!(
+        s.claim_deliveries(&fence, w.id, now + 99_000, now + 99_000, 10).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(matches!(
+        s.record_attempt(&fence, again[0].id, &at(AttemptOutcome::Delivered)).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert_eq!(s.fan_out(&b, &[d(103)], 103).await.unwrap(), 1);
+
+    // Deleting the webhook takes its log with it.
+    assert!(s.delete_webhook(w.id, "token:admin").await.unwrap().is_some());
+    assert!(s.list_deliveries(w.id, None, None, 10).await.unwrap().is_empty());
+    assert!(s.delete_webhook(w.id, "token:admin").await.unwrap().is_none());
+}
+
 both!(readiness_sees_every_migration_applied);
 async fn readiness_sees_every_migration_applied(s: Store) {
     assert_eq!(s.missing_migrations().await.unwrap(), Vec::<i64>::new());

@@ -20,6 +20,7 @@ pub mod releases;
 pub mod rollouts;
 pub mod tokens;
 pub mod validate;
+pub mod webhooks;
 
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -50,6 +51,8 @@ pub use otafleet_api::Page;
         device_api::checkin, device_api::status,
         enroll::create_token, enroll::list_tokens, enroll::get_token, enroll::revoke_token, enroll::enroll,
         artifacts::upload, artifacts::gc, artifacts::download, device_actions::get_one,
+        webhooks::create, webhooks::list, webhooks::get_one, webhooks::delete, webhooks::deliveries,
+        webhooks::redeliver,
         openapi_json, metrics, health::healthz, health::readyz,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, otafleet_core::protocol::Order)),
@@ -188,6 +191,10 @@ fn routes() -> Routes {
         .route("/api/v1/enrollment-tokens", post(enroll::create_token).get(enroll::list_tokens))
         .route("/api/v1/enrollment-tokens/{id}", get(enroll::get_token))
         .route("/api/v1/enrollment-tokens/{id}/revoke", post(enroll::revoke_token))
+        .route("/api/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/api/v1/webhooks/{id}", get(webhooks::get_one).delete(webhooks::delete))
+        .route("/api/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", post(webhooks::redeliver))
         .route("/api/v1/releases/{id}/artifacts/{name}", put(artifacts::upload).layer(DefaultBodyLimit::disable()))
         .route("/api/v1/admin/artifacts/gc", post(artifacts::gc))
         .route("/api/v1/openapi.json", get(openapi_json))

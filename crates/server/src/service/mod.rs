@@ -13,6 +13,7 @@
 //!   changes to the caches (through [`delivery`]).
 //! - [`stream`]: the live event feed (`/api/v1/events/stream`, the dashboard).
 //! - [`tokens`]: the bootstrap admin token.
+//! - [`webhooks`]: the worker that delivers events to webhooks (leader only).
 
 pub mod caches;
 pub mod coherence;
@@ -20,6 +21,7 @@ pub mod delivery;
 pub mod rollouts;
 pub mod stream;
 pub mod tokens;
+pub mod webhooks;
 
 pub use rollouts::{create_rollout, CreateRollout, ReleaseRef};
 
