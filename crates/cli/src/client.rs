@@ -14,6 +14,10 @@ pub struct Api {
     pub base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// For the event stream: no overall timeout (a stream lasts), but a read
+    /// timeout well past the server's 15 s keep-alive, so a dead connection
+    /// is noticed.
+    streaming: reqwest::Client,
 }
 
 /// An error answer from the server, kept so callers can tell 404 from 409.
@@ -66,11 +70,45 @@ impl Api {
         }
         let tls = otafleet_rt::tls::Trust::ca(ca_file.map(Into::into)).client_config().context("--ca-file")?;
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
+            .use_preconfigured_tls(tls.clone())
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .context("building the HTTP client")?;
-        Ok(Api { base, token, http })
+        let streaming = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(45))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api { base, token, http, streaming })
+    }
+
+    /// Opens `GET path` as a Server-Sent Events stream, resuming after
+    /// `last_event_id`. An error answer is decoded like any other.
+    pub async fn open_stream<Q: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        query: &Q,
+        last_event_id: Option<i64>,
+    ) -> Result<reqwest::Response> {
+        let mut req = self.streaming.get(format!("{}{}", self.base, path)).query(query);
+        req = req.header("accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let res = req.send().await.with_context(|| format!("cannot reach the otafleet server at {}", self.base))?;
+        if res.status().is_success() {
+            return Ok(res);
+        }
+        let status = res.status();
+        let bytes = res.bytes().await.context("reading the server's answer")?;
+        match decode::<Value>(&Method::GET, path, status, &bytes) {
+            Err(e) => Err(e),
+            Ok(_) => Err(anyhow!("GET {path}: {status}")),
+        }
     }
 
     /// One request: an optional query (any `Serialize`, e.g. an `otafleet-api`

@@ -187,6 +187,11 @@ pub enum RolloutsCmd {
     Get {
         id: i64,
     },
+    /// Follow a rollout live (the event stream): a progress bar per wave until it ends; exits
+    /// non-zero if it failed, was aborted or rolled back.
+    Watch {
+        id: i64,
+    },
     /// Per-device actions of a rollout.
     Actions {
         id: i64,
@@ -885,6 +890,7 @@ async fn rollouts(c: RolloutsCmd, api: &Api, fmt: Format) -> Result<()> {
             });
             return Ok(());
         }
+        RolloutsCmd::Watch { id } => return crate::watch::watch(api, id, fmt).await,
         RolloutsCmd::Get { id } => api.fetch(&format!("/api/v1/rollouts/{id}")).await?,
         RolloutsCmd::Create { version, selector, device, wave, steps, strategy, start_at } => {
             let mut s: StrategySpec = match strategy {

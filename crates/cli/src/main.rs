@@ -12,6 +12,7 @@ mod commands;
 mod demo;
 mod output;
 mod serve;
+mod watch;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

@@ -156,3 +156,67 @@ fn event_stream_on_postgres() {
     let Some(url) = postgres_url() else { return };
     no_event_lost_under_concurrent_writers(&url);
 }
+
+fn sim(server: &str, n: &str, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args(["sim", "--devices", n, "--poll-ms", "200", "--latency", "100", "--labels"])
+        .args(extra)
+        .env("OTAFLEET_URL", server)
+        .env("OTAFLEET_TOKEN", ADMIN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `otafleet rollouts watch ID` follows a rollout through the stream to its
+/// end: a line per change without a terminal, exit 0 on success and
+/// non-zero on failure.
+#[test]
+fn rollouts_watch_follows_a_rollout_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&sqlite_url(&dir), &["--poll-interval-secs", "1"]);
+    let h = Http::new(&s.url);
+    let mut good = sim(&s.url, "6", &["device_type=good"]);
+    let mut bad = sim(&s.url, "3", &["device_type=bad", "--fail-rate", "1.0"]);
+    eventually(Duration::from_secs(30), || {
+        (h.get("/api/v1/devices?limit=100", Some(ADMIN)).body["items"].as_array()?.len() == 9).then_some(())
+    });
+    release(&h, "2.0.0");
+    let create = |selector: &str| {
+        let body = serde_json::json!({"version": "2.0.0", "selector": selector,
+            "strategy": {"steps": [1, "100%"], "retries": 0, "auto_rollback": false, "failure_threshold": 0.5}});
+        let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["id"].as_i64().unwrap().to_string()
+    };
+
+    let id = create("device_type=good");
+    let (code, out, err) = cli(&s.url, Some(ADMIN), &["rollouts", "watch", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("rollout {id} → 2.0.0: running")), "{out}");
+    assert!(out.contains("wave 1: 1/1 done: 1 ok") && out.contains("wave 2: 5/5 done: 5 ok"), "{out}");
+    assert!(out.trim_end().ends_with(&format!("rollout {id} succeeded")), "{out}");
+    assert_eq!(h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body["state"], "succeeded");
+
+    let id = create("device_type=bad");
+    let (code, out, err) = cli(&s.url, Some(ADMIN), &["rollouts", "watch", &id]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains(&format!("rollout {id} ended failed")), "{err}");
+    assert!(out.contains("1 failed"), "{out}");
+
+    // Already over: answers at once; JSON mode prints the rollout.
+    let (code, out, _) = cli(&s.url, Some(ADMIN), &["--output", "json", "rollouts", "watch", "1"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "succeeded");
+    let (code, _, err) = cli(&s.url, Some(ADMIN), &["rollouts", "watch", "999"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = cli(&s.url, None, &["rollouts", "watch", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("401"), "{err}");
+    for c in [&mut good, &mut bad] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -58,7 +58,9 @@ pub fn delivery_view(d: Delivery) -> api::Delivery {
 /// Create a webhook: every event matching `events` from now on is POSTed to
 /// `url`, signed; the secret is in the answer, once.
 #[utoipa::path(post, operation_id = "createWebhook", path = "/api/v1/webhooks", request_body = CreateWebhook,
-    responses((status = 201, body = CreatedWebhook), super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
+    responses((status = 201, body = CreatedWebhook),
+        (status = 409, description = "the server keeps 100 webhooks at most", body = super::error::ErrorBody),
+        super::error::doc::AuthErrors, super::error::doc::JsonBodyErrors),
     security(("bearer" = [])), tag = "webhooks")]
 pub async fn create(
     State(state): State<AppState>,
