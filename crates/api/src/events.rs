@@ -58,4 +58,11 @@ pub struct EventStreamQuery {
     /// Resume: send the events after this id first (the id of the last event received).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<i64>,
+    /// Summarize device actions: instead of every `action.*` event (one or
+    /// more per device of a rollout), at most one `actions.summary` event
+    /// every 500 ms, with data `{"count": n, "rollout_ids": [...]}` and the
+    /// id of the newest event it stands for. Other events come as they are.
+    /// What a dashboard of a large rollout wants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<bool>,
 }

@@ -60,6 +60,24 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// The dashboard under load: the `rollout` benchmark run twice, without and then with CLIENTS
+    /// dashboards open on the rollout page (each: the event stream in summary mode and a re-render of
+    /// the page's live part at most every 500 ms, as the page's script does); check-ins/s served as a
+    /// ratio; then server render times (p50/p99) of the rollout page, its live part, the fleet and
+    /// devices pages.
+    Dashboard {
+        #[arg(long, default_value_t = 100_000)]
+        devices: usize,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 10_000)]
+        poll_ms: u64,
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+        /// Sequential requests per page for the render times.
+        #[arg(long, default_value_t = 200)]
+        renders: usize,
+    },
     /// A bare axum server (the yardstick `rollout` starts as a separate process).
     #[command(hide = true)]
     Bare {
@@ -337,28 +355,40 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn bench_rollout(
-    devices: usize,
-    poll_ms: u64,
-    max_connections: usize,
-    database_url: Option<String>,
-    seconds: u64,
-    concurrency: usize,
-) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let db = database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+/// A server child process on a fresh database (a temporary SQLite file unless `database_url`).
+async fn bench_server(dir: &tempfile::TempDir, database_url: Option<&str>, poll_ms: u64) -> Result<BenchServer> {
+    let db = database_url
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
     let port = free_port()?;
     let admin = otafleet_server::new_secret("ota");
     let listen = format!("127.0.0.1:{port}");
     let poll = (poll_ms / 1000).max(1).to_string();
-    let mut server = child(
+    let child = child(
         &["serve", "--listen", &listen, "--database-url", &db, "--poll-interval-secs", &poll],
         port,
         &[("OTAFLEET_ADMIN_TOKEN", &admin), ("OTAFLEET_LOG", "warn")],
     )
     .await?;
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    Ok(BenchServer { child, base: format!("http://127.0.0.1:{port}"), admin })
+}
+
+struct BenchServer {
+    child: tokio::process::Child,
+    base: String,
+    admin: String,
+}
+
+/// What one rollout over the simulated fleet came to.
+struct RolloutRun {
+    id: i64,
+    state: String,
+    wall: f64,
+    checkins_per_s: f64,
+}
+
+/// The benchmark fleet: `devices` simulated devices reporting final states only.
+async fn bench_fleet(s: &BenchServer, devices: usize, poll_ms: u64, max_connections: usize) -> Result<sim::SimFleet> {
     let t_reg = Instant::now();
     let args = SimArgs {
         devices,
@@ -369,14 +399,22 @@ async fn bench_rollout(
         labels: "device_type=bench".into(),
         ..Default::default()
     };
-    let fleet = sim::spawn(&base, Some(&admin), &args).await?;
+    let fleet = sim::spawn(&s.base, Some(&s.admin), &args).await?;
     println!(
-        "rollout: {devices} simulated devices (final-state reports only) registered in {:.1} s",
+        "  {devices} simulated devices (final-state reports only) registered in {:.1} s",
         t_reg.elapsed().as_secs_f64()
     );
+    Ok(fleet)
+}
+
+/// Creates release 2.0.0 and a canary → 10% → 100% rollout over the fleet,
+/// calls `created` with its id, and waits for it to end, printing progress.
+async fn run_rollout(s: &BenchServer, fleet: &sim::SimFleet, created: impl FnOnce(i64)) -> Result<RolloutRun> {
+    let (base, admin) = (&s.base, &s.admin);
+    let http = reqwest::Client::new();
     let r = http
         .post(format!("{base}/api/v1/releases"))
-        .bearer_auth(&admin)
+        .bearer_auth(admin)
         .json(&api::CreateRelease { version: "2.0.0".into(), ..Default::default() })
         .send()
         .await?;
@@ -398,7 +436,7 @@ async fn bench_rollout(
     };
     let r: api::Rollout = http
         .post(format!("{base}/api/v1/rollouts"))
-        .bearer_auth(&admin)
+        .bearer_auth(admin)
         .json(&body)
         .send()
         .await?
@@ -407,13 +445,14 @@ async fn bench_rollout(
         .context("rollout creation answer")?;
     let id = r.id;
     println!("  rollout {id} created in {:.1} s", t0.elapsed().as_secs_f64());
+    created(id);
     let mut last_wave = -1;
     let mut last_print = Instant::now();
     let state = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let r: api::Rollout = http
             .get(format!("{base}/api/v1/rollouts/{id}"))
-            .bearer_auth(&admin)
+            .bearer_auth(admin)
             .send()
             .await?
             .json()
@@ -446,8 +485,28 @@ async fn bench_rollout(
     };
     let wall = t0.elapsed().as_secs_f64();
     let checkins = fleet.stats.checkins.load(Ordering::Relaxed) - checkins0;
-    println!("  rollout {state} in {wall:.1} s ({:.0} check-ins/s served meanwhile)", checkins as f64 / wall);
+    let checkins_per_s = checkins as f64 / wall;
+    println!("  rollout {state} in {wall:.1} s ({checkins_per_s:.0} check-ins/s served meanwhile)");
     println!("  fleet: {}", fleet.stats.line());
+    Ok(RolloutRun { id, state, wall, checkins_per_s })
+}
+
+async fn bench_rollout(
+    devices: usize,
+    poll_ms: u64,
+    max_connections: usize,
+    database_url: Option<String>,
+    seconds: u64,
+    concurrency: usize,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s = bench_server(&dir, database_url.as_deref(), poll_ms).await?;
+    let base = s.base.clone();
+    println!("rollout:");
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections).await?;
+    let run = run_rollout(&s, &fleet, |_| {}).await?;
+    let (id, state) = (run.id, run.state);
+    let mut server = s.child;
     let tokens = Arc::new(fleet.device_tokens.clone());
     fleet.stop().await;
     if state != "succeeded" {
@@ -483,12 +542,181 @@ async fn bench_rollout(
     Ok(())
 }
 
+/// What the simulated dashboards did.
+#[derive(Default)]
+struct DashStats {
+    messages: AtomicU64,
+    renders: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// One dashboard on rollout `id`, as the page behaves: loads the page, opens
+/// the event stream in summary mode, re-renders the live part at most every
+/// 500 ms after a message; until `stop`.
+async fn dashboard(
+    base: String,
+    token: String,
+    id: i64,
+    stats: Arc<DashStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    // A browser tab: its own connections.
+    let http = reqwest::Client::new();
+    let cookie = format!("{}={token}", otafleet_server::ui::SESSION);
+    let get = |path: String| http.get(format!("{base}{path}")).header("cookie", cookie.clone()).send();
+    match get(format!("/ui/rollouts/{id}")).await {
+        Ok(r) if r.status().is_success() => {
+            let _ = r.bytes().await;
+        }
+        _ => {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let mut last_render = Instant::now() - Duration::from_secs(1);
+    'reconnect: while !*stop.borrow() {
+        let res = http
+            .get(format!("{base}/api/v1/events/stream?summary=true&rollout_id={id}"))
+            .header("cookie", cookie.clone())
+            .send()
+            .await;
+        let Ok(res) = res.and_then(|r| r.error_for_status()) else {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let mut body = res.bytes_stream();
+        let mut pending = false;
+        loop {
+            let wait = Duration::from_millis(500).saturating_sub(last_render.elapsed());
+            tokio::select! {
+                chunk = body.next() => match chunk {
+                    Some(Ok(c)) => {
+                        let n = c.split(|b| *b == b'\n').filter(|l| l.starts_with(b"data:")).count() as u64;
+                        if n > 0 {
+                            stats.messages.fetch_add(n, Ordering::Relaxed);
+                            pending = true;
+                        }
+                        continue;
+                    }
+                    _ => continue 'reconnect,
+                },
+                _ = tokio::time::sleep(wait), if pending => {}
+                _ = stop.changed() => return,
+            }
+            pending = false;
+            last_render = Instant::now();
+            match get(format!("/ui/rollouts/{id}/live")).await {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                    stats.renders.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Sequential GETs of `path` with the session cookie: (p50, p99, max) in ms.
+async fn render_times(base: &str, token: &str, path: &str, n: usize) -> Result<(f64, f64, f64, usize)> {
+    let http = reqwest::Client::new();
+    let cookie = format!("{}={token}", otafleet_server::ui::SESSION);
+    let mut ms = Vec::with_capacity(n);
+    let mut size = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = http.get(format!("{base}{path}")).header("cookie", cookie.clone()).send().await?;
+        if !r.status().is_success() {
+            bail!("GET {path}: {}", r.status());
+        }
+        size = r.bytes().await?.len();
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    Ok((at(0.50), at(0.99), *ms.last().unwrap_or(&0.0), size))
+}
+
+async fn bench_dashboard(
+    devices: usize,
+    clients: usize,
+    poll_ms: u64,
+    max_connections: usize,
+    renders: usize,
+) -> Result<()> {
+    println!("dashboard: the rollout benchmark without dashboards");
+    let dir = tempfile::tempdir()?;
+    let s = bench_server(&dir, None, poll_ms).await?;
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections).await?;
+    let without = run_rollout(&s, &fleet, |_| {}).await?;
+    fleet.stop().await;
+    drop(s);
+    if without.state != "succeeded" {
+        bail!("rollout {} ended {}", without.id, without.state);
+    }
+
+    println!("dashboard: the same with {clients} dashboards on the rollout page");
+    let dir = tempfile::tempdir()?;
+    let s = bench_server(&dir, None, poll_ms).await?;
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections).await?;
+    let stats = Arc::new(DashStats::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tabs = Vec::new();
+    let with = run_rollout(&s, &fleet, |id| {
+        for _ in 0..clients {
+            tabs.push(tokio::spawn(dashboard(s.base.clone(), s.admin.clone(), id, stats.clone(), stopped.clone())));
+        }
+    })
+    .await?;
+    let _ = stop.send(true);
+    for t in tabs {
+        let _ = t.await;
+    }
+    fleet.stop().await;
+    if with.state != "succeeded" {
+        bail!("rollout {} ended {}", with.id, with.state);
+    }
+    println!(
+        "  dashboards: {} stream messages, {} live re-renders ({:.1}/s), {} errors",
+        stats.messages.load(Ordering::Relaxed),
+        stats.renders.load(Ordering::Relaxed),
+        stats.renders.load(Ordering::Relaxed) as f64 / with.wall,
+        stats.errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "  ratio with / without dashboards: {:.3} in check-ins/s served, {:.3} in rollout wall time",
+        with.checkins_per_s / without.checkins_per_s,
+        with.wall / without.wall
+    );
+
+    println!(
+        "render times, {renders} sequential requests each, fleet stopped ({devices} devices, rollout {} done):",
+        with.id
+    );
+    for (label, path) in [
+        ("rollout page", format!("/ui/rollouts/{}", with.id)),
+        ("rollout live part", format!("/ui/rollouts/{}/live", with.id)),
+        ("fleet page", "/ui/".to_string()),
+        ("devices page", "/ui/devices".to_string()),
+        ("devices, sorted by last seen", "/ui/devices?sort=-last_seen".to_string()),
+    ] {
+        let (p50, p99, max, size) = render_times(&s.base, &s.admin, &path, renders).await?;
+        println!("  {label:<30} p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  max {max:>7.1} ms  ({} KiB)", size / 1024);
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Plan { devices } => bench_plan(devices),
         BenchCmd::Http { seconds, concurrency, jobs } => bench_http(seconds, concurrency, jobs).await,
         BenchCmd::Rollout { devices, poll_ms, max_connections, database_url, seconds, concurrency } => {
             bench_rollout(devices, poll_ms, max_connections, database_url, seconds, concurrency).await
+        }
+        BenchCmd::Dashboard { devices, clients, poll_ms, max_connections, renders } => {
+            bench_dashboard(devices, clients, poll_ms, max_connections, renders).await
         }
         BenchCmd::Bare { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;

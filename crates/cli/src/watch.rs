@@ -1,5 +1,6 @@
 //! `otafleet rollouts watch ID`: a progress bar per wave until the rollout
-//! ends, driven by the event stream (`GET /api/v1/events/stream?rollout_id=`).
+//! ends, driven by the event stream
+//! (`GET /api/v1/events/stream?rollout_id=&summary=true`).
 //! Each event of the rollout (or a tick, for the bake timer) re-reads the
 //! rollout's per-wave counts; a dropped stream is reopened with
 //! `Last-Event-ID`, so nothing is missed. Exits 0 when the rollout
@@ -152,7 +153,8 @@ async fn fetch(api: &Api, id: i64) -> Result<Answer<api::Rollout>> {
 pub async fn watch(api: &Api, id: i64, fmt: Format) -> Result<()> {
     let mut r = fetch(api, id).await?;
     let mut bars = (fmt == Format::Table).then(|| Bars::new(&r.body));
-    let query = [("rollout_id", id.to_string())];
+    // Device actions summarized: a signal at most every 500 ms, not one message per device.
+    let query = [("rollout_id", id.to_string()), ("summary", "true".to_string())];
     let mut last: Option<i64> = None;
     let mut failures = 0u32;
     'outer: while !r.body.state.is_ended() {

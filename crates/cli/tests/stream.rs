@@ -191,9 +191,34 @@ fn rollouts_watch_follows_a_rollout_to_its_end() {
         r.body["id"].as_i64().unwrap().to_string()
     };
 
+    let summarized = open(&s.url, "?summary=true", None);
     let id = create("device_type=good");
     let (code, out, err) = cli(&s.url, Some(ADMIN), &["rollouts", "watch", &id]);
     assert_eq!(code, 0, "{out}{err}");
+    // Summary mode: no action.* event, their count in actions.summary events
+    // (each for this rollout, at most one per 500 ms), rollout.* as they are.
+    let mut actions = 0;
+    let mut summaries = 0;
+    loop {
+        let (_, kind, data) = summarized.next();
+        assert!(!kind.starts_with("action."), "{kind}");
+        if kind == "actions.summary" {
+            summaries += 1;
+            actions += data["count"].as_i64().unwrap();
+            assert_eq!(data["rollout_ids"], serde_json::json!([id.parse::<i64>().unwrap()]));
+        }
+        if kind == "rollout.succeeded" {
+            break;
+        }
+    }
+    let listed = h.get(&format!("/api/v1/events?rollout_id={id}&limit=1000"), Some(ADMIN)).body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"].as_str().unwrap().starts_with("action."))
+        .count() as i64;
+    assert_eq!(actions, listed, "every action event counted once");
+    assert!(summaries >= 1 && summaries < listed, "{summaries} summaries for {listed} action events");
     assert!(out.contains(&format!("rollout {id} → 2.0.0: running")), "{out}");
     assert!(out.contains("wave 1: 1/1 done: 1 ok") && out.contains("wave 2: 5/5 done: 5 ok"), "{out}");
     assert!(out.trim_end().ends_with(&format!("rollout {id} succeeded")), "{out}");

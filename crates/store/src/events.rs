@@ -66,6 +66,9 @@ pub struct EventQuery {
     pub device_id: Option<Uuid>,
     pub kind: Option<String>,
     pub actor: Option<String>,
+    /// Only kinds of this group: `rollout` for `rollout.*` (a rollout's
+    /// timeline without its many action events).
+    pub group: Option<String>,
     /// Only events with a larger id (for tailing).
     pub after: Option<i64>,
     /// Only events with a smaller id (pages of a newest-first list).
@@ -120,6 +123,10 @@ impl Store {
         }
         if let Some(a) = &q.actor {
             sql.push(" AND actor = ").bind_str(a);
+        }
+        if let Some(g) = &q.group {
+            // A range, not LIKE, so an index on kind serves it on both engines ('/' follows '.').
+            sql.push(" AND kind > ").bind_str(&format!("{g}.")).push(" AND kind < ").bind_str(&format!("{g}/"));
         }
         if let Some(a) = q.after {
             sql.push(" AND id > ").bind_i64(a);

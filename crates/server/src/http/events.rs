@@ -69,7 +69,9 @@ pub async fn list(
 /// list. A client that reconnects sends `Last-Event-ID` (browsers'
 /// `EventSource` does it by itself) and first gets every matching event it
 /// missed. Delivery is at least once: skip ids you have. A comment line
-/// every 15 s keeps proxies from closing an idle stream.
+/// every 15 s keeps proxies from closing an idle stream. With `summary=true`
+/// the `action.*` events are replaced by at most one `actions.summary` event
+/// every 500 ms (what dashboards of large rollouts use).
 #[utoipa::path(get, operation_id = "streamEvents", path = "/api/v1/events/stream",
     params(EventStreamQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (wins over `after`)")),
@@ -106,7 +108,8 @@ pub async fn stream(
     let sub = subscribe(&state).await?;
     let after = resume.or(q.after);
     let (tx, rx) = mpsc::channel::<sse::Event>(256);
-    tokio::spawn(pump(state, filter, after, sub, tx));
+    let out = Out { tx, summary: q.summary.unwrap_or(false).then(Summary::default) };
+    tokio::spawn(pump(state, filter, after, sub, out));
     let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
@@ -126,20 +129,71 @@ fn sse_event(e: &Streamed) -> sse::Event {
     sse::Event::default().id(e.id.to_string()).event(e.kind).data(&*e.json)
 }
 
+/// How often a summary of action events is sent at most.
+pub const SUMMARY_EVERY: Duration = Duration::from_millis(500);
+
+/// Action events held back for the next `actions.summary`.
+#[derive(Debug, Default)]
+struct Summary {
+    count: u64,
+    rollouts: std::collections::BTreeSet<i64>,
+    last_id: i64,
+    /// When the first held-back event came: the summary goes out by then + [`SUMMARY_EVERY`].
+    since: Option<tokio::time::Instant>,
+}
+
+/// Where a stream's events go: straight to the client, or, for action
+/// events in summary mode, into the next summary.
+struct Out {
+    tx: mpsc::Sender<sse::Event>,
+    summary: Option<Summary>,
+}
+
+impl Out {
+    /// Sends (or holds back) one event; false when the client is gone.
+    async fn send(&mut self, e: &Streamed) -> bool {
+        if let Some(s) = self.summary.as_mut() {
+            if e.kind.starts_with("action.") {
+                s.count += 1;
+                s.rollouts.extend(e.rollout_id);
+                s.last_id = s.last_id.max(e.id);
+                s.since.get_or_insert_with(tokio::time::Instant::now);
+                return true;
+            }
+            // Anything else keeps its place after the actions before it.
+            if !self.flush().await {
+                return false;
+            }
+        }
+        self.tx.send(sse_event(e)).await.is_ok()
+    }
+
+    /// Sends the summary held back, if any; false when the client is gone.
+    async fn flush(&mut self) -> bool {
+        let Some(s) = self.summary.as_mut() else { return true };
+        if s.count == 0 {
+            return true;
+        }
+        let data = serde_json::json!({"count": s.count, "rollout_ids": s.rollouts});
+        let ev = sse::Event::default().id(s.last_id.to_string()).event("actions.summary").data(data.to_string());
+        *s = Summary::default();
+        self.tx.send(ev).await.is_ok()
+    }
+
+    /// When the held-back summary is due.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.summary.as_ref().and_then(|s| s.since).map(|t| t + SUMMARY_EVERY)
+    }
+}
+
 /// Sends what the client missed, then the feed, until the client leaves or
 /// the server stops. After falling behind the broadcast (a slow client), it
 /// reads what it lost from the table again.
-async fn pump(
-    state: AppState,
-    filter: Filter,
-    after: Option<i64>,
-    mut sub: stream::Subscription,
-    tx: mpsc::Sender<sse::Event>,
-) {
+async fn pump(state: AppState, filter: Filter, after: Option<i64>, mut sub: stream::Subscription, mut out: Out) {
     let closing = state.feed.closing();
     tokio::pin!(closing);
     let open = sse::Event::default().comment(format!("otafleet event stream, at event {}", sub.from.high));
-    if tx.send(open).await.is_err() {
+    if out.tx.send(open).await.is_err() {
         return;
     }
     let mut resume = after;
@@ -155,7 +209,7 @@ async fn pump(
                     }
                 };
                 for e in &events {
-                    if tx.send(sse_event(e)).await.is_err() {
+                    if !out.send(e).await {
                         return;
                     }
                 }
@@ -164,19 +218,29 @@ async fn pump(
                     None => break,
                 }
             }
+            if !out.flush().await {
+                return;
+            }
         }
         // Then live.
         let mut high = sub.from.high;
         loop {
+            let due = out.due();
             let batch = tokio::select! {
                 b = sub.rx.recv() => b,
-                _ = tx.closed() => return,
+                _ = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
+                    if !out.flush().await {
+                        return;
+                    }
+                    continue;
+                }
+                _ = out.tx.closed() => return,
                 _ = &mut closing => return,
             };
             match batch {
                 Ok(batch) => {
                     for e in batch.iter().filter(|e| filter.matches(e)) {
-                        if tx.send(sse_event(e)).await.is_err() {
+                        if !out.send(e).await {
                             return;
                         }
                     }

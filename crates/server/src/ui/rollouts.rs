@@ -178,14 +178,15 @@ pub async fn live(State(state): State<AppState>, session: Session, Path(id): Pat
 async fn live_fragment(state: &AppState, r: &api::Rollout) -> UiResult<Markup> {
     let timeline = state
         .store
-        .list_events(&EventQuery { rollout_id: Some(r.id), newest_first: true, limit: 400, ..Default::default() })
+        .list_events(&EventQuery {
+            rollout_id: Some(r.id),
+            group: Some("rollout".into()),
+            newest_first: true,
+            limit: PAGE_ROWS,
+            ..Default::default()
+        })
         .await?;
-    let timeline: Vec<api::Event> = timeline
-        .into_iter()
-        .filter(|e| e.kind.as_str().starts_with("rollout."))
-        .take(PAGE_ROWS as usize)
-        .map(http::events::event_view)
-        .collect();
+    let timeline: Vec<api::Event> = timeline.into_iter().map(http::events::event_view).collect();
     let gate = &r.strategy.gate;
     let progress = r.progress.clone().unwrap_or_default();
     let bake_until = r.gate_passed_at.as_deref().filter(|_| gate.bake_time_secs > 0).and_then(|t| {
