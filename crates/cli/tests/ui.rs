@@ -111,6 +111,34 @@ fn dashboard_in_a_real_browser() {
         b.find("main h1");
         b.screenshot(name);
     }
+    // Keyboard only: the first Tab reaches the skip link, Enter on a nav link
+    // follows it; every control on these pages has a label.
+    for path in ["/ui/", "/ui/devices", "/ui/rollouts/new", "/ui/jobs", "/ui/events", &format!("/ui/rollouts/{id}")] {
+        b.goto(&format!("{}{path}", s.url));
+        b.find("main");
+        let unlabelled = b.script(
+            "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')] \
+               .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') \
+                            && !(e.tagName === 'BUTTON' && e.textContent.trim())) \
+               .map(e => e.outerHTML)",
+            json!([]),
+        );
+        assert_eq!(unlabelled, json!([]), "controls without a label on {path}");
+    }
+    b.goto(&format!("{}/ui/", s.url));
+    b.find("main");
+    const TAB: &str = "\u{E004}";
+    b.press(TAB);
+    assert_eq!(b.script("return document.activeElement.textContent", json!([])), "Skip to content");
+    let mut steps = 0;
+    while b.script("return document.activeElement.textContent", json!([])) != "Devices" {
+        b.press(TAB);
+        steps += 1;
+        assert!(steps < 10, "the Devices link is reached by Tab");
+    }
+    b.press("\u{E007}");
+    b.wait_for("the devices page", Duration::from_secs(10), || b.url().ends_with("/ui/devices").then_some(()));
+
     b.window(390, 844);
     b.goto(&format!("{}/ui/rollouts/{id}", s.url));
     b.find("#live");

@@ -121,6 +121,8 @@ pub struct AppState {
     pub warm: Arc<std::sync::atomic::AtomicBool>,
     /// The live event feed (`/api/v1/events/stream`, the dashboard).
     pub feed: Arc<service::stream::Feed>,
+    /// Rollouts' live data shared by the dashboards for half a second (`ui::rollouts::LiveCache`).
+    pub ui_live: Arc<ui::rollouts::LiveCache>,
 }
 
 impl AppState {
@@ -140,6 +142,7 @@ impl AppState {
             leader,
             warm: Default::default(),
             feed: service::stream::Feed::new(),
+            ui_live: Default::default(),
             reports: reports::ReportQueue::start(store.clone()),
             store,
             config: Arc::new(config),

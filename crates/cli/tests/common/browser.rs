@@ -125,6 +125,13 @@ impl Browser {
         self.call("POST", "/execute/async", Some(json!({"script": js, "args": args})))
     }
 
+    /// Presses one key (a WebDriver key code such as `\u{E004}`, Tab) on the focused element.
+    pub fn press(&self, key: &str) {
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.call("POST", "/actions", Some(actions));
+    }
+
     pub fn delete_cookies(&self) {
         self.call("DELETE", "/cookie", None);
     }

@@ -19,7 +19,7 @@
 //! inline scripts or styles.
 
 mod pages;
-mod rollouts;
+pub mod rollouts;
 
 use crate::http::auth::Caller;
 use crate::http::error::ApiError;
@@ -215,6 +215,7 @@ pub fn page(session: &Session, title: &str, active: &str, content: Markup) -> Re
         ("events", "/ui/events", "Events"),
     ];
     let body = html! {
+        a.skip href="#main" { "Skip to content" }
         header.top {
             a.brand href="/ui/" { "otafleet" }
             nav aria-label="main" {
@@ -230,7 +231,7 @@ pub fn page(session: &Session, title: &str, active: &str, content: Markup) -> Re
                 button.link type="submit" { "Sign out" }
             }
         }
-        main id="main" { (content) }
+        main id="main" tabindex="-1" { (content) }
     };
     (StatusCode::OK, bare(title, body)).into_response()
 }
