@@ -186,6 +186,9 @@ pub struct LiveData {
 /// How long a rollout's live data is shared between dashboards.
 pub const LIVE_FOR: Duration = Duration::from_millis(500);
 
+/// One rollout's live data and when it was read; locked while it is being read.
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<LiveData>)>>>;
+
 /// The live data of recently viewed rollouts, shared for [`LIVE_FOR`]: a
 /// hundred dashboards open on a 100,000-device rollout, each re-rendering
 /// at most every 500 ms, count its waves about twice a second instead of two
@@ -195,7 +198,7 @@ pub const LIVE_FOR: Duration = Duration::from_millis(500);
 /// dashboards lag by at most [`LIVE_FOR`] as well.
 #[derive(Default)]
 pub struct LiveCache {
-    slots: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<Option<(Instant, Arc<LiveData>)>>>>>,
+    slots: Mutex<HashMap<i64, Slot>>,
 }
 
 impl LiveCache {
