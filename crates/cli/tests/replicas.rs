@@ -1,14 +1,16 @@
 //! Several `otafleet serve` replicas on one PostgreSQL database: exactly one
-//! drives rollouts (the holder of the `driver` lease); `kill -9` it in the
-//! middle of a rollout and another takes over within two lease periods, and
-//! the rollout still succeeds with no action released twice. A SIGTERM'd
+//! drives rollouts (the holder of the `driver` lease). Three replicas, a fleet
+//! spread over two of them: `kill -9` the leader in the middle of a rollout
+//! and another takes over within two lease periods, and the rollout still
+//! succeeds with no action released twice, every acknowledged report stored
+//! and `max_parallel` never exceeded across the replicas. A SIGTERM'd
 //! leader releases the lease, so the next one takes over without waiting for
 //! it to lapse. What one replica changes reaches the others' caches (through
 //! PostgreSQL `LISTEN/NOTIFY`): a token revoked or a device deleted through
 //! one is refused by the other within a second, and a fleet whose requests
 //! go to either replica at random completes with each action
 //! released once and each report stored once. A leader paused (SIGSTOP) past
-//! its lease is fenced: the rollout completes with nothing released twice.
+//! its lease is fenced: the same invariants hold.
 //! Replicas whose `LISTEN` connections are cut reconnect, resync their caches
 //! (`otafleet_cache_resyncs_total`) and are coherent again.
 //! Runs only with `OTAFLEET_TEST_POSTGRES_URL`.
@@ -67,17 +69,6 @@ fn probes_answer(s: &Server) {
     assert_eq!(ready.body["status"], "ready");
 }
 
-/// Polls the replica until it leads; the time it took.
-fn time_to_lead(s: &Server, from: Instant, limit: Duration) -> Duration {
-    loop {
-        if is_leader(s) {
-            return from.elapsed();
-        }
-        assert!(from.elapsed() < limit, "no takeover within {limit:?}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 /// Creates release 2.0.0 and a rollout of it over the simulated fleet
 /// (`device_type=sim`) through `h`, with `strategy`; returns the rollout's id.
 fn create_rollout(h: &Http, strategy: Value) -> i64 {
@@ -106,61 +97,109 @@ fn until_ended(h: &Http, id: i64) -> Value {
     })
 }
 
-#[test]
-fn one_replica_drives_and_another_takes_over_after_kill_9_without_releasing_anything_twice() {
-    let Some(db) = postgres_url() else {
-        eprintln!("SKIPPED replicas test: set OTAFLEET_TEST_POSTGRES_URL to run two replicas on one database");
-        return;
-    };
-    let mut a = start(&db, "replica-a");
-    let mut b = start(&db, "replica-b");
-    let leader = the_one_leader(&[&a, &b], 20);
-    probes_answer(&a);
-    probes_answer(&b);
-    // The follower serves the fleet and the API; the leader drives.
-    let (leader, follower) = if leader == 0 { (&mut a, &mut b) } else { (&mut b, &mut a) };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let n = 30;
-    let args = SimArgs { devices: n, latency: 60, poll_ms: 100, ..Default::default() };
-    let fleet = rt.block_on(sim::spawn(&follower.url, Some(ADMIN), &args)).unwrap();
-    let h = Http::new(&follower.url);
-    let id = create_rollout(&h, json!({"steps": [1, "25%", "100%"], "max_parallel": 3, "timeout_secs": 600}));
-    // Pull the plug on the leader in the middle of a wave.
-    until_wave_1_has(&h, id, 2);
-    let killed = Instant::now();
-    leader.kill9();
-    let lease = Duration::from_secs(LEASE_SECS);
-    let took = time_to_lead(follower, killed, 2 * lease);
-    eprintln!("takeover after kill -9 took {took:?} (lease {lease:?}, limit {:?})", 2 * lease);
-    assert!(took < 2 * lease);
-    assert_eq!(metric(&follower.url, "otafleet_leader_takeovers_total"), Some(1));
-    probes_answer(follower);
-    // The new leader finishes the rollout.
-    let done = until_ended(&h, id);
-    let installs = fleet.stats.installs_ok.load(Ordering::Relaxed);
-    rt.block_on(fleet.stop());
-    assert_eq!(done["state"], "succeeded", "{done}");
-    let actions: Vec<Value> = h.get(&format!("/api/v1/rollouts/{id}/actions?limit=1000"), Some(ADMIN)).body["items"]
+/// Three replicas on `db`, ready, and which one leads.
+fn three(db: &str) -> (Vec<Server>, usize) {
+    let servers: Vec<Server> = ["replica-a", "replica-b", "replica-c"].iter().map(|r| start(db, r)).collect();
+    for s in &servers {
+        eventually(Duration::from_secs(20), || (Http::new(&s.url).get("/readyz", None).status == 200).then_some(()));
+        probes_answer(s);
+    }
+    let refs: Vec<&Server> = servers.iter().collect();
+    let leader = the_one_leader(&refs, 5);
+    (servers, leader)
+}
+
+/// Polls the replicas until one of them leads; which, and the time it took.
+fn time_to_new_leader(replicas: &[&Server], from: Instant, limit: Duration) -> (usize, Duration) {
+    loop {
+        if let Some(i) = (0..replicas.len()).find(|&i| is_leader(replicas[i])) {
+            return (i, from.elapsed());
+        }
+        assert!(from.elapsed() < limit, "no takeover within {limit:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The most install actions of rollout `id` ever in flight at once, from
+/// its audit log: released counts (`rollout.released`) less the actions
+/// that ended, in event order. A release follows the ends it counted on
+/// (the driver reads them committed), so event order is a safe order here.
+fn max_in_flight(h: &Http, id: i64) -> i64 {
+    let events = h.get(&format!("/api/v1/events?rollout_id={id}&limit=10000"), Some(ADMIN)).body["items"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert_eq!(actions.len(), n);
-    assert!(actions.iter().all(|a| a["state"] == "succeeded" && a["attempts"] == 1), "{actions:?}");
-    assert_eq!(installs, n as u64, "every device installed exactly once");
-    let released = h.get(&format!("/api/v1/events?rollout_id={id}&kind=rollout.released&limit=1000"), Some(ADMIN));
-    let released: i64 = released.body["items"]
-        .as_array()
-        .map(|evs| evs.iter().map(|e| e["data"]["count"].as_i64().unwrap_or(0)).sum())
-        .unwrap_or(0);
-    assert_eq!(released, n as i64, "release events add up to one per device");
+    let (mut now, mut max) = (0i64, 0i64);
+    for e in &events {
+        match e["kind"].as_str().unwrap_or("") {
+            "rollout.released" => now += e["data"]["count"].as_i64().unwrap_or(0),
+            "action.succeeded" | "action.failed" | "action.skipped" => now -= 1,
+            _ => {}
+        }
+        max = max.max(now);
+    }
+    max
+}
 
-    // A graceful stop releases the lease: a fresh replica takes over in about
+/// The scenario of the two tests below: three replicas, a fleet spread over
+/// the two that do not lead (each request to either at random, as behind a
+/// load balancer), a rollout with `max_parallel` 3; `disturb` the leader in
+/// wave 2; then the rollout completes, no action was released twice, every
+/// report a device saw acknowledged is stored, and at most 3 were ever in
+/// flight. Returns the replicas, the new leader and the takeover time.
+fn three_replicas_through(db: &str, what: &str, disturb: impl FnOnce(&mut Server)) -> (Vec<Server>, usize, Duration) {
+    let (mut servers, leader) = three(db);
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = 30;
+    let args = SimArgs {
+        devices: n,
+        latency: 60,
+        poll_ms: 100,
+        also_via: vec![servers[followers[1]].url.clone()],
+        ..Default::default()
+    };
+    let fleet = rt.block_on(sim::spawn(&servers[followers[0]].url, Some(ADMIN), &args)).unwrap();
+    let h = Http::new(&servers[followers[0]].url);
+    let id = create_rollout(&h, json!({"steps": [1, "25%", "100%"], "max_parallel": 3, "timeout_secs": 600}));
+    until_wave_1_has(&h, id, 1);
+    let at = Instant::now();
+    disturb(&mut servers[leader]);
+    let lease = Duration::from_secs(LEASE_SECS);
+    let refs: Vec<&Server> = followers.iter().map(|&i| &servers[i]).collect();
+    let (new, took) = time_to_new_leader(&refs, at, 2 * lease);
+    let new = followers[new];
+    eprintln!("three replicas: takeover after {what} took {took:?} (lease {lease:?}, limit {:?})", 2 * lease);
+    let done = until_ended(&h, id);
+    std::thread::sleep(Duration::from_millis(300));
+    let installs = fleet.stats.installs_ok.load(Ordering::Relaxed);
+    let reports = fleet.stats.reports.load(Ordering::Relaxed);
+    rt.block_on(fleet.stop());
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(installs, n as u64, "every device installed exactly once");
+    assert_released_once_and_reports_stored_once(&h, id, n, reports);
+    let most = max_in_flight(&h, id);
+    eprintln!("three replicas ({what}): at most {most} actions in flight at once (max_parallel 3)");
+    assert!(most <= 3 && most >= 1, "max_parallel held across replicas: {most}");
+    assert_eq!(metric(&servers[new].url, "otafleet_leader_takeovers_total"), Some(1));
+    (servers, new, took)
+}
+
+#[test]
+fn three_replicas_a_leader_killed_9_mid_wave_is_replaced_and_nothing_is_released_twice() {
+    let Some(db) = postgres_url() else {
+        eprintln!("SKIPPED replicas test: set OTAFLEET_TEST_POSTGRES_URL to run three replicas on one database");
+        return;
+    };
+    let (mut servers, leader, _) = three_replicas_through(&db, "kill -9", |s| s.kill9());
+    // A graceful stop releases the lease: another replica takes over in about
     // one renew interval, without waiting for the lease to lapse.
-    let c = start(&db, "replica-c");
-    assert_eq!(the_one_leader(&[follower, &c], 5), 0, "the leader keeps its lease");
     let stopped = Instant::now();
-    assert!(follower.terminate().success());
-    let took = time_to_lead(&c, stopped, 2 * lease);
+    assert!(servers[leader].terminate().success());
+    let alive: Vec<usize> = (0..3).filter(|&i| i != leader && servers[i].child.try_wait().unwrap().is_none()).collect();
+    let rest: Vec<&Server> = alive.iter().map(|&i| &servers[i]).collect();
+    let lease = Duration::from_secs(LEASE_SECS);
+    let (_, took) = time_to_new_leader(&rest, stopped, 2 * lease);
     eprintln!("takeover after SIGTERM took {took:?} (lease {lease:?})");
     assert!(took < lease, "the lease was released, not left to lapse");
 }
@@ -317,42 +356,25 @@ fn signal(s: &Server, sig: &str) {
 }
 
 #[test]
-fn a_leader_paused_past_its_lease_is_fenced_and_the_rollout_completes_without_releasing_anything_twice() {
+fn three_replicas_a_leader_paused_past_its_lease_is_fenced_and_nothing_is_released_twice() {
     let Some(db) = postgres_url() else {
         eprintln!("SKIPPED replicas SIGSTOP test: set OTAFLEET_TEST_POSTGRES_URL to run it");
         return;
     };
-    let (a, b) = (start(&db, "replica-a"), start(&db, "replica-b"));
-    both_ready(&a, &b);
-    let leader = the_one_leader(&[&a, &b], 3);
-    let (leader, follower) = if leader == 0 { (&a, &b) } else { (&b, &a) };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let n = 30;
-    // The fleet talks to the follower only: a stopped process holds its requests.
-    let args = SimArgs { devices: n, latency: 60, poll_ms: 100, ..Default::default() };
-    let fleet = rt.block_on(sim::spawn(&follower.url, Some(ADMIN), &args)).unwrap();
-    let h = Http::new(&follower.url);
-    let id = create_rollout(&h, json!({"steps": [1, "25%", "100%"], "max_parallel": 3, "timeout_secs": 600}));
-    until_wave_1_has(&h, id, 1);
-    // Freeze the leader past its lease: the follower takes over...
-    let paused = Instant::now();
-    signal(leader, "-STOP");
-    let lease = Duration::from_secs(LEASE_SECS);
-    let took = time_to_lead(follower, paused, 3 * lease);
-    eprintln!("takeover from a SIGSTOPped leader took {took:?} (lease {lease:?})");
-    std::thread::sleep(Duration::from_millis(500));
-    // ...and the old leader wakes up still believing it leads, until its own
-    // clock says otherwise: the fence refuses whatever it tries meanwhile.
-    signal(leader, "-CONT");
-    let done = until_ended(&h, id);
-    assert_eq!(the_one_leader(&[&a, &b], 5), if std::ptr::eq(follower, &a) { 0 } else { 1 }, "the new leader stays");
-    std::thread::sleep(Duration::from_millis(300));
-    let installs = fleet.stats.installs_ok.load(Ordering::Relaxed);
-    let reports = fleet.stats.reports.load(Ordering::Relaxed);
-    rt.block_on(fleet.stop());
-    assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!(installs, n as u64, "every device installed exactly once");
-    assert_released_once_and_reports_stored_once(&h, id, n, reports);
+    // Frozen past its lease, then woken while the rollout goes on: it still
+    // believes it leads until its own clock says otherwise, and the fence
+    // refuses whatever it tries meanwhile.
+    let (servers, new, _) = three_replicas_through(&db, "SIGSTOP", |s| {
+        signal(s, "-STOP");
+        let woke = s.child.id();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(LEASE_SECS * 2 + 1));
+            let _ = std::process::Command::new("kill").args(["-CONT", &woke.to_string()]).status();
+        });
+    });
+    std::thread::sleep(Duration::from_secs(LEASE_SECS * 2 + 2));
+    let refs: Vec<&Server> = servers.iter().collect();
+    assert_eq!(the_one_leader(&refs, 5), new, "the new leader stays after the old one wakes");
 }
 
 #[test]
