@@ -180,7 +180,7 @@ fn three_replicas_through(db: &str, what: &str, disturb: impl FnOnce(&mut Server
     assert_released_once_and_reports_stored_once(&h, id, n, reports);
     let most = max_in_flight(&h, id);
     eprintln!("three replicas ({what}): at most {most} actions in flight at once (max_parallel 3)");
-    assert!(most <= 3 && most >= 1, "max_parallel held across replicas: {most}");
+    assert!((1..=3).contains(&most), "max_parallel held across replicas: {most}");
     assert_eq!(metric(&servers[new].url, "otafleet_leader_takeovers_total"), Some(1));
     (servers, new, took)
 }
