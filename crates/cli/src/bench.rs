@@ -574,6 +574,7 @@ async fn dashboard(
         }
     }
     let mut last_render = Instant::now() - Duration::from_secs(1);
+    let mut seen = 0i64;
     'reconnect: while !*stop.borrow() {
         let res = http
             .get(format!("{base}/api/v1/events/stream?summary=true&rollout_id={id}"))
@@ -592,6 +593,11 @@ async fn dashboard(
             tokio::select! {
                 chunk = body.next() => match chunk {
                     Some(Ok(c)) => {
+                        for l in c.split(|b| *b == b'\n') {
+                            if let Some(id) = l.strip_prefix(b"id:").and_then(|v| std::str::from_utf8(v).ok()) {
+                                seen = id.trim().parse().unwrap_or(seen);
+                            }
+                        }
                         let n = c.split(|b| *b == b'\n').filter(|l| l.starts_with(b"data:")).count() as u64;
                         if n > 0 {
                             stats.messages.fetch_add(n, Ordering::Relaxed);
@@ -606,7 +612,7 @@ async fn dashboard(
             }
             pending = false;
             last_render = Instant::now();
-            match get(format!("/ui/rollouts/{id}/live")).await {
+            match get(format!("/ui/rollouts/{id}/live?seen={seen}")).await {
                 Ok(r) if r.status().is_success() => {
                     let _ = r.bytes().await;
                     stats.renders.fetch_add(1, Ordering::Relaxed);

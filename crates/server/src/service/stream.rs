@@ -188,6 +188,17 @@ impl Feed {
         self.tx.receiver_count()
     }
 
+    /// Every event up to this id (but the awaited gaps) was committed and
+    /// broadcast before now; 0 while the tail is idle.
+    pub fn position(&self) -> i64 {
+        let s = self.shared.lock().unwrap();
+        if s.started {
+            s.cursor.gaps.keys().next().map_or(s.cursor.high, |g| g - 1)
+        } else {
+            0
+        }
+    }
+
     /// The tail: reads new events and filled gaps while anyone subscribes,
     /// sleeps (no reads) otherwise. Runs until the process stops.
     pub async fn run(self: Arc<Feed>, store: Store) {

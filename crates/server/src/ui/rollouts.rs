@@ -93,7 +93,7 @@ pub struct PageParams {
 /// The rollout page; the part under `#live` is re-rendered by [`live`] as
 /// the event stream says the rollout moved.
 pub async fn render(state: &AppState, session: &Session, id: String, p: PageParams) -> UiResult<Response> {
-    let live = state.ui_live.get(state, session, http::parse_id(&id, "rollout")?).await?;
+    let live = state.ui_live.get(state, session, http::parse_id(&id, "rollout")?, None).await?;
     let r = &live.rollout;
     let aq = ActionListQuery {
         state: Some(p.state.clone()).filter(|s| !s.is_empty()),
@@ -171,9 +171,20 @@ pub async fn show(
 }
 
 /// The live part alone (the page's script swaps it in).
-pub async fn live(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> UiResult<Response> {
+#[derive(Debug, Default, Deserialize)]
+pub struct LiveParams {
+    /// The newest event id the page's stream delivered.
+    seen: Option<i64>,
+}
+
+pub async fn live(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Query(p): Query<LiveParams>,
+) -> UiResult<Response> {
     let id = http::parse_id(&id, "rollout")?;
-    let d = state.ui_live.get(&state, &session, id).await?;
+    let d = state.ui_live.get(&state, &session, id, p.seen).await?;
     Ok(Html(live_fragment(&d).into_string()).into_response())
 }
 
@@ -187,12 +198,20 @@ pub struct LiveData {
 pub const LIVE_FOR: Duration = Duration::from_millis(500);
 
 /// One rollout's live data and when it was read; locked while it is being read.
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<LiveData>)>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Read>>>;
+
+/// A read of a rollout's live data: when, and the feed's position just before it.
+struct Read {
+    at: Instant,
+    position: i64,
+    data: Arc<LiveData>,
+}
 
 /// The live data of recently viewed rollouts, shared for [`LIVE_FOR`]: a
 /// hundred dashboards open on a 100,000-device rollout, each re-rendering
 /// at most every 500 ms, count its waves about twice a second instead of two
-/// hundred times. Concurrent misses for one rollout wait for one read. A
+/// hundred times. Concurrent misses for one rollout wait for one read; a
+/// re-render asked for after event N is never served a read older than N. A
 /// command given from the dashboard forgets the rollout's entry, so the page
 /// it redirects to shows its effect. Per process: another replica's
 /// dashboards lag by at most [`LIVE_FOR`] as well.
@@ -206,26 +225,30 @@ impl LiveCache {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
-    async fn get(&self, state: &AppState, session: &Session, id: i64) -> UiResult<Arc<LiveData>> {
+    /// The live data of rollout `id`, read at most [`LIVE_FOR`] ago and after
+    /// event `seen` (the newest the caller's stream delivered): a dashboard
+    /// re-rendering on an event always sees that event's effect.
+    async fn get(&self, state: &AppState, session: &Session, id: i64, seen: Option<i64>) -> UiResult<Arc<LiveData>> {
         // Every request is checked, hit or miss.
         session.caller().require(Role::Viewer)?;
+        let fresh = |r: &Read| r.at.elapsed() < LIVE_FOR && seen.is_none_or(|s| r.position >= s);
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             if slots.len() > 1000 {
                 slots.retain(|_, s| {
-                    s.try_lock().map(|g| g.as_ref().is_some_and(|(at, _)| at.elapsed() < LIVE_FOR)).unwrap_or(true)
+                    s.try_lock().map(|g| g.as_ref().is_some_and(|r| r.at.elapsed() < LIVE_FOR)).unwrap_or(true)
                 });
             }
             slots.entry(id).or_default().clone()
         };
         let mut held = slot.lock().await;
-        if let Some((at, data)) = held.as_ref() {
-            if at.elapsed() < LIVE_FOR {
-                return Ok(data.clone());
-            }
+        if let Some(r) = held.as_ref().filter(|r| fresh(r)) {
+            return Ok(r.data.clone());
         }
+        // Taken before the read: everything up to it is in what the read sees.
+        let position = state.feed.position();
         let data = Arc::new(live_data(state, session, id).await?);
-        *held = Some((Instant::now(), data.clone()));
+        *held = Some(Read { at: Instant::now(), position, data: data.clone() });
         Ok(data)
     }
 }

@@ -26,11 +26,12 @@ function countdowns() {
 // itself and sends Last-Event-ID, so nothing is missed.
 function liveRollout(live) {
   const id = live.dataset.rollout;
-  let pending = false, last = 0;
+  let pending = false, last = 0, seen = 0;
   const refresh = () => {
     pending = false;
     last = Date.now();
-    fetch("/ui/rollouts/" + id + "/live", { credentials: "same-origin" })
+    // `seen`: the server answers with data read after that event.
+    fetch("/ui/rollouts/" + id + "/live?seen=" + seen, { credentials: "same-origin" })
       .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
       .then((html) => {
         live.innerHTML = html;
@@ -43,7 +44,9 @@ function liveRollout(live) {
       })
       .catch(() => {});
   };
-  const schedule = () => {
+  const schedule = (e) => {
+    const n = Number(e && e.lastEventId);
+    if (n > seen) seen = n;
     if (pending) return;
     pending = true;
     setTimeout(refresh, Math.max(0, 500 - (Date.now() - last)));
