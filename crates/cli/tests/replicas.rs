@@ -25,6 +25,14 @@ use std::time::{Duration, Instant};
 
 const LEASE_SECS: u64 = 2;
 
+/// The tests of this file run one at a time: each starts two or three
+/// servers and a fleet, and their timing (leases of 2 s, takeovers) should
+/// not depend on how many others share the two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn start(db: &str, replica: &str) -> Server {
     Server::start(db, &["--lease-secs", &LEASE_SECS.to_string(), "--replica-id", replica, "--poll-interval-secs", "1"])
 }
@@ -187,6 +195,7 @@ fn three_replicas_through(db: &str, what: &str, disturb: impl FnOnce(&mut Server
 
 #[test]
 fn three_replicas_a_leader_killed_9_mid_wave_is_replaced_and_nothing_is_released_twice() {
+    let _one_at_a_time = serial();
     let Some(db) = postgres_url() else {
         eprintln!("SKIPPED replicas test: set OTAFLEET_TEST_POSTGRES_URL to run three replicas on one database");
         return;
@@ -229,6 +238,7 @@ fn checkin(h: &Http, token: &str) -> u16 {
 
 #[test]
 fn a_token_revoked_or_a_device_deleted_through_one_replica_is_refused_by_the_other_within_a_second() {
+    let _one_at_a_time = serial();
     let Some(db) = postgres_url() else {
         eprintln!("SKIPPED replicas cache coherence test: set OTAFLEET_TEST_POSTGRES_URL to run it");
         return;
@@ -323,6 +333,7 @@ fn assert_released_once_and_reports_stored_once(h: &Http, id: i64, n: usize, ack
 
 #[test]
 fn a_fleet_switching_replicas_at_random_completes_with_each_action_released_once_and_every_report_stored() {
+    let _one_at_a_time = serial();
     let Some(db) = postgres_url() else {
         eprintln!("SKIPPED replicas fleet test: set OTAFLEET_TEST_POSTGRES_URL to run it");
         return;
@@ -357,6 +368,7 @@ fn signal(s: &Server, sig: &str) {
 
 #[test]
 fn three_replicas_a_leader_paused_past_its_lease_is_fenced_and_nothing_is_released_twice() {
+    let _one_at_a_time = serial();
     let Some(db) = postgres_url() else {
         eprintln!("SKIPPED replicas SIGSTOP test: set OTAFLEET_TEST_POSTGRES_URL to run it");
         return;
@@ -379,6 +391,7 @@ fn three_replicas_a_leader_paused_past_its_lease_is_fenced_and_nothing_is_releas
 
 #[test]
 fn replicas_whose_notification_connections_were_cut_resync_and_stay_coherent() {
+    let _one_at_a_time = serial();
     let Some(db) = postgres_url() else {
         eprintln!("SKIPPED replicas resync test: set OTAFLEET_TEST_POSTGRES_URL to run it");
         return;
