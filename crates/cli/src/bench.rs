@@ -59,6 +59,9 @@ pub enum BenchCmd {
         /// Concurrent keep-alive connections for the throughput measurement.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// Server replicas on the one database (PostgreSQL only); the fleet's requests go to any of them.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// The dashboard under load: the `rollout` benchmark run twice, without and then with CLIENTS
     /// dashboards open on the rollout page (each: the event stream in summary mode and a re-render of
@@ -360,17 +363,22 @@ async fn bench_server(dir: &tempfile::TempDir, database_url: Option<&str>, poll_
     let db = database_url
         .map(str::to_string)
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    bench_replica(&db, &otafleet_server::new_secret("ota"), poll_ms, "bench-1").await
+}
+
+/// A server child process on `db` with the admin token `admin` (replicas of
+/// one database must share it: a different one would revoke it).
+async fn bench_replica(db: &str, admin: &str, poll_ms: u64, replica: &str) -> Result<BenchServer> {
     let port = free_port()?;
-    let admin = otafleet_server::new_secret("ota");
     let listen = format!("127.0.0.1:{port}");
     let poll = (poll_ms / 1000).max(1).to_string();
     let child = child(
-        &["serve", "--listen", &listen, "--database-url", &db, "--poll-interval-secs", &poll],
+        &["serve", "--listen", &listen, "--database-url", db, "--poll-interval-secs", &poll, "--replica-id", replica],
         port,
-        &[("OTAFLEET_ADMIN_TOKEN", &admin), ("OTAFLEET_LOG", "warn")],
+        &[("OTAFLEET_ADMIN_TOKEN", admin), ("OTAFLEET_LOG", "warn")],
     )
     .await?;
-    Ok(BenchServer { child, base: format!("http://127.0.0.1:{port}"), admin })
+    Ok(BenchServer { child, base: format!("http://127.0.0.1:{port}"), admin: admin.to_string() })
 }
 
 struct BenchServer {
@@ -388,9 +396,16 @@ struct RolloutRun {
 }
 
 /// The benchmark fleet: `devices` simulated devices reporting final states only.
-async fn bench_fleet(s: &BenchServer, devices: usize, poll_ms: u64, max_connections: usize) -> Result<sim::SimFleet> {
+async fn bench_fleet(
+    s: &BenchServer,
+    devices: usize,
+    poll_ms: u64,
+    max_connections: usize,
+    also_via: Vec<String>,
+) -> Result<sim::SimFleet> {
     let t_reg = Instant::now();
     let args = SimArgs {
+        also_via,
         devices,
         latency: 50,
         poll_ms,
@@ -498,12 +513,24 @@ async fn bench_rollout(
     database_url: Option<String>,
     seconds: u64,
     concurrency: usize,
+    replicas: usize,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let s = bench_server(&dir, database_url.as_deref(), poll_ms).await?;
     let base = s.base.clone();
-    println!("rollout:");
-    let fleet = bench_fleet(&s, devices, poll_ms, max_connections).await?;
+    let mut others = Vec::new();
+    if replicas > 1 {
+        let db = match &database_url {
+            Some(u) if u.starts_with("postgres") => u.clone(),
+            _ => bail!("--replicas above 1 needs --database-url postgres://… (replicas share one PostgreSQL database)"),
+        };
+        for i in 2..=replicas {
+            others.push(bench_replica(&db, &s.admin, poll_ms, &format!("bench-{i}")).await?);
+        }
+    }
+    println!("rollout: {replicas} replica(s), each device's requests spread over them at random");
+    let via = others.iter().map(|o| o.base.clone()).collect();
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, via).await?;
     let run = run_rollout(&s, &fleet, |_| {}).await?;
     let (id, state) = (run.id, run.state);
     let mut server = s.child;
@@ -656,7 +683,7 @@ async fn bench_dashboard(
     println!("dashboard: the rollout benchmark without dashboards");
     let dir = tempfile::tempdir()?;
     let s = bench_server(&dir, None, poll_ms).await?;
-    let fleet = bench_fleet(&s, devices, poll_ms, max_connections).await?;
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, Vec::new()).await?;
     let without = run_rollout(&s, &fleet, |_| {}).await?;
     fleet.stop().await;
     drop(s);
@@ -667,7 +694,7 @@ async fn bench_dashboard(
     println!("dashboard: the same with {clients} dashboards on the rollout page");
     let dir = tempfile::tempdir()?;
     let s = bench_server(&dir, None, poll_ms).await?;
-    let fleet = bench_fleet(&s, devices, poll_ms, max_connections).await?;
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, Vec::new()).await?;
     let stats = Arc::new(DashStats::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tabs = Vec::new();
@@ -724,8 +751,8 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Plan { devices } => bench_plan(devices),
         BenchCmd::Http { seconds, concurrency, jobs } => bench_http(seconds, concurrency, jobs).await,
-        BenchCmd::Rollout { devices, poll_ms, max_connections, database_url, seconds, concurrency } => {
-            bench_rollout(devices, poll_ms, max_connections, database_url, seconds, concurrency).await
+        BenchCmd::Rollout { devices, poll_ms, max_connections, database_url, seconds, concurrency, replicas } => {
+            bench_rollout(devices, poll_ms, max_connections, database_url, seconds, concurrency, replicas).await
         }
         BenchCmd::Dashboard { devices, clients, poll_ms, max_connections, renders } => {
             bench_dashboard(devices, clients, poll_ms, max_connections, renders).await
