@@ -48,6 +48,11 @@ pub async fn checkin(
         match state.store.get_device(device).await? {
             Some(d) if reported.is_none() || d.current_version.as_deref() == reported => {
                 caches.set_live(device, d.current_version);
+                // What this process cached about the device was behind the
+                // registry (another replica applied its report, say, and its
+                // notice has not arrived): so may be its inbox, which could
+                // still hold the action that report finished. Read it again.
+                caches.inbox_unknown(&[device]);
                 known = true;
             }
             Some(_) => {}
