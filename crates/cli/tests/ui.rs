@@ -88,7 +88,19 @@ fn dashboard_in_a_real_browser() {
     // Pause from the button; the API agrees.
     b.click("button[data-command=pause]");
     b.wait_for("the paused badge", Duration::from_secs(10), || b.try_find("#state .s-paused"));
-    assert_eq!(h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body["state"], "paused");
+    let state = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body["state"].clone();
+    if state != "paused" {
+        // Seen once in CI: say what the rollout went through.
+        let events = h.get(&format!("/api/v1/events?rollout_id={id}&limit=1000"), Some(ADMIN)).body;
+        let kinds: Vec<String> = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"].as_str().unwrap().starts_with("rollout."))
+            .map(|e| format!("{} {} {} {}", e["id"], e["kind"], e["actor"], e["data"]))
+            .collect();
+        panic!("the page says paused, the API says {state}; the rollout's events: {kinds:#?}");
+    }
     b.screenshot("07-rollout-paused");
 
     // A post without the CSRF token is refused, and changes nothing.
