@@ -81,6 +81,21 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 100)]
         renders: usize,
     },
+    /// A large registry: bulk-registers DEVICES (5,000 per request) on a fresh server, then times a
+    /// selector page, a rollout over a selector matching MATCHING of them, and the server's memory.
+    Fleet {
+        #[arg(long, default_value_t = 1_000_000)]
+        devices: usize,
+        /// Devices the rollout's selector matches (`group=g0`).
+        #[arg(long, default_value_t = 100_000)]
+        matching: usize,
+        /// Bulk requests in flight at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// Database of the server (default: a temporary SQLite file).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// A bare axum server (the yardstick `rollout` starts as a separate process).
     #[command(hide = true)]
     Bare {
@@ -372,10 +387,13 @@ async fn bench_replica(db: &str, admin: &str, poll_ms: u64, replica: &str) -> Re
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let poll = (poll_ms / 1000).max(1).to_string();
+    // The servers log warnings only, unless OTAFLEET_BENCH_SERVER_LOG says otherwise (e.g. `info`:
+    // the time each rollout creation spent resolving, planning and storing).
+    let log = std::env::var("OTAFLEET_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into());
     let child = child(
         &["serve", "--listen", &listen, "--database-url", db, "--poll-interval-secs", &poll, "--replica-id", replica],
         port,
-        &[("OTAFLEET_ADMIN_TOKEN", admin), ("OTAFLEET_LOG", "warn")],
+        &[("OTAFLEET_ADMIN_TOKEN", admin), ("OTAFLEET_LOG", &log)],
     )
     .await?;
     Ok(BenchServer { child, base: format!("http://127.0.0.1:{port}"), admin: admin.to_string() })
@@ -569,6 +587,137 @@ async fn bench_rollout(
     Ok(())
 }
 
+/// Resident memory of a process, KiB (Linux).
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn bench_registry(
+    devices: usize,
+    matching: usize,
+    concurrency: usize,
+    database_url: Option<String>,
+) -> Result<()> {
+    if matching == 0 || matching > devices {
+        bail!("--matching must be between 1 and --devices");
+    }
+    let dir = tempfile::tempdir()?;
+    let s = bench_server(&dir, database_url.as_deref(), 30_000).await?;
+    let pid = s.child.id();
+    let http = reqwest::Client::new();
+    let rss0 = rss_kib(pid);
+    // Every `groups`-th device is in group g0: `matching` of them.
+    let groups = (devices / matching).max(1);
+    // Within the server's default 1 MiB body limit.
+    let batch = 5_000;
+    let next = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (http, next, base, admin) = (http.clone(), next.clone(), s.base.clone(), s.admin.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let from = next.fetch_add(batch as u64, Ordering::Relaxed) as usize;
+                if from >= devices {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let body = api::BulkRegister {
+                    devices: (from..(from + batch).min(devices))
+                        .map(|i| api::RegisterDevice {
+                            name: Some(format!("dev-{i}")),
+                            labels: [
+                                ("device_type".to_string(), "bench".to_string()),
+                                ("group".to_string(), format!("g{}", i % groups)),
+                                // Independent of the group: each group spans every site.
+                                ("site".to_string(), format!("site-{}", (i / groups) % 50)),
+                            ]
+                            .into(),
+                            current_version: Some("1.0.0".into()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                };
+                let r = http.post(format!("{base}/api/v1/devices/bulk")).bearer_auth(&admin).json(&body).send().await?;
+                if !r.status().is_success() {
+                    bail!("bulk registration at {from}: {} {}", r.status(), r.text().await.unwrap_or_default());
+                }
+                let _ = r.bytes().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let reg = t0.elapsed().as_secs_f64();
+    println!("fleet: {devices} devices bulk-registered in {reg:.1} s: {:.0} devices/s", devices as f64 / reg);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let (Some(a), Some(b)) = (rss0, rss_kib(pid)) {
+        println!(
+            "  server RSS {:.1} MiB → {:.1} MiB: {:.0} B per registered device",
+            a as f64 / 1024.0,
+            b as f64 / 1024.0,
+            (b.saturating_sub(a) * 1024) as f64 / devices as f64
+        );
+    }
+    // A selector page, as the devices page or a script asks for it.
+    let mut ms = Vec::new();
+    for i in 0..100 {
+        let t = Instant::now();
+        let r = http
+            .get(format!("{}/api/v1/devices", s.base))
+            .bearer_auth(&s.admin)
+            .query(&[
+                ("selector", format!("group=g{},site in (site-1,site-2,site-3)", i % groups)),
+                ("limit", "50".into()),
+            ])
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("selector page: {}", r.status());
+        }
+        let _ = r.bytes().await?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    println!("  selector page (group=gN,site in (…), 50 devices): p50 {:.1} ms, p99 {:.1} ms", ms[49], ms[98]);
+    let r = http
+        .post(format!("{}/api/v1/releases", s.base))
+        .bearer_auth(&s.admin)
+        .json(&api::CreateRelease { version: "2.0.0".into(), ..Default::default() })
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("creating the release: {}", r.status());
+    }
+    let t = Instant::now();
+    let body = api::CreateRollout {
+        version: Some("2.0.0".into()),
+        selector: Some("group=g0".into()),
+        strategy: Some(StrategySpec {
+            steps: Some(vec![Step::Count(1), Step::Percent(10.0), Step::Percent(100.0)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let r = http.post(format!("{}/api/v1/rollouts", s.base)).bearer_auth(&s.admin).json(&body).send().await?;
+    let took = t.elapsed().as_secs_f64();
+    if !r.status().is_success() {
+        bail!("creating the rollout: {} {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    let r: api::Rollout = r.json().await?;
+    let planned: i64 = r.progress.iter().flatten().map(|w| w.total).sum();
+    println!("  rollout over group=g0 ({planned} of {devices} devices) created in {:.2} s", took);
+    if let (Some(a), Some(b)) = (rss0, rss_kib(pid)) {
+        println!(
+            "  server RSS after the rollout: {:.1} MiB ({:.0} B per device above the start)",
+            b as f64 / 1024.0,
+            (b.saturating_sub(a) * 1024) as f64 / devices as f64
+        );
+    }
+    Ok(())
+}
+
 /// What the simulated dashboards did.
 #[derive(Default)]
 struct DashStats {
@@ -756,6 +905,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         }
         BenchCmd::Dashboard { devices, clients, poll_ms, max_connections, renders } => {
             bench_dashboard(devices, clients, poll_ms, max_connections, renders).await
+        }
+        BenchCmd::Fleet { devices, matching, concurrency, database_url } => {
+            bench_registry(devices, matching, concurrency, database_url).await
         }
         BenchCmd::Bare { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
