@@ -7,6 +7,8 @@
 //! the deterministic simulator.
 #![forbid(unsafe_code)]
 
+pub mod alert;
+pub mod analysis;
 pub mod backoff;
 pub mod batch;
 pub mod duration;
@@ -18,6 +20,7 @@ pub mod plan;
 pub mod protocol;
 pub mod selector;
 pub mod strategy;
+pub mod telemetry;
 pub mod validate;
 pub mod webhook;
 pub mod window;
