@@ -27,7 +27,8 @@ pub struct Device {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterDevice {
-    /// Defaults to a new random UUID.
+    /// Defaults to a new time-ordered UUID (version 7: registrations append to the
+    /// registry's indexes instead of landing on random pages).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
     /// Defaults to the id.

@@ -124,7 +124,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 9] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 10] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -135,6 +135,7 @@ fn migrator(backend: Backend) -> Migrator {
             (9, "rollout_changes", include_str!("../migrations/sqlite/0009_rollout_changes.sql")),
             (10, "webhooks", include_str!("../migrations/sqlite/0010_webhooks.sql")),
             (11, "event_groups", include_str!("../migrations/sqlite/0011_event_groups.sql")),
+            (12, "label_index", include_str!("../migrations/sqlite/0012_label_index.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -146,6 +147,7 @@ fn migrator(backend: Backend) -> Migrator {
             (9, "rollout_changes", include_str!("../migrations/postgres/0009_rollout_changes.sql")),
             (10, "webhooks", include_str!("../migrations/postgres/0010_webhooks.sql")),
             (11, "event_groups", include_str!("../migrations/postgres/0011_event_groups.sql")),
+            (12, "label_index", include_str!("../migrations/postgres/0012_label_index.sql")),
         ],
     };
     Migrator {

@@ -87,3 +87,11 @@ pub(crate) fn json_col(backend: Backend, i: usize, cast: Option<&str>) -> String
         (Backend::Postgres, Some(t)) => format!("(j.value ->> {i})::{t}"),
     }
 }
+
+/// A [`json_rows`] row that is a plain string (an array of strings), as text.
+pub(crate) fn json_scalar(backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => "j.value".to_string(),
+        Backend::Postgres => "(j.value #>> '{}')".to_string(),
+    }
+}

@@ -109,6 +109,100 @@ async fn devices_crud_and_selectors(s: Store) {
     assert_eq!(kinds, vec!["device.registered", "device.labels_updated", "device.deleted"]);
 }
 
+both!(selectors_read_what_the_core_matches);
+/// Every query a selector drives (a page walked by cursor, a sorted page, a
+/// count, a rollout's targets) returns exactly the devices the core's matcher
+/// accepts, whichever requirement the store drives the query from.
+async fn selectors_read_what_the_core_matches(s: Store) {
+    let mut x: u64 = 7;
+    let mut next = |n: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    };
+    let mut news = Vec::new();
+    for i in 1..=300u128 {
+        let mut pairs = Vec::new();
+        for (key, n) in [("device_type", 3), ("site", 4), ("group", 5)] {
+            let v = next(n + 1);
+            if v < n {
+                pairs.push((key.to_string(), format!("{}{v}", &key[..1])));
+            }
+        }
+        let mut d = dev(i, &[]);
+        d.labels = pairs.into_iter().collect();
+        news.push(d);
+    }
+    s.insert_devices(&news, "t").await.unwrap();
+    for sel in [
+        "",
+        "site=s1",
+        "site=s1,device_type=d0",
+        "device_type=d2,site in (s0,s3),group!=g1",
+        "group=g4,!site",
+        "site in (s1,s2)",
+        "site in (s1,s2),group=g0,device_type",
+        "device_type notin (d0),site=s3",
+        "group=g2,group=g3",
+        "site=nowhere",
+    ] {
+        let selector = Selector::parse(sel).unwrap();
+        let want: Vec<u128> = news.iter().filter(|d| selector.matches(&d.labels)).map(|d| d.id.as_u128()).collect();
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let q = DeviceQuery { selector: selector.clone(), after, limit: 7, ..Default::default() };
+            let page = s.list_devices(&q).await.unwrap();
+            got.extend(page.iter().map(|d| d.id.as_u128()));
+            match page.last() {
+                Some(d) if page.len() == 7 => after = Some(d.id),
+                _ => break,
+            }
+        }
+        assert_eq!(got, want, "paged by cursor: {sel}");
+        let q = DeviceQuery {
+            selector: selector.clone(),
+            limit: 1000,
+            sort: DeviceSort::Name,
+            descending: true,
+            ..Default::default()
+        };
+        let mut by_name: Vec<&NewDevice> = news.iter().filter(|d| selector.matches(&d.labels)).collect();
+        by_name.sort_by(|a, b| b.name.cmp(&a.name));
+        let names: Vec<String> = s.list_devices(&q).await.unwrap().into_iter().map(|d| d.name).collect();
+        assert_eq!(names, by_name.iter().map(|d| d.name.clone()).collect::<Vec<_>>(), "sorted by name: {sel}");
+        assert_eq!(s.count_devices(&selector).await.unwrap(), want.len() as i64, "count: {sel}");
+        let targets = s.target_devices(&selector).await.unwrap();
+        assert_eq!(targets.iter().map(|d| d.id.as_u128()).collect::<Vec<_>>(), want, "targets: {sel}");
+        // Read in chunks (one at the boundary, several, one that ends full).
+        for chunk in [1, 7, want.len().max(1) as i64] {
+            assert_eq!(s.target_devices_in_chunks(&selector, chunk).await.unwrap(), targets, "{sel} by {chunk}");
+        }
+        for t in &targets {
+            let d = news.iter().find(|d| d.id == t.id).unwrap();
+            assert_eq!(t.device_type.as_ref(), d.labels.get("device_type"), "device type of {}", t.id);
+        }
+    }
+}
+
+both!(bulk_registration_is_all_or_none_across_statements);
+/// A request larger than one statement's chunk is still one transaction: a
+/// device that exists, found in a later chunk, leaves nothing of the request.
+async fn bulk_registration_is_all_or_none_across_statements(s: Store) {
+    s.insert_devices(&[dev(9_000, &[("site", "x")])], "t").await.unwrap();
+    let news: Vec<NewDevice> = (1..=9_000u128).map(|i| dev(i, &[("site", "a"), ("group", "g")])).collect();
+    let err = s.insert_devices(&news, "t").await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(ref m) if m.contains(&Uuid::from_u128(9_000).to_string())), "{err}");
+    assert_eq!(s.count_devices(&Selector::default()).await.unwrap(), 1);
+    assert_eq!(s.count_devices(&Selector::parse("site=a").unwrap()).await.unwrap(), 0);
+    let stored = s.insert_devices(&news[..8_999], "t").await.unwrap();
+    assert_eq!(stored.len(), 8_999);
+    assert_eq!(s.count_devices(&Selector::parse("site=a,group=g").unwrap()).await.unwrap(), 8_999);
+    let d = s.get_device(Uuid::from_u128(6_001)).await.unwrap().unwrap();
+    assert_eq!(d.labels, labels(&[("group", "g"), ("site", "a")]));
+    assert_eq!(d.current_version.as_deref(), Some("1.0.0"));
+    assert_eq!(s.find_device_by_token("tok-6001").await.unwrap().map(|d| d.id), Some(d.id));
+}
+
 both!(target_devices_read_what_planning_needs);
 async fn target_devices_read_what_planning_needs(s: Store) {
     let mut no_type = dev(3, &[("site", "a")]);

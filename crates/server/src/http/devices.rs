@@ -36,7 +36,7 @@ pub fn device_view(d: Device) -> api::Device {
 pub const MAX_BULK: usize = 10_000;
 
 fn to_new(r: RegisterDevice, field: &str) -> ApiResult<NewDevice> {
-    let id = r.id.unwrap_or_else(Uuid::new_v4);
+    let id = r.id.unwrap_or_else(Uuid::now_v7);
     let name = r.name.unwrap_or_else(|| id.to_string());
     validate::name(&format!("{field}name"), &name)?;
     validate::labels(&format!("{field}labels"), &r.labels)?;

@@ -160,7 +160,7 @@ pub async fn enroll(
     EnrollmentSecret(secret): EnrollmentSecret,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
-    let id = Uuid::new_v4();
+    let id = Uuid::now_v7();
     let name = req.name.unwrap_or_else(|| id.to_string());
     if name.trim().is_empty() || name.len() > 128 {
         return Err(ApiError::invalid("name", "name must be 1 to 128 characters"));
