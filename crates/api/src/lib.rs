@@ -19,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod releases;
 pub mod rollouts;
+pub mod telemetry;
 pub mod tokens;
 pub mod tracker;
 pub mod webhooks;
@@ -33,6 +34,7 @@ pub use releases::{
     Artifact, ArtifactGc, ArtifactGcQuery, CreateRelease, FreedArtifact, Release, ReleaseListQuery, UploadQuery,
 };
 pub use rollouts::{Action, ActionListQuery, CreateRollout, Rollout, RolloutListQuery, RolloutTarget, WaveProgress};
+pub use telemetry::{TelemetryAnswer, TelemetryPoint, TelemetryQuery, TelemetrySeries};
 pub use tokens::{CreateToken, CreatedToken, DeviceToken, TokenInfo, TokenState};
 pub use webhooks::{CreateWebhook, CreatedWebhook, Delivery, DeliveryCounts, DeliveryListQuery, Webhook};
 

@@ -19,7 +19,8 @@ pub struct ServeArgs {
     pub database_url: String,
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
     /// data_dir, signing_key, order_ttl, mqtt_url, mqtt_ca_file, tls_cert, tls_key, lease_secs, replica_id,
-    /// allow_http_artifacts, webhook_timeout, webhook_retry_initial, webhook_max_attempts.
+    /// allow_http_artifacts, webhook_timeout, webhook_retry_initial, webhook_max_attempts, telemetry_flush,
+    /// telemetry_rate.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -78,6 +79,12 @@ pub struct ServeArgs {
     /// Attempts of one webhook delivery in all before it is given up (`failed` in its log).
     #[arg(long, env = "OTAFLEET_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
     pub webhook_max_attempts: u32,
+    /// How often received telemetry is merged into the database (`5s`); a crash loses at most this much.
+    #[arg(long, env = "OTAFLEET_TELEMETRY_FLUSH", default_value = "5s", value_parser = otafleet_core::duration::parse_arg)]
+    pub telemetry_flush: std::time::Duration,
+    /// Telemetry samples a second one device may send, sustained (a full batch may come at once); over it: 429.
+    #[arg(long, env = "OTAFLEET_TELEMETRY_RATE", default_value_t = 50.0)]
+    pub telemetry_rate: f64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +109,8 @@ struct FileConfig {
     webhook_timeout: Option<String>,
     webhook_retry_initial: Option<String>,
     webhook_max_attempts: Option<u32>,
+    telemetry_flush: Option<String>,
+    telemetry_rate: Option<f64>,
 }
 
 impl ServeArgs {
@@ -132,6 +141,7 @@ impl ServeArgs {
             take!(lease_secs);
             take!(allow_http_artifacts);
             take!(webhook_max_attempts);
+            take!(telemetry_rate);
             macro_rules! take_duration {
                 ($f:ident) => {
                     if let Some(t) = &file.$f {
@@ -146,6 +156,7 @@ impl ServeArgs {
             take_duration!(order_ttl);
             take_duration!(webhook_timeout);
             take_duration!(webhook_retry_initial);
+            take_duration!(telemetry_flush);
             if self.signing_key.is_none() {
                 self.signing_key = file.signing_key;
             }
@@ -207,6 +218,17 @@ impl ServeArgs {
             timeout: self.webhook_timeout,
             ..Default::default()
         };
+        if self.telemetry_flush < std::time::Duration::from_millis(100) {
+            anyhow::bail!("--telemetry-flush must be at least 100ms");
+        }
+        if !(self.telemetry_rate.is_finite() && self.telemetry_rate > 0.0) {
+            anyhow::bail!("--telemetry-rate must be a positive number of samples a second");
+        }
+        let telemetry = otafleet_server::service::telemetry::Settings {
+            flush: self.telemetry_flush,
+            rate: self.telemetry_rate,
+            ..Default::default()
+        };
         let replica_id = match self.replica_id.map(|r| r.trim().to_string()) {
             Some(r) if r.is_empty() => anyhow::bail!("--replica-id must not be empty"),
             Some(r) => r,
@@ -229,6 +251,7 @@ impl ServeArgs {
             replica_id,
             allow_http_artifacts: self.allow_http_artifacts,
             webhooks,
+            telemetry,
             ..Default::default()
         };
         Ok(config)

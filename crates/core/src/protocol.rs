@@ -83,6 +83,23 @@ pub struct StatusAck {
     pub state: ActionState,
 }
 
+/// `POST /device/v1/telemetry` body (and the payload of an MQTT message on
+/// `otafleet/<device-id>/telemetry`): a batch of the device's measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryBatch {
+    /// 1 to `telemetry::MAX_BATCH` samples.
+    pub samples: Vec<crate::telemetry::Sample>,
+}
+
+/// What the server took of a telemetry batch (all of it, or none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TelemetryAccepted {
+    pub accepted: usize,
+}
+
 /// `GET /device/v1/actions/{id}`: one of the device's own actions, with the
 /// signed release manifest and the signed order the agent verifies before
 /// doing anything.

@@ -1291,3 +1291,57 @@ mod tests {
         }
     }
 }
+
+/// A token bucket: `rate` tokens a second up to `burst`, for a device's
+/// samples. Pure: the caller passes `now` and keeps the bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenBucket {
+    tokens: f64,
+    at: Millis,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn full(burst: f64, now: Millis) -> TokenBucket {
+        TokenBucket { tokens: burst, at: now }
+    }
+
+    /// Takes `n` tokens, or says how long until there are enough (ms); a
+    /// refused take leaves the bucket as it was. `n` above `burst` is never
+    /// granted: the wait returned is the time to fill the whole bucket.
+    pub fn take(&mut self, n: f64, rate: f64, burst: f64, now: Millis) -> Result<(), Millis> {
+        let elapsed = (now - self.at).max(0) as f64 / 1000.0;
+        let tokens = (self.tokens + elapsed * rate).min(burst);
+        if n <= tokens {
+            self.tokens = tokens - n;
+            self.at = now.max(self.at);
+            return Ok(());
+        }
+        let missing = n.min(burst) - tokens;
+        Err(((missing.max(0.0) / rate) * 1000.0).ceil().max(1.0) as Millis)
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::TokenBucket;
+
+    #[test]
+    fn a_bucket_grants_its_burst_then_its_rate() {
+        let mut b = TokenBucket::full(100.0, 0);
+        assert_eq!(b.take(60.0, 10.0, 100.0, 0), Ok(()));
+        assert_eq!(b.take(60.0, 10.0, 100.0, 0), Err(2_000), "20 short at 10/s");
+        assert_eq!(b.take(60.0, 10.0, 100.0, 1_000), Err(1_000), "a refusal takes nothing");
+        assert_eq!(b.take(60.0, 10.0, 100.0, 2_000), Ok(()));
+        // Refilled up to the burst only.
+        assert_eq!(b.take(100.0, 10.0, 100.0, 1_000_000), Ok(()));
+        assert_eq!(b.take(1.0, 10.0, 100.0, 1_000_000), Err(100));
+        // More than the burst: never; the wait is a full bucket's.
+        let mut b = TokenBucket::full(100.0, 0);
+        assert!(b.take(101.0, 10.0, 100.0, 0).is_err());
+        // A clock that steps back grants nothing extra.
+        let mut b = TokenBucket::full(10.0, 5_000);
+        assert_eq!(b.take(10.0, 1.0, 10.0, 5_000), Ok(()));
+        assert_eq!(b.take(1.0, 1.0, 10.0, 0), Err(1_000));
+    }
+}

@@ -67,6 +67,8 @@ pub struct Config {
     pub allow_http_artifacts: bool,
     /// How webhooks are delivered (`--webhook-timeout`, `--webhook-retry-*`).
     pub webhooks: service::webhooks::Settings,
+    /// How telemetry is aggregated, kept and limited (`--telemetry-*`).
+    pub telemetry: service::telemetry::Settings,
 }
 
 impl Default for Config {
@@ -89,6 +91,7 @@ impl Default for Config {
             replica_id: leader::default_replica_id(),
             allow_http_artifacts: false,
             webhooks: Default::default(),
+            telemetry: Default::default(),
         }
     }
 }
@@ -123,6 +126,8 @@ pub struct AppState {
     pub feed: Arc<service::stream::Feed>,
     /// Rollouts' live data shared by the dashboards for half a second (`ui::rollouts::LiveCache`).
     pub ui_live: Arc<ui::rollouts::LiveCache>,
+    /// Telemetry pending a flush, and the devices' rate limits.
+    pub telemetry: Arc<service::telemetry::Telemetry>,
 }
 
 impl AppState {
@@ -143,6 +148,7 @@ impl AppState {
             warm: Default::default(),
             feed: service::stream::Feed::new(),
             ui_live: Default::default(),
+            telemetry: Default::default(),
             reports: reports::ReportQueue::start(store.clone()),
             store,
             config: Arc::new(config),
@@ -227,6 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let lease = tokio::spawn(leader::run(state.clone(), driver_stopped.clone()));
         let feed = tokio::spawn(state.feed.clone().run(state.store.clone()));
         let webhooks = tokio::spawn(service::webhooks::run(state.clone(), driver_stopped.clone()));
+        let telemetry = tokio::spawn(service::telemetry::run(state.clone(), driver_stopped.clone()));
         let wake = state.driver_wake.clone();
         let streams = state.feed.clone();
         let signal = async move {
@@ -253,9 +260,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), lease).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), feed).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), webhooks).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), telemetry).await;
         if let Some(c) = coherence {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c).await;
         }
+        // Samples taken while the last requests drained.
+        service::telemetry::flush_once(&state).await;
         if let Err(e) = state.caches.flush_seen(&state.store).await {
             tracing::warn!(error = %e, "could not record the last check-ins");
         }

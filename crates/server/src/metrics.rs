@@ -36,6 +36,10 @@ pub struct Metrics {
     pub cache_resyncs: Counter,
     /// Webhook delivery attempts by outcome (`delivered`, `retried`, `failed`).
     pub webhook_attempts: Family<Labels, Counter>,
+    /// Telemetry samples taken in by this replica.
+    pub telemetry_samples: Counter,
+    /// Telemetry window rows this replica wrote (merged into the database).
+    pub telemetry_rows: Counter,
     updated_pods: Counter,
     last_run: Gauge<f64, AtomicU64>,
     jobs_pending: Gauge,
@@ -70,6 +74,8 @@ impl Metrics {
             leader_takeovers: Counter::default(),
             cache_resyncs: Counter::default(),
             webhook_attempts: Family::default(),
+            telemetry_samples: Counter::default(),
+            telemetry_rows: Counter::default(),
             updated_pods: Counter::default(),
             last_run: Gauge::default(),
             jobs_pending: Gauge::default(),
@@ -130,6 +136,16 @@ impl Metrics {
             "otafleet_webhook_attempts",
             "Webhook delivery attempts made by this replica, by outcome (delivered, retried, failed: given up)",
             m.webhook_attempts.clone(),
+        );
+        registry.register(
+            "otafleet_telemetry_samples",
+            "Telemetry samples this replica accepted",
+            m.telemetry_samples.clone(),
+        );
+        registry.register(
+            "otafleet_telemetry_window_rows_written",
+            "Telemetry window rows this replica merged into the database",
+            m.telemetry_rows.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -19,6 +19,7 @@ pub mod notify;
 mod releases;
 mod rollouts;
 mod sql;
+mod telemetry;
 mod tokens;
 mod webhooks;
 
@@ -31,6 +32,7 @@ pub use rollouts::{
     Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, RolloutSummary, Step,
     Target, WaveProgress,
 };
+pub use telemetry::{DeviceWindow, TelemetryWindow};
 pub use tokens::{hash_token, Bootstrap, NewToken, Role, TokenRecord};
 pub use webhooks::{
     Attempt, AttemptOutcome, Delivery, DeliveryCounts, DeliveryState, NewDelivery, NewWebhook, Webhook,
@@ -124,7 +126,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 10] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 11] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -136,6 +138,7 @@ fn migrator(backend: Backend) -> Migrator {
             (10, "webhooks", include_str!("../migrations/sqlite/0010_webhooks.sql")),
             (11, "event_groups", include_str!("../migrations/sqlite/0011_event_groups.sql")),
             (12, "label_index", include_str!("../migrations/sqlite/0012_label_index.sql")),
+            (13, "telemetry", include_str!("../migrations/sqlite/0013_telemetry.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -148,6 +151,7 @@ fn migrator(backend: Backend) -> Migrator {
             (10, "webhooks", include_str!("../migrations/postgres/0010_webhooks.sql")),
             (11, "event_groups", include_str!("../migrations/postgres/0011_event_groups.sql")),
             (12, "label_index", include_str!("../migrations/postgres/0012_label_index.sql")),
+            (13, "telemetry", include_str!("../migrations/postgres/0013_telemetry.sql")),
         ],
     };
     Migrator {

@@ -203,6 +203,59 @@ async fn bulk_registration_is_all_or_none_across_statements(s: Store) {
     assert_eq!(s.find_device_by_token("tok-6001").await.unwrap().map(|d| d.id), Some(d.id));
 }
 
+both!(telemetry_windows_merge_and_are_read_by_selector);
+/// Two flushes into one window add up (as two replicas' would); windows are
+/// read for the devices a selector matches, in a time range; retention
+/// deletes by resolution and age.
+async fn telemetry_windows_merge_and_are_read_by_selector(s: Store) {
+    use otafleet_core::telemetry::{Agg, Aggregate};
+    s.insert_devices(&[dev(1, &[("site", "a")]), dev(2, &[("site", "b")])], "t").await.unwrap();
+    let win = |d: u128, bucket: i64, values: &[f64]| {
+        let mut agg = Aggregate::new();
+        for (i, v) in values.iter().enumerate() {
+            agg.add(*v, bucket + i as i64);
+        }
+        TelemetryWindow {
+            device_id: Uuid::from_u128(d),
+            metric: "cpu_temp_c".into(),
+            version: "1.0.0".into(),
+            width_ms: 60_000,
+            bucket,
+            agg,
+        }
+    };
+    assert_eq!(s.merge_telemetry(&[win(1, 0, &[50.0, 60.0]), win(2, 0, &[70.0])]).await.unwrap(), 2);
+    // A second flush for the same window, and one flush holding two parts of one window.
+    assert_eq!(
+        s.merge_telemetry(&[win(1, 0, &[80.0]), win(1, 60_000, &[1.0]), win(1, 60_000, &[3.0])]).await.unwrap(),
+        2
+    );
+    let all = s.telemetry_windows("cpu_temp_c", 60_000, 0, 120_000, &Selector::default(), 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let first = &all.iter().find(|w| w.window.device_id == Uuid::from_u128(1) && w.window.bucket == 0).unwrap().window;
+    assert_eq!(first.agg.value(Agg::Count), Some(3.0));
+    assert_eq!(first.agg.value(Agg::Max), Some(80.0));
+    assert_eq!(first.agg.value(Agg::Min), Some(50.0));
+    let second = &all.iter().find(|w| w.window.bucket == 60_000).unwrap().window;
+    assert_eq!(second.agg.value(Agg::Sum), Some(4.0));
+    let site_b =
+        s.telemetry_windows("cpu_temp_c", 60_000, 0, 120_000, &Selector::parse("site=b").unwrap(), 100).await.unwrap();
+    assert_eq!(site_b.len(), 1);
+    assert_eq!(site_b[0].window.device_id, Uuid::from_u128(2));
+    assert_eq!(site_b[0].labels.get("site").map(String::as_str), Some("b"));
+    assert!(s
+        .telemetry_windows("cpu_temp_c", 60_000, 60_000, 120_000, &Selector::parse("site=b").unwrap(), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(s.telemetry_windows("other", 60_000, 0, 120_000, &Selector::default(), 100).await.unwrap().is_empty());
+    assert_eq!(s.prune_telemetry(60_000, 60_000).await.unwrap(), 2);
+    assert_eq!(
+        s.telemetry_windows("cpu_temp_c", 60_000, 0, 120_000, &Selector::default(), 100).await.unwrap().len(),
+        1
+    );
+}
+
 both!(target_devices_read_what_planning_needs);
 async fn target_devices_read_what_planning_needs(s: Store) {
     let mut no_type = dev(3, &[("site", "a")]);

@@ -106,6 +106,7 @@ pub fn postgres_url() -> Option<String> {
 
 pub struct Resp {
     pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
     pub text: String,
 }
@@ -141,9 +142,10 @@ impl Http {
         }
         let res = r.send().expect("request");
         let status = res.status().as_u16();
+        let headers = res.headers().clone();
         let text = res.text().unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp { status, body, text }
+        Resp { status, headers, body, text }
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> Resp {

@@ -9,7 +9,9 @@ use crate::AppState;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::Json;
-use otafleet_core::protocol::{CheckinRequest, CheckinResponse, StatusAck, StatusReport};
+use otafleet_core::protocol::{
+    CheckinRequest, CheckinResponse, StatusAck, StatusReport, TelemetryAccepted, TelemetryBatch,
+};
 use otafleet_store::ReportOutcome;
 use uuid::Uuid;
 
@@ -76,4 +78,28 @@ pub async fn status(
     };
     state.metrics.status_reports.get_or_create(&vec![("outcome".into(), name.into())]).inc();
     Ok(Json(StatusAck { action_id: action.id, outcome: name.to_string(), state: action.state }))
+}
+
+/// Report measurements: a batch of samples, taken whole or refused whole
+/// (each bad sample named), aggregated into the device's telemetry windows.
+#[utoipa::path(post, operation_id = "deviceTelemetry", path = "/device/v1/telemetry", request_body = TelemetryBatch,
+    responses((status = 202, body = TelemetryAccepted),
+        (status = 429, description = "over the device's sample rate; see Retry-After", body = super::error::ErrorBody),
+        super::error::doc::DeviceAuthErrors, super::error::doc::JsonBodyErrors),
+    security(("bearer" = [])), tag = "device")]
+pub async fn telemetry(
+    State(state): State<AppState>,
+    DeviceCaller(device): DeviceCaller,
+    ApiJson(batch): ApiJson<TelemetryBatch>,
+) -> ApiResult<(axum::http::StatusCode, Json<TelemetryAccepted>)> {
+    use crate::service::telemetry::{IngestError, Refusal};
+    match crate::service::telemetry::ingest(&state, device, &batch.samples).await {
+        Ok(accepted) => Ok((axum::http::StatusCode::ACCEPTED, Json(TelemetryAccepted { accepted }))),
+        Err(IngestError::Refused(Refusal::Invalid { field, message })) => Err(ApiError::invalid(&field, message)),
+        Err(IngestError::Refused(Refusal::TooMany { retry_after_secs })) => Err(ApiError::too_many(
+            format!("over this device's telemetry rate ({} samples/s)", state.config.telemetry.rate),
+            retry_after_secs,
+        )),
+        Err(IngestError::Store(e)) => Err(e.into()),
+    }
 }

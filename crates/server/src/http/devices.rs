@@ -231,6 +231,7 @@ pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Pat
     let id = parse_uuid(&id)?;
     if state.store.delete_device(id, &caller.actor()).await? {
         crate::service::delivery::device_deleted(&state, id);
+        state.telemetry.forget(id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("device {id} not found")))

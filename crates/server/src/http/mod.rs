@@ -18,6 +18,7 @@ pub mod health;
 mod query;
 pub mod releases;
 pub mod rollouts;
+pub mod telemetry;
 pub mod tokens;
 pub mod validate;
 pub mod webhooks;
@@ -48,7 +49,7 @@ pub use otafleet_api::Page;
         rollouts::pause, rollouts::resume, rollouts::abort, rollouts::promote, rollouts::rollback,
         devices::rotate_token, events::list, events::stream, tokens::create, tokens::list, tokens::get_one, tokens::revoke,
         compat::health, compat::deploy, compat::jobs, compat::update_status, compat::rollback,
-        device_api::checkin, device_api::status,
+        device_api::checkin, device_api::status, device_api::telemetry, telemetry::query,
         enroll::create_token, enroll::list_tokens, enroll::get_token, enroll::revoke_token, enroll::enroll,
         artifacts::upload, artifacts::gc, artifacts::download, device_actions::get_one,
         webhooks::create, webhooks::list, webhooks::get_one, webhooks::delete, webhooks::deliveries,
@@ -183,6 +184,7 @@ fn routes() -> Routes {
         .route("/api/v1/rollouts/{id}/abort", post(rollouts::abort))
         .route("/api/v1/rollouts/{id}/promote", post(rollouts::promote))
         .route("/api/v1/rollouts/{id}/rollback", post(rollouts::rollback))
+        .route("/api/v1/telemetry/query", get(telemetry::query))
         .route("/api/v1/events", get(events::list))
         .route("/api/v1/events/stream", get(events::stream))
         .route("/api/v1/tokens", post(tokens::create).get(tokens::list))
@@ -201,6 +203,7 @@ fn routes() -> Routes {
         // Device API.
         .route("/device/v1/checkin", post(device_api::checkin))
         .route("/device/v1/status", post(device_api::status))
+        .route("/device/v1/telemetry", post(device_api::telemetry))
         .route("/device/v1/enroll", post(enroll::enroll))
         .route("/device/v1/actions/{id}", get(device_actions::get_one))
         .route("/device/v1/artifacts/{sha256}", get(artifacts::download))

@@ -20,6 +20,7 @@ pub mod coherence;
 pub mod delivery;
 pub mod rollouts;
 pub mod stream;
+pub mod telemetry;
 pub mod tokens;
 pub mod webhooks;
 

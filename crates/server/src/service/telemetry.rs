@@ -1,0 +1,442 @@
+//! Telemetry: samples in, windows out.
+//!
+//! A device's batch (`POST /device/v1/telemetry`) is validated sample by
+//! sample (`core::telemetry::validate_batch`), charged to the device's token
+//! bucket (over it: 429 with `Retry-After`), and added to this replica's
+//! pending aggregates: one [`Aggregate`] per device, metric, version and
+//! window of each resolution. Every `flush` interval ([`run`]) the pending
+//! aggregates are merged into their stored windows (`Store::merge_telemetry`,
+//! additive, so every replica flushes its own); on shutdown the last ones
+//! are flushed. A `kill -9` loses at most one interval of samples.
+//!
+//! A query ([`query`]) reads the windows of the devices a selector matches
+//! at the resolution that fits its step and merges them per group and step:
+//! fleet percentiles come from merged sketches, never from raw samples.
+
+use crate::AppState;
+use otafleet_core::telemetry::{validate_batch, Agg, Aggregate, Resolution, Sample, TokenBucket, MAX_BATCH};
+use otafleet_core::{Millis, Selector};
+use otafleet_store::{Store, TelemetryWindow};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// How telemetry is kept (`--telemetry-*` flags of `serve`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The resolutions windows are kept at, finest first.
+    pub resolutions: Vec<Resolution>,
+    /// How often pending aggregates are merged into the database.
+    pub flush: Duration,
+    /// Samples a second one device may send, sustained.
+    pub rate: f64,
+    /// Samples one device may send at once (at least one full batch).
+    pub burst: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            // Per device: 1 min kept 7 days, 1 h kept 90 days. (A 10 s
+            // resolution per device would be 50,000 rows/s for 100,000
+            // devices sending 5 metrics every 10 s.)
+            resolutions: vec![
+                Resolution { width_ms: 60_000, retention_ms: 7 * 24 * 3_600_000 },
+                Resolution { width_ms: 3_600_000, retention_ms: 90 * 24 * 3_600_000 },
+            ],
+            flush: Duration::from_secs(5),
+            rate: 50.0,
+            burst: MAX_BATCH as f64,
+        }
+    }
+}
+
+type Key = (Uuid, String, String, i64, i64);
+
+/// This replica's pending aggregates and the devices' token buckets.
+#[derive(Default)]
+pub struct Telemetry {
+    pending: Mutex<HashMap<Key, Aggregate>>,
+    buckets: Mutex<HashMap<Uuid, TokenBucket>>,
+}
+
+/// Why a batch was refused.
+#[derive(Debug, PartialEq)]
+pub enum Refusal {
+    /// Field and message of every bad sample (at most 20 are listed).
+    Invalid { field: String, message: String },
+    /// Over the device's rate: retry after this many seconds.
+    TooMany { retry_after_secs: u64 },
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Telemetry {
+    /// Validates a batch and charges it to the device's bucket; then adds it
+    /// to the pending aggregates. All of the batch or none of it.
+    pub fn ingest(
+        &self,
+        settings: &Settings,
+        device: Uuid,
+        version: &str,
+        samples: &[Sample],
+        now: Millis,
+    ) -> Result<usize, Refusal> {
+        if samples.is_empty() || samples.len() > MAX_BATCH {
+            return Err(Refusal::Invalid {
+                field: "samples".into(),
+                message: format!("give 1 to {MAX_BATCH} samples"),
+            });
+        }
+        let errors = validate_batch(samples, now);
+        if let Some(first) = errors.first() {
+            let listed: Vec<String> = errors.iter().take(20).map(|e| e.to_string()).collect();
+            let more = if errors.len() > 20 { format!(" (and {} more)", errors.len() - 20) } else { String::new() };
+            return Err(Refusal::Invalid {
+                field: first.field.clone(),
+                message: format!("{} bad samples: {}{more}", errors.len(), listed.join("; ")),
+            });
+        }
+        {
+            let mut buckets = lock(&self.buckets);
+            let bucket = buckets.entry(device).or_insert_with(|| TokenBucket::full(settings.burst, now));
+            if let Err(wait_ms) = bucket.take(samples.len() as f64, settings.rate, settings.burst, now) {
+                return Err(Refusal::TooMany { retry_after_secs: (wait_ms as u64).div_ceil(1000).max(1) });
+            }
+        }
+        let mut pending = lock(&self.pending);
+        for s in samples {
+            let ts = s.ts_or(now);
+            for r in &settings.resolutions {
+                let key = (device, s.metric.clone(), version.to_string(), r.width_ms, r.bucket_start(ts));
+                pending.entry(key).or_default().add(s.value, ts);
+            }
+        }
+        Ok(samples.len())
+    }
+
+    /// Merges the pending aggregates into the database. On failure they are
+    /// kept for the next flush. Returns the rows written.
+    pub async fn flush(&self, store: &Store) -> Result<usize, otafleet_store::StoreError> {
+        let taken = std::mem::take(&mut *lock(&self.pending));
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let windows: Vec<TelemetryWindow> = taken
+            .iter()
+            .map(|((device_id, metric, version, width_ms, bucket), agg)| TelemetryWindow {
+                device_id: *device_id,
+                metric: metric.clone(),
+                version: version.clone(),
+                width_ms: *width_ms,
+                bucket: *bucket,
+                agg: agg.clone(),
+            })
+            .collect();
+        match store.merge_telemetry(&windows).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let mut pending = lock(&self.pending);
+                for (k, agg) in taken {
+                    match pending.get_mut(&k) {
+                        Some(a) => {
+                            let _ = a.merge(&agg);
+                        }
+                        None => {
+                            pending.insert(k, agg);
+                        }
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets a deleted device's bucket.
+    pub fn forget(&self, device: Uuid) {
+        lock(&self.buckets).remove(&device);
+    }
+}
+
+/// Takes a device's batch: the version it runs is the registry's (cached).
+pub async fn ingest(state: &AppState, device: Uuid, samples: &[Sample]) -> Result<usize, IngestError> {
+    let version = match state.caches.live(device) {
+        Some(l) => l.version,
+        None => state.store.get_device(device).await?.and_then(|d| d.current_version),
+    };
+    let now = otafleet_store::now_ms();
+    let n = state
+        .telemetry
+        .ingest(&state.config.telemetry, device, version.as_deref().unwrap_or(""), samples, now)
+        .map_err(IngestError::Refused)?;
+    state.metrics.telemetry_samples.inc_by(n as u64);
+    Ok(n)
+}
+
+#[derive(Debug)]
+pub enum IngestError {
+    Refused(Refusal),
+    Store(otafleet_store::StoreError),
+}
+
+impl From<otafleet_store::StoreError> for IngestError {
+    fn from(e: otafleet_store::StoreError) -> Self {
+        IngestError::Store(e)
+    }
+}
+
+/// Flushes every interval and applies retention every minute, until `stop`;
+/// then flushes what is left.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let settings = state.config.telemetry.clone();
+    let mut tick = tokio::time::interval(settings.flush);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<std::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        flush_once(&state).await;
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            last_prune = Some(std::time::Instant::now());
+            let now = otafleet_store::now_ms();
+            for r in &settings.resolutions {
+                if let Err(e) = state.store.prune_telemetry(r.width_ms, r.retained_from(now)).await {
+                    tracing::warn!(error = %e, width_ms = r.width_ms, "telemetry retention failed");
+                }
+            }
+        }
+    }
+    flush_once(&state).await;
+}
+
+/// Merges the pending aggregates now (logged, not returned, on failure).
+pub async fn flush_once(state: &AppState) {
+    match state.telemetry.flush(&state.store).await {
+        Ok(n) => {
+            state.metrics.telemetry_rows.inc_by(n as u64);
+        }
+        Err(e) => tracing::warn!(error = %e, "telemetry flush failed; kept for the next one"),
+    }
+}
+
+/// How a query groups devices: not at all, by the version they ran when
+/// they measured, by device, or by one of their labels (as labelled now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupBy {
+    Fleet,
+    Version,
+    Device,
+    Label(String),
+}
+
+impl GroupBy {
+    pub fn parse(raw: Option<&str>) -> Result<GroupBy, String> {
+        match raw.map(str::trim) {
+            None | Some("") => Ok(GroupBy::Fleet),
+            Some("version") => Ok(GroupBy::Version),
+            Some("device") => Ok(GroupBy::Device),
+            Some(key) => otafleet_core::validate::labels(&[(key.to_string(), "x".to_string())].into())
+                .map(|_| GroupBy::Label(key.to_string()))
+                .map_err(|(_, e)| format!("must be version, device or a label key: {e}")),
+        }
+    }
+
+    fn name(&self) -> Option<&str> {
+        match self {
+            GroupBy::Fleet => None,
+            GroupBy::Version => Some("version"),
+            GroupBy::Device => Some("device"),
+            GroupBy::Label(k) => Some(k),
+        }
+    }
+}
+
+/// A telemetry query, checked.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub metric: String,
+    pub selector: Selector,
+    pub from: Millis,
+    pub to: Millis,
+    pub step_ms: i64,
+    pub agg: Agg,
+    pub by: GroupBy,
+}
+
+/// One group's points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// `{by: value}` (empty for the fleet).
+    pub group: BTreeMap<String, String>,
+    pub points: Vec<Point>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Start of the step, Unix ms.
+    pub t: Millis,
+    /// The aggregation's value; None when it has none (no finite result).
+    pub value: Option<f64>,
+    pub samples: u64,
+    pub devices: usize,
+}
+
+/// The answer to a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub resolution_ms: i64,
+    pub series: Vec<Series>,
+}
+
+/// Most windows one query may read.
+pub const MAX_WINDOWS_READ: i64 = 200_000;
+
+/// Why a query cannot be answered as asked: (field, message).
+pub type QueryRefusal = (&'static str, String);
+
+/// The resolution a step is read at: the coarsest whose width divides the
+/// step and which still keeps `from`.
+pub fn resolution_for(
+    settings: &Settings,
+    step_ms: i64,
+    from: Millis,
+    now: Millis,
+) -> Result<Resolution, QueryRefusal> {
+    let fits: Vec<&Resolution> = settings.resolutions.iter().filter(|r| step_ms % r.width_ms == 0).collect();
+    if fits.is_empty() {
+        let widths: Vec<String> = settings.resolutions.iter().map(|r| format!("{} s", r.width_ms / 1000)).collect();
+        return Err(("step", format!("must be a multiple of a kept resolution ({})", widths.join(", "))));
+    }
+    fits.iter()
+        .filter(|r| r.retained_from(now) <= from)
+        .max_by_key(|r| r.width_ms)
+        .map(|r| **r)
+        .ok_or_else(|| ("from", "is older than the retention of every resolution that fits the step".to_string()))
+}
+
+/// Reads and merges the windows a query covers.
+pub async fn query(
+    state: &AppState,
+    q: &Query,
+    now: Millis,
+) -> Result<Result<Answer, QueryRefusal>, otafleet_store::StoreError> {
+    let r = match resolution_for(&state.config.telemetry, q.step_ms, q.from, now) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    // Steps aligned to the resolution: a window belongs to the step it starts in.
+    let from = r.bucket_start(q.from);
+    let rows =
+        state.store.telemetry_windows(&q.metric, r.width_ms, from, q.to, &q.selector, MAX_WINDOWS_READ + 1).await?;
+    if rows.len() as i64 > MAX_WINDOWS_READ {
+        return Ok(Err((
+            "selector",
+            format!(
+                "the query would read more than {MAX_WINDOWS_READ} device windows: narrow the selector or the time \
+                 range, or take a larger step"
+            ),
+        )));
+    }
+    type Cell = (Aggregate, HashSet<Uuid>);
+    let mut groups: BTreeMap<BTreeMap<String, String>, BTreeMap<Millis, Cell>> = BTreeMap::new();
+    for row in rows {
+        let w = row.window;
+        let value = match &q.by {
+            GroupBy::Fleet => None,
+            GroupBy::Version => Some(w.version.clone()),
+            GroupBy::Device => Some(w.device_id.to_string()),
+            GroupBy::Label(k) => Some(row.labels.get(k).cloned().unwrap_or_default()),
+        };
+        let group: BTreeMap<String, String> = match (q.by.name(), value) {
+            (Some(name), Some(v)) => [(name.to_string(), v)].into(),
+            _ => BTreeMap::new(),
+        };
+        let t = from + (w.bucket - from).div_euclid(q.step_ms) * q.step_ms;
+        let cell = groups.entry(group).or_default().entry(t).or_insert_with(|| (Aggregate::new(), HashSet::new()));
+        if cell.0.merge(&w.agg).is_err() {
+            // A window kept at another accuracy: start the cell from it instead of losing it.
+            cell.0 = w.agg.clone();
+        }
+        cell.1.insert(w.device_id);
+    }
+    let series = groups
+        .into_iter()
+        .map(|(group, cells)| Series {
+            group,
+            points: cells
+                .into_iter()
+                .map(|(t, (agg, devices))| Point {
+                    t,
+                    value: agg.value(q.agg),
+                    samples: agg.value(Agg::Count).map(|c| c as u64).unwrap_or(0),
+                    devices: devices.len(),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Ok(Answer { resolution_ms: r.width_ms, series }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(metric: &str, value: f64, ts: Option<Millis>) -> Sample {
+        Sample { metric: metric.into(), value, ts, labels: Default::default() }
+    }
+
+    #[test]
+    fn a_batch_is_taken_whole_or_refused_whole() {
+        let t = Telemetry::default();
+        let s = Settings { rate: 1.0, burst: 10.0, ..Default::default() };
+        let d = Uuid::from_u128(1);
+        let now = 1_000_000_000_000;
+        let bad = vec![sample("ok", 1.0, None), sample("bad name", 1.0, None), sample("x", 1.0, Some(now + 3_600_000))];
+        match t.ingest(&s, d, "1.0.0", &bad, now) {
+            Err(Refusal::Invalid { field, message }) => {
+                assert_eq!(field, "samples[1].metric");
+                assert!(message.starts_with("2 bad samples: samples[1].metric"), "{message}");
+                assert!(message.contains("samples[2].ts"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(lock(&t.pending).is_empty(), "nothing of a refused batch is kept");
+        let good: Vec<Sample> = (0..8).map(|i| sample("cpu", i as f64, Some(now - 1_000))).collect();
+        assert_eq!(t.ingest(&s, d, "1.0.0", &good, now), Ok(8));
+        // Two resolutions, one window each.
+        assert_eq!(lock(&t.pending).len(), 2);
+        assert_eq!(t.ingest(&s, d, "1.0.0", &good, now), Err(Refusal::TooMany { retry_after_secs: 6 }));
+        // Another device has its own bucket.
+        assert_eq!(t.ingest(&s, Uuid::from_u128(2), "1.0.0", &good, now), Ok(8));
+        assert_eq!(
+            t.ingest(&s, d, "1.0.0", &[], now).unwrap_err(),
+            Refusal::Invalid { field: "samples".into(), message: format!("give 1 to {MAX_BATCH} samples") }
+        );
+    }
+
+    #[test]
+    fn a_step_is_read_at_the_coarsest_resolution_that_divides_it_and_keeps_from() {
+        let s = Settings::default();
+        let now = 100 * 24 * 3_600_000;
+        assert_eq!(resolution_for(&s, 60_000, now - 3_600_000, now).unwrap().width_ms, 60_000);
+        assert_eq!(resolution_for(&s, 7_200_000, now - 3_600_000, now).unwrap().width_ms, 3_600_000);
+        // Older than a minute's retention: only hours keep it.
+        assert_eq!(resolution_for(&s, 3_600_000, now - 30 * 24 * 3_600_000, now).unwrap().width_ms, 3_600_000);
+        assert_eq!(resolution_for(&s, 120_000, now - 30 * 24 * 3_600_000, now).unwrap_err().0, "from");
+        assert_eq!(resolution_for(&s, 90_000, now, now).unwrap_err().0, "step");
+    }
+
+    #[test]
+    fn group_by_takes_version_device_or_a_label_key() {
+        assert_eq!(GroupBy::parse(None), Ok(GroupBy::Fleet));
+        assert_eq!(GroupBy::parse(Some("version")), Ok(GroupBy::Version));
+        assert_eq!(GroupBy::parse(Some("site")), Ok(GroupBy::Label("site".into())));
+        assert!(GroupBy::parse(Some("not a key!")).is_err());
+    }
+}

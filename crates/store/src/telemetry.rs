@@ -1,0 +1,192 @@
+//! Telemetry windows (migration 0013): one row per device, metric, version
+//! and window of a resolution, holding the window's mergeable
+//! [`Aggregate`] (count, sum, min, max, last and a quantile sketch) as JSON.
+//! The server aggregates samples in memory and merges what it holds into
+//! these rows every few seconds ([`Store::merge_telemetry`]); a group's
+//! numbers (a version, a wave, a device type) are computed by merging its
+//! devices' windows ([`Store::telemetry_windows`]), never from raw samples.
+//!
+//! Merging is additive, so every replica flushes what it received: on
+//! PostgreSQL the flushers of one table queue behind each other (a table
+//! lock for the flush's transaction), so two replicas merging into the same
+//! row never lose one's samples.
+
+use crate::devices::selector_from;
+use crate::sql::{json_col, json_rows, Sql};
+use crate::{Backend, Result, RowExt, Store, StoreError};
+use otafleet_core::telemetry::Aggregate;
+use otafleet_core::Selector;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// One device's aggregate of one metric over one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryWindow {
+    pub device_id: Uuid,
+    pub metric: String,
+    /// The version the device ran when it measured (`""`: unknown).
+    pub version: String,
+    /// The resolution, ms.
+    pub width_ms: i64,
+    /// Start of the window, Unix ms.
+    pub bucket: i64,
+    pub agg: Aggregate,
+}
+
+/// A window read back with what grouping needs of its device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceWindow {
+    pub window: TelemetryWindow,
+    /// The device's labels now (the JSON on its row).
+    pub labels: otafleet_core::selector::Labels,
+}
+
+type Key = (String, i64, i64, String, String);
+
+fn key(w: &TelemetryWindow) -> Key {
+    (w.metric.clone(), w.width_ms, w.bucket, w.device_id.to_string(), w.version.clone())
+}
+
+impl Store {
+    /// Merges aggregates into their stored windows (adding a window that is
+    /// not there yet), in one transaction. Returns the rows written.
+    pub async fn merge_telemetry(&self, windows: &[TelemetryWindow]) -> Result<usize> {
+        if windows.is_empty() {
+            return Ok(0);
+        }
+        let b = self.backend;
+        // One aggregate per key: the caller may hand several for one window.
+        let mut merged: HashMap<Key, Aggregate> = HashMap::with_capacity(windows.len());
+        for w in windows {
+            match merged.get_mut(&key(w)) {
+                Some(a) => a.merge(&w.agg).map_err(|e| StoreError::Invalid(e.to_string()))?,
+                None => {
+                    merged.insert(key(w), w.agg.clone());
+                }
+            }
+        }
+        let mut keys: Vec<Key> = merged.keys().cloned().collect();
+        keys.sort_unstable();
+        let mut tx = self.write_tx().await?;
+        if b == Backend::Postgres {
+            sqlx::query("LOCK TABLE telemetry_windows IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        // (`WHERE true`: SQLite's parser needs it between an INSERT's SELECT and its ON CONFLICT.)
+        let mut written = 0;
+        for chunk in keys.chunks(2_000) {
+            let doc = serde_json::Value::Array(
+                chunk.iter().map(|(m, w, bk, d, v)| serde_json::json!([m, w, bk, d, v])).collect(),
+            )
+            .to_string();
+            let stored = sqlx::query(&format!(
+                "SELECT t.metric, t.width_ms, t.bucket, t.device_id, t.version, t.agg FROM telemetry_windows t \
+                 JOIN (SELECT {} AS metric, {} AS width_ms, {} AS bucket, {} AS device_id, {} AS version FROM {}) k \
+                 ON t.metric = k.metric AND t.width_ms = k.width_ms AND t.bucket = k.bucket \
+                 AND t.device_id = k.device_id AND t.version = k.version",
+                json_col(b, 0, None),
+                json_col(b, 1, Some("bigint")),
+                json_col(b, 2, Some("bigint")),
+                json_col(b, 3, None),
+                json_col(b, 4, None),
+                json_rows(b, 1),
+            ))
+            .bind(doc)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut old: HashMap<Key, Aggregate> = HashMap::with_capacity(stored.len());
+            for r in &stored {
+                let k = (
+                    r.string("metric")?,
+                    r.i64("width_ms")?,
+                    r.i64("bucket")?,
+                    r.string("device_id")?,
+                    r.string("version")?,
+                );
+                old.insert(k, r.json("agg")?);
+            }
+            let mut rows = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                let mut agg = merged[k].clone();
+                if let Some(prev) = old.get(k) {
+                    let mut sum = prev.clone();
+                    sum.merge(&agg).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    agg = sum;
+                }
+                let json = serde_json::to_string(&agg).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                rows.push(serde_json::json!([k.0, k.1, k.2, k.3, k.4, json]));
+            }
+            written += rows.len();
+            sqlx::query(&format!(
+                "INSERT INTO telemetry_windows (metric, width_ms, bucket, device_id, version, agg) \
+                 SELECT {}, {}, {}, {}, {}, {} FROM {} WHERE true \
+                 ON CONFLICT (metric, width_ms, bucket, device_id, version) DO UPDATE SET agg = excluded.agg",
+                json_col(b, 0, None),
+                json_col(b, 1, Some("bigint")),
+                json_col(b, 2, Some("bigint")),
+                json_col(b, 3, None),
+                json_col(b, 4, None),
+                json_col(b, 5, None),
+                json_rows(b, 1),
+            ))
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// The windows of `metric` at resolution `width_ms` starting in
+    /// `[from, to)`, of the devices a selector matches, with their labels.
+    /// At most `limit` rows (the caller refuses a query that would read more).
+    pub async fn telemetry_windows(
+        &self,
+        metric: &str,
+        width_ms: i64,
+        from: i64,
+        to: i64,
+        selector: &Selector,
+        limit: i64,
+    ) -> Result<Vec<DeviceWindow>> {
+        // The selector picks the devices (`d`), the windows join on them.
+        let mut sql = Sql::new(
+            "SELECT t.device_id, t.version, t.bucket, t.agg, x.labels FROM telemetry_windows t JOIN (SELECT d.id, d.labels",
+        );
+        selector_from(&mut sql, selector);
+        sql.push(") x ON x.id = t.device_id WHERE t.metric = ").bind_str(metric);
+        sql.push(" AND t.width_ms = ").bind_i64(width_ms);
+        sql.push(" AND t.bucket >= ").bind_i64(from);
+        sql.push(" AND t.bucket < ").bind_i64(to);
+        sql.push(" ORDER BY t.bucket, t.device_id LIMIT ").bind_i64(limit);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceWindow {
+                    window: TelemetryWindow {
+                        device_id: r.parsed("device_id")?,
+                        metric: metric.to_string(),
+                        version: r.string("version")?,
+                        width_ms,
+                        bucket: r.i64("bucket")?,
+                        agg: r.json("agg")?,
+                    },
+                    labels: r.json("labels")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the windows of resolution `width_ms` that start before
+    /// `before` (retention). Returns the rows deleted.
+    pub async fn prune_telemetry(&self, width_ms: i64, before: i64) -> Result<u64> {
+        let mut tx = self.write_tx().await?;
+        let n = sqlx::query("DELETE FROM telemetry_windows WHERE width_ms = $1 AND bucket < $2")
+            .bind(width_ms)
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+}
