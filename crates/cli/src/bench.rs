@@ -96,6 +96,25 @@ pub enum BenchCmd {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Telemetry ingest: batches of BATCH samples (5 metrics) from DEVICES devices posted by
+    /// CONCURRENCY connections for SECONDS, against a bare axum handler taking the same bytes.
+    Telemetry {
+        #[arg(long, default_value_t = 1_000)]
+        devices: usize,
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Paced instead of saturated: each device posts its batch every INTERVAL seconds (e.g.
+        /// `--devices 100000 --batch 5 --interval-secs 10 --seconds 150`), to size the writes.
+        #[arg(long)]
+        interval_secs: Option<u64>,
+        /// Database of the server (default: a temporary SQLite file).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// A bare axum server (the yardstick `rollout` starts as a separate process).
     #[command(hide = true)]
     Bare {
@@ -718,6 +737,210 @@ async fn bench_registry(
     Ok(())
 }
 
+/// A counter's value on a server's `/metrics`.
+async fn scrape_counter(http: &reqwest::Client, base: &str, name: &str) -> Result<f64> {
+    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0))
+}
+
+async fn bench_telemetry(
+    devices: usize,
+    batch: usize,
+    seconds: u64,
+    concurrency: usize,
+    interval_secs: Option<u64>,
+    database_url: Option<String>,
+) -> Result<()> {
+    if devices == 0 || !(1..=otafleet_core::telemetry::MAX_BATCH).contains(&batch) {
+        bail!("--devices must be at least 1 and --batch between 1 and {}", otafleet_core::telemetry::MAX_BATCH);
+    }
+    let dir = tempfile::tempdir()?;
+    let db = database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let admin = otafleet_server::new_secret("ota");
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let log = std::env::var("OTAFLEET_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into());
+    // No rate limit in the way: the benchmark measures the ingest path.
+    let mut server = child(
+        &["serve", "--listen", &listen, "--database-url", &db, "--replica-id", "bench-1"],
+        port,
+        &[("OTAFLEET_ADMIN_TOKEN", &admin), ("OTAFLEET_LOG", &log), ("OTAFLEET_TELEMETRY_RATE", "1000000000")],
+    )
+    .await?;
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::with_capacity(devices);
+    for from in (0..devices).step_by(5_000) {
+        let body = api::BulkRegister {
+            devices: (from..(from + 5_000).min(devices))
+                .map(|i| api::RegisterDevice {
+                    name: Some(format!("dev-{i}")),
+                    current_version: Some(if i % 2 == 0 { "1.0.0" } else { "2.0.0" }.into()),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let r = http.post(format!("{base}/api/v1/devices/bulk")).bearer_auth(&admin).json(&body).send().await?;
+        if !r.status().is_success() {
+            bail!("registering the devices: {}", r.status());
+        }
+        let got: api::BulkRegistered = r.json().await?;
+        tokens.extend(got.devices.into_iter().map(|d| d.token));
+    }
+    // One body per device, built before the clock starts. No timestamps: the
+    // server's clock stamps each sample when it comes, as for a device
+    // without a clock (fixed ones would all fall in the first minute and be
+    // late samples of a closed window from then on).
+    let metrics = ["cpu_temp_c", "loop_latency_ms", "battery_v", "sensor_hz", "mem_used_bytes"];
+    let bodies: Vec<axum::body::Bytes> = (0..devices)
+        .map(|d| {
+            let samples: Vec<serde_json::Value> = (0..batch)
+                .map(|i| json!({"metric": metrics[i % metrics.len()], "value": 40.0 + ((d * 7 + i) % 400) as f64 / 10.0}))
+                .collect();
+            axum::body::Bytes::from(json!({ "samples": samples }).to_string())
+        })
+        .collect();
+    let bytes = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len();
+    println!(
+        "telemetry: {devices} devices, batches of {batch} samples ({bytes} bytes), {concurrency} connections, {seconds} s"
+    );
+    let tokens = Arc::new(tokens);
+    let bodies = Arc::new(bodies);
+    if let Some(interval) = interval_secs {
+        return paced_telemetry(server, &base, tokens, bodies, batch, seconds, concurrency, interval).await;
+    }
+    let bare_port = free_port()?;
+    let mut bare = child(&["bench", "bare", "--listen", &format!("127.0.0.1:{bare_port}")], bare_port, &[]).await?;
+    let (b, _) = load_child("bare axum POST, same bytes", seconds, concurrency, bare.id(), {
+        let (u, bodies) = (format!("http://127.0.0.1:{bare_port}/bare"), bodies.clone());
+        move |c, i| {
+            c.post(&u).header("content-type", "application/json").body(bodies[i as usize % bodies.len()].clone())
+        }
+    })
+    .await?;
+    let _ = bare.kill().await;
+    let (r, cpu) = load_child("POST /device/v1/telemetry", seconds, concurrency, server.id(), {
+        let (u, bodies, tokens) = (format!("{base}/device/v1/telemetry"), bodies.clone(), tokens.clone());
+        move |c, i| {
+            let d = i as usize % bodies.len();
+            c.post(&u).bearer_auth(&tokens[d]).header("content-type", "application/json").body(bodies[d].clone())
+        }
+    })
+    .await?;
+    let accepted = scrape_counter(&http, &base, "otafleet_telemetry_samples_total").await?;
+    println!(
+        "  samples ingested and aggregated: {:.0}/s ({} in all); {:.3} of the bare handler's requests/s",
+        r * batch as f64,
+        accepted,
+        r / b
+    );
+    if let Some(us) = cpu {
+        println!("  server CPU per sample: {:.2} µs", us / batch as f64);
+    }
+    // (The windows are written once closed: `--interval-secs` measures the rows written.)
+    if let Some(kib) = rss_kib(server.id()) {
+        println!("  server RSS {:.1} MiB", kib as f64 / 1024.0);
+    }
+    let _ = server.kill().await;
+    Ok(())
+}
+
+/// Every device posts its batch once per `interval` for `seconds`, spread
+/// evenly; then the window rows written per second and the server's memory.
+#[allow(clippy::too_many_arguments)]
+async fn paced_telemetry(
+    mut server: tokio::process::Child,
+    base: &str,
+    tokens: Arc<Vec<String>>,
+    bodies: Arc<Vec<axum::body::Bytes>>,
+    batch: usize,
+    seconds: u64,
+    concurrency: usize,
+    interval: u64,
+) -> Result<()> {
+    let devices = tokens.len();
+    let interval = Duration::from_secs(interval.max(1));
+    let total = (seconds as f64 / interval.as_secs_f64() * devices as f64) as u64;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let rss0 = rss_kib(server.id());
+    let cpu0 = cpu_secs(server.id());
+    let t0 = tokio::time::Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let (late, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (http, next, tokens, bodies) = (http.clone(), next.clone(), tokens.clone(), bodies.clone());
+        let (late, failed, url) = (late.clone(), failed.clone(), format!("{base}/device/v1/telemetry"));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return;
+                }
+                let (round, d) = (n / devices as u64, (n % devices as u64) as usize);
+                let at = t0 + interval * round as u32 + interval.mul_f64(d as f64 / devices as f64);
+                if tokio::time::Instant::now() > at + Duration::from_secs(1) {
+                    late.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep_until(at).await;
+                let ok = http
+                    .post(&url)
+                    .bearer_auth(&tokens[d])
+                    .header("content-type", "application/json")
+                    .body(bodies[d].clone())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Rows written from the first minute's end on (before it, nothing has closed).
+    let mut rows_from = None;
+    let warm = Duration::from_secs(75).min(Duration::from_secs(seconds) / 2);
+    tokio::time::sleep(warm).await;
+    rows_from = rows_from.or(Some((
+        tokio::time::Instant::now(),
+        scrape_counter(&http, base, "otafleet_telemetry_window_rows_written_total").await?,
+    )));
+    for t in tasks {
+        let _ = t.await;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let (t_rows, rows0) = rows_from.unwrap_or((t0, 0.0));
+    let rows = scrape_counter(&http, base, "otafleet_telemetry_window_rows_written_total").await? - rows0;
+    let rows_secs = t_rows.elapsed().as_secs_f64();
+    println!(
+        "  {} batches ({} samples) in {wall:.1} s: {:.0} samples/s, {} started over a second late, {} failed",
+        total,
+        total * batch as u64,
+        (total * batch as u64) as f64 / wall,
+        late.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    println!("  window rows written: {rows:.0} in the last {rows_secs:.1} s: {:.0} rows/s", rows / rows_secs);
+    if let (Some(a), Some(b)) = (cpu0, cpu_secs(server.id())) {
+        println!("  server CPU: {:.2} of a core", (b - a) / wall);
+    }
+    if let (Some(a), Some(b)) = (rss0, rss_kib(server.id())) {
+        println!(
+            "  server RSS {:.1} → {:.1} MiB: {:.0} B per device with telemetry flowing",
+            a as f64 / 1024.0,
+            b as f64 / 1024.0,
+            (b.saturating_sub(a) * 1024) as f64 / devices as f64
+        );
+    }
+    let _ = server.kill().await;
+    Ok(())
+}
+
 /// What the simulated dashboards did.
 #[derive(Default)]
 struct DashStats {
@@ -908,6 +1131,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         }
         BenchCmd::Fleet { devices, matching, concurrency, database_url } => {
             bench_registry(devices, matching, concurrency, database_url).await
+        }
+        BenchCmd::Telemetry { devices, batch, seconds, concurrency, interval_secs, database_url } => {
+            bench_telemetry(devices, batch, seconds, concurrency, interval_secs, database_url).await
         }
         BenchCmd::Bare { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;

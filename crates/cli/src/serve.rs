@@ -20,7 +20,7 @@ pub struct ServeArgs {
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
     /// data_dir, signing_key, order_ttl, mqtt_url, mqtt_ca_file, tls_cert, tls_key, lease_secs, replica_id,
     /// allow_http_artifacts, webhook_timeout, webhook_retry_initial, webhook_max_attempts, telemetry_flush,
-    /// telemetry_rate.
+    /// telemetry_grace, telemetry_hold, telemetry_rate.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -82,6 +82,12 @@ pub struct ServeArgs {
     /// How often received telemetry is merged into the database (`5s`); a crash loses at most this much.
     #[arg(long, env = "OTAFLEET_TELEMETRY_FLUSH", default_value = "5s", value_parser = otafleet_core::duration::parse_arg)]
     pub telemetry_flush: std::time::Duration,
+    /// A telemetry window is written to the database this long after it closes (late samples still count).
+    #[arg(long, env = "OTAFLEET_TELEMETRY_GRACE", default_value = "10s", value_parser = otafleet_core::duration::parse_arg)]
+    pub telemetry_grace: std::time::Duration,
+    /// A telemetry window still open (an hour's) is written once held this long; a kill -9 loses at most this.
+    #[arg(long, env = "OTAFLEET_TELEMETRY_HOLD", default_value = "5m", value_parser = otafleet_core::duration::parse_arg)]
+    pub telemetry_hold: std::time::Duration,
     /// Telemetry samples a second one device may send, sustained (a full batch may come at once); over it: 429.
     #[arg(long, env = "OTAFLEET_TELEMETRY_RATE", default_value_t = 50.0)]
     pub telemetry_rate: f64,
@@ -111,6 +117,8 @@ struct FileConfig {
     webhook_max_attempts: Option<u32>,
     telemetry_flush: Option<String>,
     telemetry_rate: Option<f64>,
+    telemetry_grace: Option<String>,
+    telemetry_hold: Option<String>,
 }
 
 impl ServeArgs {
@@ -157,6 +165,8 @@ impl ServeArgs {
             take_duration!(webhook_timeout);
             take_duration!(webhook_retry_initial);
             take_duration!(telemetry_flush);
+            take_duration!(telemetry_grace);
+            take_duration!(telemetry_hold);
             if self.signing_key.is_none() {
                 self.signing_key = file.signing_key;
             }
@@ -224,8 +234,13 @@ impl ServeArgs {
         if !(self.telemetry_rate.is_finite() && self.telemetry_rate > 0.0) {
             anyhow::bail!("--telemetry-rate must be a positive number of samples a second");
         }
+        if self.telemetry_hold < self.telemetry_flush {
+            anyhow::bail!("--telemetry-hold must be at least --telemetry-flush");
+        }
         let telemetry = otafleet_server::service::telemetry::Settings {
             flush: self.telemetry_flush,
+            grace: self.telemetry_grace,
+            max_hold: self.telemetry_hold,
             rate: self.telemetry_rate,
             ..Default::default()
         };

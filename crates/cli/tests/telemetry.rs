@@ -56,7 +56,9 @@ fn series(r: &Resp, by: &str) -> Vec<Series> {
 }
 
 fn run(db: &str) {
-    let mut server = Server::start(db, &["--telemetry-flush", "200ms", "--telemetry-rate", "5"]);
+    // Windows written within 200 ms of arriving (not at the end of their minute).
+    let mut server =
+        Server::start(db, &["--telemetry-flush", "100ms", "--telemetry-hold", "200ms", "--telemetry-rate", "5"]);
     let h = Http::new(&server.url);
     let devs = register(
         &h,
@@ -184,7 +186,7 @@ fn run(db: &str) {
     // Received but not yet flushed when SIGTERM comes: flushed on the way out.
     drop(h);
     assert!(server.terminate().success());
-    let mut server = Server::start(db, &["--telemetry-flush", "1h"]);
+    let mut server = Server::start(db, &["--telemetry-flush", "1h", "--telemetry-hold", "1h"]);
     let h = Http::new(&server.url);
     assert_eq!(post(&h, old, json!([{"metric": "late_metric", "value": 42.0}])).status, 202);
     assert!(server.terminate().success());
