@@ -255,6 +255,32 @@ pub struct EventsArgs {
 }
 
 #[derive(Subcommand)]
+pub enum TelemetryCmd {
+    /// Aggregate a metric over the devices a selector matches, per step and group:
+    /// `otafleet telemetry query cpu_temp_c --agg p95 --by version --step 5m`.
+    Query {
+        metric: String,
+        #[arg(long)]
+        selector: Option<String>,
+        /// Start, RFC 3339 (default: an hour before --to).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Width of each point (`1m`, `1h`).
+        #[arg(long, default_value = "1m")]
+        step: String,
+        /// avg, min, max, sum, count, last, p50, p90, p95, p99 or pNN.N.
+        #[arg(long, default_value = "avg")]
+        agg: String,
+        /// version, device or a label key.
+        #[arg(long)]
+        by: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum TokenCmd {
     /// Create an API token (needs an admin token); prints the secret once.
     Create {
@@ -608,6 +634,37 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
             show(fmt, &t.json, &t.body, |t| println!("revoked token '{}' (id {})", t.name, t.id));
         }
         Cmd::Webhooks(c) => webhooks(c, api, fmt).await?,
+        Cmd::Telemetry(TelemetryCmd::Query { metric, selector, from, to, step, agg, by }) => {
+            let q = api::TelemetryQuery { metric, selector, from, to, step: Some(step), agg: Some(agg), by };
+            let a: Answer<api::TelemetryAnswer> = api.query(Method::GET, "/api/v1/telemetry/query", &q).await?;
+            show(fmt, &a.json, &a.body, |t| {
+                let rows: Vec<serde_json::Value> = t
+                    .series
+                    .iter()
+                    .flat_map(|s| {
+                        s.points.iter().map(move |p| {
+                            serde_json::json!({
+                                "group": s.group, "t": p.t, "value": p.value, "samples": p.samples, "devices": p.devices,
+                            })
+                        })
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    println!("no samples of {} in that range", t.metric);
+                    return;
+                }
+                output::table(
+                    &rows,
+                    &[
+                        ("GROUP", "group"),
+                        ("T", "t"),
+                        ("VALUE", "value"),
+                        ("SAMPLES", "samples"),
+                        ("DEVICES", "devices"),
+                    ],
+                );
+            });
+        }
         Cmd::Serve(_)
         | Cmd::Demo(_)
         | Cmd::Sim(_)

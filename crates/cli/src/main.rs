@@ -68,6 +68,9 @@ pub enum Cmd {
     Rollouts(commands::RolloutsCmd),
     /// The audit log.
     Events(commands::EventsArgs),
+    /// What the devices measure: aggregated telemetry.
+    #[command(subcommand)]
+    Telemetry(commands::TelemetryCmd),
     /// API tokens.
     #[command(subcommand)]
     Token(commands::TokenCmd),

@@ -182,6 +182,19 @@ fn run(db: &str) {
     }
     let r = h.get("/api/v1/telemetry/query?metric=cpu_temp_c", None);
     assert_eq!(r.status, 401);
+    // The CLI's table of the same, and its refusal.
+    let (code, out, err) = cli(
+        &server.url,
+        Some(ADMIN),
+        &["telemetry", "query", "cpu_temp_c", "--agg", "max", "--by", "version", "--step", "1h"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("GROUP"), "{out}");
+    let line = out.lines().find(|l| l.contains("version=2.0.0")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains(" 90"), "{line}");
+    let (code, _, err) = cli(&server.url, Some(ADMIN), &["telemetry", "query", "cpu_temp_c", "--agg", "hottest"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("agg"), "{err}");
 
     // Received but not yet flushed when SIGTERM comes: flushed on the way out.
     drop(h);
