@@ -85,7 +85,7 @@ pub struct ServeArgs {
     /// A telemetry window is written to the database this long after it closes (late samples still count).
     #[arg(long, env = "OTAFLEET_TELEMETRY_GRACE", default_value = "10s", value_parser = otafleet_core::duration::parse_arg)]
     pub telemetry_grace: std::time::Duration,
-    /// A telemetry window still open (an hour's) is written once held this long; a kill -9 loses at most this.
+    /// A telemetry window still open is written once held this long (a kill -9 loses what is held).
     #[arg(long, env = "OTAFLEET_TELEMETRY_HOLD", default_value = "5m", value_parser = otafleet_core::duration::parse_arg)]
     pub telemetry_hold: std::time::Duration,
     /// Telemetry samples a second one device may send, sustained (a full batch may come at once); over it: 429.

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub telemetry_samples: Counter,
     /// Telemetry window rows this replica wrote (merged into the database).
     pub telemetry_rows: Counter,
+    /// Telemetry windows held in memory, not yet written.
+    pub telemetry_held: Gauge,
     updated_pods: Counter,
     last_run: Gauge<f64, AtomicU64>,
     jobs_pending: Gauge,
@@ -76,6 +78,7 @@ impl Metrics {
             webhook_attempts: Family::default(),
             telemetry_samples: Counter::default(),
             telemetry_rows: Counter::default(),
+            telemetry_held: Gauge::default(),
             updated_pods: Counter::default(),
             last_run: Gauge::default(),
             jobs_pending: Gauge::default(),
@@ -146,6 +149,11 @@ impl Metrics {
             "otafleet_telemetry_window_rows_written",
             "Telemetry window rows this replica merged into the database",
             m.telemetry_rows.clone(),
+        );
+        registry.register(
+            "otafleet_telemetry_windows_held",
+            "Telemetry windows this replica holds in memory, not yet written",
+            m.telemetry_held.clone(),
         );
         Metrics { registry, ..m }
     }
