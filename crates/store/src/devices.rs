@@ -465,12 +465,17 @@ impl Store {
             if let Some(after) = &after {
                 sql.push(&format!(" AND {id_col} > ")).bind_str(after);
             }
-            sql.push(&format!(" ORDER BY {id_col} LIMIT ")).bind_i64(chunk).push(") x");
+            // One more than a chunk: a selection that fits needs no second, empty read.
+            sql.push(&format!(" ORDER BY {id_col} LIMIT ")).bind_i64(chunk + 1).push(") x");
             let doc = sql.query().fetch_one(&self.pool).await?.string("doc")?;
-            let rows: Vec<Row> =
+            let mut rows: Vec<Row> =
                 serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(format!("target devices: {e}")))?;
-            let n = rows.len() as i64;
-            after = rows.iter().map(|r| r.0.as_str()).max().map(str::to_string);
+            let more = rows.len() as i64 > chunk;
+            if more {
+                rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                rows.truncate(chunk as usize);
+            }
+            after = rows.last().map(|r| r.0.clone());
             for (id, current_version, health, last_seen, device_type) in rows {
                 out.push(TargetDevice {
                     id: id.parse().map_err(|_| StoreError::Corrupt(format!("device id {id:?}")))?,
@@ -480,7 +485,7 @@ impl Store {
                     last_seen,
                 });
             }
-            if n < chunk {
+            if !more {
                 break;
             }
         }
