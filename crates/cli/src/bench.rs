@@ -903,18 +903,14 @@ async fn paced_telemetry(
         }));
     }
     // Rows written from the first minute's end on (before it, nothing has closed).
-    let mut rows_from = None;
     let warm = Duration::from_secs(75).min(Duration::from_secs(seconds) / 2);
     tokio::time::sleep(warm).await;
-    rows_from = rows_from.or(Some((
-        tokio::time::Instant::now(),
-        scrape_counter(&http, base, "otafleet_telemetry_window_rows_written_total").await?,
-    )));
+    let t_rows = tokio::time::Instant::now();
+    let rows0 = scrape_counter(&http, base, "otafleet_telemetry_window_rows_written_total").await?;
     for t in tasks {
         let _ = t.await;
     }
     let wall = t0.elapsed().as_secs_f64();
-    let (t_rows, rows0) = rows_from.unwrap_or((t0, 0.0));
     let rows = scrape_counter(&http, base, "otafleet_telemetry_window_rows_written_total").await? - rows0;
     let rows_secs = t_rows.elapsed().as_secs_f64();
     println!(

@@ -71,7 +71,6 @@ impl Store {
         if b == Backend::Postgres {
             sqlx::query("LOCK TABLE telemetry_windows IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
         }
-        // (`WHERE true`: SQLite's parser needs it between an INSERT's SELECT and its ON CONFLICT.)
         let mut written = 0;
         for chunk in keys.chunks(2_000) {
             let doc = serde_json::Value::Array(
@@ -106,16 +105,18 @@ impl Store {
             }
             let mut rows = Vec::with_capacity(chunk.len());
             for k in chunk {
-                let mut agg = merged[k].clone();
-                if let Some(prev) = old.get(k) {
-                    let mut sum = prev.clone();
-                    sum.merge(&agg).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                    agg = sum;
-                }
+                let agg = match old.remove(k) {
+                    Some(mut stored) => {
+                        stored.merge(&merged[k]).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                        stored
+                    }
+                    None => merged[k].clone(),
+                };
                 let json = serde_json::to_string(&agg).map_err(|e| StoreError::Invalid(e.to_string()))?;
                 rows.push(serde_json::json!([k.0, k.1, k.2, k.3, k.4, json]));
             }
             written += rows.len();
+            // (`WHERE true`: SQLite's parser needs it between an INSERT's SELECT and its ON CONFLICT.)
             sqlx::query(&format!(
                 "INSERT INTO telemetry_windows (metric, width_ms, bucket, device_id, version, agg) \
                  SELECT {}, {}, {}, {}, {}, {} FROM {} WHERE true \

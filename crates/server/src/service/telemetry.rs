@@ -65,7 +65,9 @@ impl Default for Settings {
     }
 }
 
-type Key = (Uuid, String, String, i64, i64);
+/// A held window: device, metric, version and start of its window of the
+/// finest resolution (the only one held).
+type Key = (Uuid, String, String, Millis);
 
 /// This replica's pending aggregates and the devices' token buckets.
 #[derive(Default)]
@@ -121,13 +123,13 @@ impl Telemetry {
                 return Err(Refusal::TooMany { retry_after_secs: (wait_ms as u64).div_ceil(1000).max(1) });
             }
         }
-        let mut pending = lock(&self.pending);
-        for s in samples {
-            let ts = s.ts_or(now);
-            // Only the finest resolution is held; the coarser windows are
-            // merged from it as it is written.
-            if let Some(r) = settings.resolutions.first() {
-                let key = (device, s.metric.clone(), version.to_string(), r.width_ms, r.bucket_start(ts));
+        // Only the finest resolution is held; the coarser windows are merged
+        // from it as it is written.
+        if let Some(finest) = settings.resolutions.first() {
+            let mut pending = lock(&self.pending);
+            for s in samples {
+                let ts = s.ts_or(now);
+                let key = (device, s.metric.clone(), version.to_string(), finest.bucket_start(ts));
                 pending.entry(key).or_insert_with(|| (Aggregate::new(), now)).0.add(s.value, ts);
             }
         }
@@ -145,11 +147,12 @@ impl Telemetry {
     ) -> Result<usize, otafleet_store::StoreError> {
         let grace = settings.grace.as_millis() as i64;
         let hold = settings.max_hold.as_millis() as i64;
+        let width = settings.resolutions.first().map_or(0, |r| r.width_ms);
         let taken: Vec<(Key, (Aggregate, Millis))> = {
             let mut pending = lock(&self.pending);
             let due: Vec<Key> = pending
                 .iter()
-                .filter(|((_, _, _, width, bucket), (_, since))| all || due(*width, *bucket, *since, now, grace, hold))
+                .filter(|((_, _, _, bucket), (_, since))| all || due(width, *bucket, *since, now, grace, hold))
                 .map(|(k, _)| k.clone())
                 .collect();
             due.into_iter().filter_map(|k| pending.remove_entry(&k)).collect()
@@ -163,7 +166,7 @@ impl Telemetry {
             let later = rest.split_off(rest.len().min(CHUNK));
             let windows: Vec<TelemetryWindow> = rest
                 .iter()
-                .flat_map(|((device_id, metric, version, _, bucket), (agg, _))| {
+                .flat_map(|((device_id, metric, version, bucket), (agg, _))| {
                     settings.resolutions.iter().map(move |r| TelemetryWindow {
                         device_id: *device_id,
                         metric: metric.clone(),
