@@ -33,7 +33,9 @@ pub use events::{Event, EventListQuery, EventStreamQuery};
 pub use releases::{
     Artifact, ArtifactGc, ArtifactGcQuery, CreateRelease, FreedArtifact, Release, ReleaseListQuery, UploadQuery,
 };
-pub use rollouts::{Action, ActionListQuery, CreateRollout, Rollout, RolloutListQuery, RolloutTarget, WaveProgress};
+pub use rollouts::{
+    Action, ActionListQuery, AnalysisCheck, CreateRollout, Rollout, RolloutListQuery, RolloutTarget, WaveProgress,
+};
 pub use telemetry::{TelemetryAnswer, TelemetryPoint, TelemetryQuery, TelemetrySeries};
 pub use tokens::{CreateToken, CreatedToken, DeviceToken, TokenInfo, TokenState};
 pub use webhooks::{CreateWebhook, CreatedWebhook, Delivery, DeliveryCounts, DeliveryListQuery, Webhook};

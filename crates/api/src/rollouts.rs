@@ -65,6 +65,29 @@ pub struct Rollout {
     /// Per-wave counts (on single-rollout answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Vec<WaveProgress>>,
+    /// The current wave's analysis checks, in the strategy's order (none
+    /// without analysis). Each measurement is a `rollout.analysis` event with
+    /// its numbers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisCheck>,
+}
+
+/// Where one analysis check of the current wave stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AnalysisCheck {
+    pub name: String,
+    /// `metric`, `no_firing_alerts` or `prometheus`.
+    pub kind: String,
+    /// `waiting` (the wave's gate has not passed), `running`, `succeeded`,
+    /// `failed`, `inconclusive`, or `not_applicable` (a check relative to the
+    /// baseline on a last wave of 100%, which leaves no baseline).
+    pub verdict: String,
+    pub passed: u32,
+    pub failed: u32,
+    pub inconclusive: u32,
+    /// When the next measurement is due (while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<String>,
 }
 
 /// One device's part in a rollout.
@@ -177,6 +200,7 @@ mod tests {
             updated_at: "2026-12-01T20:00:00.000Z".into(),
             finished_at: None,
             progress,
+            analysis: Vec::new(),
         }
     }
 

@@ -20,7 +20,7 @@ pub struct ServeArgs {
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
     /// data_dir, signing_key, order_ttl, mqtt_url, mqtt_ca_file, tls_cert, tls_key, lease_secs, replica_id,
     /// allow_http_artifacts, webhook_timeout, webhook_retry_initial, webhook_max_attempts, telemetry_flush,
-    /// telemetry_grace, telemetry_hold, telemetry_rate.
+    /// telemetry_grace, telemetry_hold, telemetry_rate, telemetry_resolutions, prometheus_url, prometheus_timeout.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -91,6 +91,16 @@ pub struct ServeArgs {
     /// Telemetry samples a second one device may send, sustained (a full batch may come at once); over it: 429.
     #[arg(long, env = "OTAFLEET_TELEMETRY_RATE", default_value_t = 50.0)]
     pub telemetry_rate: f64,
+    /// The resolutions telemetry windows are kept at, finest first, WIDTH:RETENTION (each width a multiple of
+    /// the one before). Analysis checks read the finest; every resolution costs a row per device, metric and window.
+    #[arg(long, env = "OTAFLEET_TELEMETRY_RESOLUTIONS", default_value = "1m:7d,1h:90d")]
+    pub telemetry_resolutions: String,
+    /// Prometheus server that `prometheus` analysis checks query (http://host:9090); without it they are refused.
+    #[arg(long, env = "OTAFLEET_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// Longest wait for a Prometheus query; longer makes the measurement inconclusive.
+    #[arg(long, env = "OTAFLEET_PROMETHEUS_TIMEOUT", default_value = "10s", value_parser = otafleet_core::duration::parse_arg)]
+    pub prometheus_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +129,9 @@ struct FileConfig {
     telemetry_rate: Option<f64>,
     telemetry_grace: Option<String>,
     telemetry_hold: Option<String>,
+    telemetry_resolutions: Option<String>,
+    prometheus_url: Option<String>,
+    prometheus_timeout: Option<String>,
 }
 
 impl ServeArgs {
@@ -150,6 +163,7 @@ impl ServeArgs {
             take!(allow_http_artifacts);
             take!(webhook_max_attempts);
             take!(telemetry_rate);
+            take!(telemetry_resolutions);
             macro_rules! take_duration {
                 ($f:ident) => {
                     if let Some(t) = &file.$f {
@@ -167,6 +181,10 @@ impl ServeArgs {
             take_duration!(telemetry_flush);
             take_duration!(telemetry_grace);
             take_duration!(telemetry_hold);
+            take_duration!(prometheus_timeout);
+            if self.prometheus_url.is_none() {
+                self.prometheus_url = file.prometheus_url;
+            }
             if self.signing_key.is_none() {
                 self.signing_key = file.signing_key;
             }
@@ -237,12 +255,28 @@ impl ServeArgs {
         if self.telemetry_hold < self.telemetry_flush {
             anyhow::bail!("--telemetry-hold must be at least --telemetry-flush");
         }
+        let resolutions = otafleet_core::telemetry::parse_resolutions(&self.telemetry_resolutions)
+            .map_err(|e| anyhow::anyhow!("--telemetry-resolutions: {e}"))?;
         let telemetry = otafleet_server::service::telemetry::Settings {
+            resolutions,
             flush: self.telemetry_flush,
             grace: self.telemetry_grace,
             max_hold: self.telemetry_hold,
             rate: self.telemetry_rate,
             ..Default::default()
+        };
+        let prometheus_url = match self.prometheus_url.map(|u| u.trim().trim_end_matches('/').to_string()) {
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) || reqwest::Url::parse(&u).is_err() => {
+                anyhow::bail!("--prometheus-url must be an http:// or https:// URL, got '{u}'")
+            }
+            other => other,
+        };
+        if self.prometheus_timeout < std::time::Duration::from_millis(100) {
+            anyhow::bail!("--prometheus-timeout must be at least 100ms");
+        }
+        let analysis = otafleet_server::service::analysis::Settings {
+            prometheus_url,
+            prometheus_timeout: self.prometheus_timeout,
         };
         let replica_id = match self.replica_id.map(|r| r.trim().to_string()) {
             Some(r) if r.is_empty() => anyhow::bail!("--replica-id must not be empty"),
@@ -267,6 +301,7 @@ impl ServeArgs {
             allow_http_artifacts: self.allow_http_artifacts,
             webhooks,
             telemetry,
+            analysis,
             ..Default::default()
         };
         Ok(config)

@@ -25,10 +25,11 @@
 
 use crate::alert::{Op, Severity};
 use crate::model::str_enum;
-use crate::telemetry::{lossless_f64, validate_metric_name, Agg};
+use crate::telemetry::{lossless_f64, validate_metric_name, Agg, Aggregate};
 use crate::validate::is_deceptive;
 use crate::Millis;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 str_enum!(
     /// What a measurement that cannot be judged (no data, too few samples or
@@ -392,6 +393,11 @@ fn finite(field: &str, v: f64) -> Result<(), AnalysisError> {
 }
 
 impl AnalysisSpec {
+    /// Whether the check compares with the baseline.
+    pub fn is_relative(&self) -> bool {
+        matches!(self.kind, AnalysisKind::Metric { condition: Condition::Baseline { .. }, .. })
+    }
+
     /// Checks the values, naming the field relative to the check
     /// (`condition.factor: must be > 0`; [`validate_all`] prefixes
     /// `analysis[i].`): the name; a valid metric and aggregation, a window of
@@ -556,6 +562,35 @@ pub struct MetricMeasurement {
     pub baseline_samples: u64,
     /// Devices that sent them.
     pub baseline_devices: u64,
+}
+
+/// One side (the wave, or the baseline) of a metric measurement from its
+/// devices' windows: `(value, samples, devices)`, the aggregation of the
+/// windows merged (percentiles from the merged sketches), the samples behind
+/// it and the devices that sent them. A window kept at another sketch
+/// accuracy than the first is left out rather than misread.
+pub fn summarize<'a>(windows: impl IntoIterator<Item = (Uuid, &'a Aggregate)>, agg: Agg) -> (Option<f64>, u64, u64) {
+    let mut merged: Option<Aggregate> = None;
+    let mut devices = std::collections::HashSet::new();
+    for (device, a) in windows {
+        if a.count == 0 {
+            continue;
+        }
+        let ok = match &mut merged {
+            None => {
+                merged = Some(a.clone());
+                true
+            }
+            Some(m) => m.merge(a).is_ok(),
+        };
+        if ok {
+            devices.insert(device);
+        }
+    }
+    match merged {
+        Some(m) => (m.value(agg), m.count, devices.len() as u64),
+        None => (None, 0, 0),
+    }
 }
 
 /// What the server gathered for one measurement, of the check's kind.
@@ -1291,6 +1326,31 @@ mod tests {
         assert_eq!(json["detail"]["observed"], "+Inf");
         assert_eq!(json["outcome"], serde_json::json!({"outcome":"fail"}));
         assert_eq!(serde_json::from_value::<Measured>(json).unwrap(), m);
+    }
+
+    #[test]
+    fn sides_are_summarized_by_merging_their_windows() {
+        let mut a = Aggregate::new();
+        let mut b = Aggregate::new();
+        for v in 1..=50 {
+            a.add(v as f64, v);
+        }
+        for v in 51..=100 {
+            b.add(v as f64, v);
+        }
+        let d1 = Uuid::from_u128(1);
+        let d2 = Uuid::from_u128(2);
+        let empty = Aggregate::new();
+        let (value, samples, devices) = summarize([(d1, &a), (d2, &b), (d1, &a), (d2, &empty)], Agg::Max);
+        assert_eq!((value, samples, devices), (Some(100.0), 150, 2));
+        let (p50, _, _) = summarize([(d1, &a), (d2, &b)], "p50".parse().unwrap());
+        assert!((p50.unwrap() - 50.0).abs() <= 50.0 * 0.01 + 1.0, "{p50:?}");
+        assert_eq!(summarize([(d1, &empty)], Agg::Avg), (None, 0, 0));
+        assert_eq!(summarize(std::iter::empty(), Agg::Count), (None, 0, 0));
+        // A window of another accuracy is left out, with its device.
+        let mut odd = Aggregate::with_accuracy(0.05, 100).unwrap();
+        odd.add(1e6, 1);
+        assert_eq!(summarize([(d1, &a), (d2, &odd)], Agg::Max), (Some(50.0), 50, 1));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! transaction, the deterministic simulator applies them to its in-memory
 //! rows. So the two can no longer disagree about what a decision means.
 
+use crate::analysis::{self, AnalysisRun, Measured};
 use crate::engine::{self, Decision, Retry, Snapshot};
 use crate::model::{ActionKind, ActionState, EventKind, RolloutState, TransitionError};
 use crate::strategy::Gate;
@@ -23,11 +24,14 @@ pub struct RolloutChange {
     pub reason: Option<String>,
     pub rollback_requested: Option<bool>,
     pub finished_at: Option<Millis>,
-    /// `current_wave + 1`; clears `gate_passed_at`, `last_release_at` and `promote`.
+    /// `current_wave + 1`; clears `gate_passed_at`, `last_release_at`,
+    /// `promote` and `analysis`.
     pub advance_wave: bool,
     pub gate_passed_at: Option<Millis>,
     pub last_release_at: Option<Millis>,
     pub promote: Option<bool>,
+    /// The current wave's analysis runs (empty: none measured yet).
+    pub analysis: Option<Vec<AnalysisRun>>,
 }
 
 /// A change to a set of the rollout's actions.
@@ -157,7 +161,11 @@ pub fn decision(s: &Snapshot<'_>, d: &Decision, now: Millis) -> Effects {
         }
         .event(EventKind::RolloutReleased, json!({"wave": s.wave, "count": count})),
         Decision::GatePassed { report } => Effects {
-            rollout: RolloutChange { gate_passed_at: Some(now), ..RolloutChange::default() },
+            rollout: RolloutChange {
+                gate_passed_at: Some(now),
+                analysis: Some(Vec::new()),
+                ..RolloutChange::default()
+            },
             ..Effects::default()
         }
         .event(EventKind::RolloutGatePassed, serde_json::to_value(report).unwrap_or_default()),
@@ -186,7 +194,50 @@ pub fn decision(s: &Snapshot<'_>, d: &Decision, now: Millis) -> Effects {
         }
         .event(EventKind::RolloutReleased, json!({"kind": "rollback", "count": count})),
         Decision::FinishRollback => legal(RolloutState::RolledBack, None, None),
+        Decision::Pause { reason } => {
+            let mut e = legal(RolloutState::Paused, Some(reason), None);
+            if let Some(ev) = e.events.last_mut() {
+                ev.data["analysis"] = "inconclusive".into();
+                ev.data["wave"] = s.wave.into();
+            }
+            e
+        }
+        // What a measurement changes is [`measured`], once the driver has it.
+        Decision::Measure { .. } => Effects::default(),
     }
+}
+
+/// What recording measurements of the current wave's analysis checks
+/// changes: each check's run advanced by its outcome ([`analysis::advance`]),
+/// and one `rollout.analysis` event per measurement with its numbers and the
+/// run's verdict. `results` pairs an index into the strategy's `analysis`
+/// with its judged measurement; an index out of range is ignored. Nothing
+/// but the runs changes: the engine reads the verdicts at its next decision.
+pub fn measured(s: &Snapshot<'_>, results: &[(usize, Measured)], now: Millis) -> Effects {
+    let Some(passed) = s.gate_passed_at else { return Effects::default() };
+    let specs = &s.strategy.analysis;
+    let mut runs: Vec<AnalysisRun> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| s.analysis.get(i).copied().unwrap_or_else(|| AnalysisRun::start(spec, passed)))
+        .collect();
+    let mut e = Effects::default();
+    for (i, m) in results {
+        let (Some(spec), Some(run)) = (specs.get(*i), runs.get(*i).copied()) else { continue };
+        let (run, verdict) = analysis::advance(spec, run, &m.outcome, now);
+        runs[*i] = run;
+        let data = json!({
+            "wave": s.wave,
+            "check": spec.name,
+            "kind": spec.kind.name().as_str(),
+            "measurement": m,
+            "run": run,
+            "verdict": verdict,
+        });
+        e = e.event(EventKind::RolloutAnalysis, data);
+    }
+    e.rollout.analysis = Some(runs);
+    e
 }
 
 /// What an operator (or an external executor) asks of a rollout.
@@ -214,16 +265,25 @@ pub enum CommandError {
 /// What a command changes. A refused command changes nothing.
 pub fn command(r: RolloutFacts, c: Command<'_>, now: Millis) -> Result<Effects, CommandError> {
     match c {
-        Command::SetState { to, reason } => Ok(transition(r, to, reason, None, now)?),
+        Command::SetState { to, reason } => {
+            let mut e = transition(r, to, reason, None, now)?;
+            if r.state == RolloutState::Paused && to == RolloutState::Running {
+                // Resumed: the current wave's analysis is measured again from the start.
+                e.rollout.analysis = Some(Vec::new());
+            }
+            Ok(e)
+        }
         Command::Promote => {
-            if !matches!(r.state, RolloutState::Running | RolloutState::Paused) {
-                return Err(CommandError::NotPromotable(r.state));
-            }
-            Ok(Effects {
-                rollout: RolloutChange { promote: Some(true), ..RolloutChange::default() },
-                ..Effects::default()
-            }
-            .event(EventKind::RolloutPromoted, json!({"wave": r.current_wave})))
+            // A paused rollout (an operator's pause, or an inconclusive
+            // analysis) is resumed by a promote: it goes on past the bake and
+            // the analysis, as Argo's promote of a paused rollout does.
+            let mut e = match r.state {
+                RolloutState::Running => Effects::default(),
+                RolloutState::Paused => transition(r, RolloutState::Running, None, None, now)?,
+                other => return Err(CommandError::NotPromotable(other)),
+            };
+            e.rollout.promote = Some(true);
+            Ok(e.event(EventKind::RolloutPromoted, json!({"wave": r.current_wave})))
         }
         Command::Rollback => {
             if r.state == RolloutState::RolledBack || r.rollback_requested {
@@ -336,6 +396,7 @@ mod tests {
             in_flight_total: 0,
             next_ready_at: None,
             rollback: RollbackCounts::default(),
+            analysis: &[],
         };
         let e = decision(&s, &Decision::Release { count: 3 }, 1_000);
         assert_eq!(
@@ -366,6 +427,78 @@ mod tests {
         assert_eq!(e.rollout.state, Some(RolloutState::Succeeded));
         assert_eq!(e.events[0].data["gate"]["succeeded"], 1);
         assert_eq!(decision(&s, &Decision::Idle { wake_at: None }, 1_000), Effects::default());
+        assert_eq!(decision(&s, &Decision::Measure { checks: vec![0] }, 1_000), Effects::default());
+        let e = decision(&s, &Decision::Pause { reason: "1 of 1 measurements of 't' inconclusive".into() }, 1_000);
+        assert_eq!(e.rollout.state, Some(RolloutState::Paused));
+        assert_eq!(e.events[0].data["analysis"], "inconclusive");
+        assert!(e.actions.is_empty(), "a pause skips nothing");
+    }
+
+    #[test]
+    fn measurements_advance_the_runs_and_are_recorded_with_their_numbers() {
+        use crate::analysis::{Detail, MeasureOutcome, Measured};
+        let st = strategy(
+            r#"{"steps":["100%"],"analysis":[
+                {"name":"a","kind":"metric","metric":"m","agg":"max","window_secs":60,"condition":{"op":"<","threshold":1},"count":2},
+                {"name":"b","kind":"metric","metric":"m","agg":"max","window_secs":60,"condition":{"op":"<","threshold":1},"initial_delay_secs":5}]}"#,
+        );
+        let mut s = Snapshot {
+            state: RolloutState::Running,
+            strategy: &st,
+            wave: 0,
+            waves: 1,
+            start_at: None,
+            gate_passed_at: Some(1_000),
+            last_release_at: None,
+            promote: false,
+            current: WaveCounts::default(),
+            in_flight_total: 0,
+            next_ready_at: None,
+            rollback: RollbackCounts::default(),
+            analysis: &[],
+        };
+        let fail = Measured {
+            outcome: MeasureOutcome::Fail,
+            detail: Detail {
+                name: "a".into(),
+                observed: Some(3.0),
+                reason: "max of m is 3, needs < 1: fail".into(),
+                ..Detail::default()
+            },
+        };
+        let e = measured(
+            &s,
+            &[(0, fail), (7, Measured { outcome: MeasureOutcome::Pass, detail: Detail::default() })],
+            2_000,
+        );
+        let runs = e.rollout.analysis.clone().unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!((runs[0].failed, runs[0].next_at), (1, 62_000));
+        assert_eq!(runs[1], AnalysisRun::start(&st.analysis[1], 1_000), "unmeasured: as started at the gate");
+        assert_eq!(e.events.len(), 1, "an unknown check is ignored");
+        let ev = &e.events[0];
+        assert_eq!(ev.kind, EventKind::RolloutAnalysis);
+        assert_eq!(ev.data["check"], "a");
+        assert_eq!(ev.data["measurement"]["detail"]["observed"], 3.0);
+        assert_eq!(ev.data["verdict"]["verdict"], "failed");
+        assert!(e.actions.is_empty() && e.rollout.state.is_none());
+        // Before the gate passed there is nothing to measure.
+        s.gate_passed_at = None;
+        assert_eq!(measured(&s, &[], 2_000), Effects::default());
+    }
+
+    #[test]
+    fn resuming_measures_again_and_promoting_a_paused_rollout_resumes_it() {
+        let paused = facts(RolloutState::Paused, true);
+        let e = command(paused, Command::SetState { to: RolloutState::Running, reason: None }, 5).unwrap();
+        assert_eq!(e.rollout.analysis, Some(Vec::new()));
+        let e = command(paused, Command::Promote, 5).unwrap();
+        assert_eq!((e.rollout.state, e.rollout.promote), (Some(RolloutState::Running), Some(true)));
+        let kinds: Vec<EventKind> = e.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![EventKind::RolloutRunning, EventKind::RolloutPromoted]);
+        let running = facts(RolloutState::Running, true);
+        let e = command(running, Command::Promote, 5).unwrap();
+        assert_eq!((e.rollout.state, e.rollout.promote), (None, Some(true)));
     }
 
     #[test]

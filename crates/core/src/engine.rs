@@ -8,8 +8,9 @@
 //! clock. Because every decision is a function of stored state and `now`, a
 //! restarted driver continues exactly where the last one stopped.
 
+use crate::analysis::{self, AnalysisRun, AnalysisSpec};
 use crate::model::RolloutState;
-use crate::strategy::{Gate, Strategy};
+use crate::strategy::{Gate, Step, Strategy};
 use crate::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,10 @@ pub struct Snapshot<'a> {
     /// Earliest time a scheduled action of the current wave becomes ready (retry backoff).
     pub next_ready_at: Option<Millis>,
     pub rollback: RollbackCounts,
+    /// The runs of the strategy's analysis checks for the current wave's
+    /// bake, in the strategy's order; missing entries (none stored yet)
+    /// start at `gate_passed_at`.
+    pub analysis: &'a [AnalysisRun],
 }
 
 /// The numbers behind a gate decision; recorded in the event log.
@@ -102,6 +107,14 @@ pub enum Decision {
     ReleaseRollbacks { count: u64 },
     /// Every updated device was rolled back (or reported failed): `→ rolled_back`.
     FinishRollback,
+    /// Analysis checks (indices into the strategy's `analysis`) are due: the
+    /// driver gathers what they measure and records it
+    /// ([`crate::effects::measured`]). Nothing else changes.
+    Measure { checks: Vec<usize> },
+    /// An analysis check was inconclusive: `running → paused` with the
+    /// reason, until an operator resumes (measure again), promotes (go on)
+    /// or aborts.
+    Pause { reason: String },
 }
 
 fn rate(n: u64, total: u64) -> f64 {
@@ -246,6 +259,20 @@ fn running(s: &Snapshot<'_>, now: Millis) -> Decision {
         },
         Some(passed) => {
             let bake_end = passed + st.gate.bake_time_secs as i64 * 1000;
+            if !s.promote {
+                match analysis_verdict(s, passed) {
+                    analysis::Verdict::Failed { reason } => return Decision::Fail { reason, report: r },
+                    analysis::Verdict::Inconclusive { reason } => return Decision::Pause { reason },
+                    analysis::Verdict::Running { next_at } if next_at <= now => {
+                        return Decision::Measure { checks: due_checks(s, passed, now) };
+                    }
+                    analysis::Verdict::Running { next_at } => {
+                        let wake = if now < bake_end { next_at.min(bake_end) } else { next_at };
+                        return Decision::Idle { wake_at: Some(wake) };
+                    }
+                    analysis::Verdict::Succeeded => {}
+                }
+            }
             if !s.promote && now < bake_end {
                 Decision::Idle { wake_at: Some(bake_end) }
             } else if c.in_flight > 0 {
@@ -261,6 +288,46 @@ fn running(s: &Snapshot<'_>, now: Millis) -> Decision {
             }
         }
     }
+}
+
+/// Whether analysis check `spec` is measured on the current wave. Every
+/// check is, but one relative to the baseline (the devices of the rollout's
+/// target still on the previous version) is not measured on a last wave of
+/// 100%: once it is done no baseline is left, and waiting for one would pause
+/// every such rollout at its end.
+pub fn check_applies(strategy: &Strategy, wave: usize, waves: usize, spec: &AnalysisSpec) -> bool {
+    let last_covers_all = wave + 1 >= waves && matches!(strategy.steps.last(), Some(Step::Percent(p)) if *p >= 100.0);
+    !(spec.is_relative() && last_covers_all)
+}
+
+/// The runs of the current wave's checks that apply, by index: stored, or
+/// started when the gate passed.
+pub fn analysis_runs<'s>(
+    s: &'s Snapshot<'_>,
+    gate_passed_at: Millis,
+) -> impl Iterator<Item = (usize, &'s AnalysisSpec, AnalysisRun)> + 's {
+    s.strategy
+        .analysis
+        .iter()
+        .enumerate()
+        .filter(move |(_, spec)| check_applies(s.strategy, s.wave, s.waves, spec))
+        .map(move |(i, spec)| {
+            let run = s.analysis.get(i).copied().unwrap_or_else(|| AnalysisRun::start(spec, gate_passed_at));
+            (i, spec, run)
+        })
+}
+
+fn analysis_verdict(s: &Snapshot<'_>, gate_passed_at: Millis) -> analysis::Verdict {
+    let verdicts: Vec<analysis::Verdict> =
+        analysis_runs(s, gate_passed_at).map(|(_, spec, run)| run.verdict(spec)).collect();
+    analysis::combine(&verdicts)
+}
+
+fn due_checks(s: &Snapshot<'_>, gate_passed_at: Millis, now: Millis) -> Vec<usize> {
+    analysis_runs(s, gate_passed_at)
+        .filter(|(_, spec, run)| !run.verdict(spec).is_final() && run.is_due(now))
+        .map(|(i, _, _)| i)
+        .collect()
 }
 
 /// What happens to an action that failed or timed out after `attempts` attempts.
@@ -310,6 +377,7 @@ mod tests {
             in_flight_total: current.in_flight,
             next_ready_at: None,
             rollback: RollbackCounts::default(),
+            analysis: &[],
         }
     }
 
@@ -436,6 +504,88 @@ mod tests {
         assert_eq!(decide(&s, 0), Decision::Idle { wake_at: Some(5_000) });
         s.rollback = RollbackCounts { requested: true, ..RollbackCounts::default() };
         assert_eq!(decide(&s, 0), Decision::FinishRollback);
+    }
+
+    fn with_analysis(json: &str) -> Strategy {
+        strategy(json)
+    }
+
+    const CHECKS: &str = r#"{"steps":[1,"100%"],"bake_time_secs":60,"analysis":[
+        {"name":"temp","kind":"metric","metric":"cpu_temp_c","agg":"max","window_secs":60,
+         "condition":{"op":"<","threshold":80},"interval_secs":30,"count":2},
+        {"name":"latency","kind":"metric","metric":"loop_ms","agg":"p95","window_secs":60,
+         "condition":{"op":"<=","factor":1.1},"initial_delay_secs":10,"interval_secs":30}]}"#;
+
+    #[test]
+    fn analysis_measures_while_the_wave_bakes_and_gates_the_next_wave() {
+        use crate::analysis::{advance, AnalysisRun, MeasureOutcome};
+        let st = with_analysis(CHECKS);
+        let mut s = snap(&st, RolloutState::Running, counts(1, 0, 0, 1, 0));
+        s.gate_passed_at = Some(0);
+        // Both due when the gate passes (the second after its initial delay).
+        assert_eq!(decide(&s, 0), Decision::Measure { checks: vec![0] });
+        assert_eq!(decide(&s, 10_000), Decision::Measure { checks: vec![0, 1] });
+        let spec = &st.analysis;
+        let (r0, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Pass, 10_000);
+        let (r1, _) = advance(&spec[1], AnalysisRun::start(&spec[1], 0), &MeasureOutcome::Pass, 10_000);
+        let runs = [r0, r1];
+        s.analysis = &runs;
+        // The latency check succeeded; temp needs one more, at 40 s.
+        assert_eq!(decide(&s, 20_000), Decision::Idle { wake_at: Some(40_000) });
+        assert_eq!(decide(&s, 40_000), Decision::Measure { checks: vec![0] });
+        let (r0, v) = advance(&spec[0], r0, &MeasureOutcome::Pass, 40_000);
+        assert_eq!(v, crate::analysis::Verdict::Succeeded);
+        let runs = [r0, r1];
+        s.analysis = &runs;
+        // Analysis done, the bake goes on to 60 s.
+        assert_eq!(decide(&s, 40_000), Decision::Idle { wake_at: Some(60_000) });
+        assert_eq!(decide(&s, 60_000), Decision::NextWave { from: 0 });
+        // A bake over before the analysis: the wave waits for it.
+        let (r0, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Pass, 50_000);
+        let runs = [r0, r1];
+        s.analysis = &runs;
+        assert_eq!(decide(&s, 61_000), Decision::Idle { wake_at: Some(80_000) });
+        // Promoted: neither bake nor analysis holds it.
+        s.promote = true;
+        assert_eq!(decide(&s, 61_000), Decision::NextWave { from: 0 });
+    }
+
+    #[test]
+    fn failed_analysis_fails_and_inconclusive_pauses() {
+        use crate::analysis::{advance, AnalysisRun, MeasureOutcome};
+        let st = with_analysis(CHECKS);
+        let spec = &st.analysis;
+        let mut s = snap(&st, RolloutState::Running, counts(1, 0, 0, 1, 0));
+        s.gate_passed_at = Some(0);
+        let (bad, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Fail, 0);
+        let runs = [bad];
+        s.analysis = &runs;
+        let Decision::Fail { reason, report } = decide(&s, 1) else { panic!("{:?}", decide(&s, 1)) };
+        assert!(reason.contains("'temp' failed"), "{reason}");
+        assert_eq!(report.wave, 0);
+        let (unsure, _) =
+            advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Inconclusive("no data".into()), 0);
+        let runs = [unsure];
+        s.analysis = &runs;
+        let Decision::Pause { reason } = decide(&s, 1) else { panic!() };
+        assert!(reason.contains("inconclusive"), "{reason}");
+        // Paused, nothing more is measured.
+        s.state = RolloutState::Paused;
+        assert_eq!(decide(&s, 1), IDLE);
+    }
+
+    #[test]
+    fn a_relative_check_is_not_measured_on_a_last_wave_of_everyone() {
+        let st = with_analysis(CHECKS);
+        let mut s = snap(&st, RolloutState::Running, counts(9, 0, 0, 9, 0));
+        s.wave = 1;
+        s.gate_passed_at = Some(0);
+        assert_eq!(decide(&s, 10_000), Decision::Measure { checks: vec![0] });
+        assert!(!check_applies(&st, 1, 2, &st.analysis[1]) && check_applies(&st, 0, 2, &st.analysis[1]));
+        assert!(check_applies(&st, 1, 2, &st.analysis[0]));
+        // A canary (one wave of one device) keeps its baseline: the rest of the target.
+        let canary = with_analysis(&CHECKS.replace(r#""steps":[1,"100%"]"#, r#""wave":"canary""#));
+        assert!(check_applies(&canary, 0, 1, &canary.analysis[1]));
     }
 
     #[test]

@@ -277,6 +277,7 @@ str_enum!(
     RolloutPromoted => "rollout.promoted",
     RolloutRollbackRequested => "rollout.rollback_requested",
     RolloutRollbacksCreated => "rollout.rollbacks_created",
+    RolloutAnalysis => "rollout.analysis",
     ActionScheduled => "action.scheduled",
     ActionNotified => "action.notified",
     ActionDownloading => "action.downloading",

@@ -5,6 +5,7 @@
 //! [`StrategySpec::resolve`] validates it into a [`Strategy`], which is what the
 //! planner and the engine read and what the store keeps.
 
+use crate::analysis::{self, AnalysisSpec};
 use crate::window::Window;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -165,6 +166,10 @@ pub struct Strategy {
     /// Maintenance windows; empty means always open.
     #[serde(default)]
     pub windows: Vec<Window>,
+    /// Checks measured while each wave bakes, from what the devices measure
+    /// (see [`crate::analysis`]); empty: the health gate alone decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisSpec>,
 }
 
 impl Strategy {
@@ -225,6 +230,9 @@ pub struct StrategySpec {
     pub seed: Option<u64>,
     /// e.g. `["Mon-Fri 22:00-04:00 UTC"]`
     pub windows: Option<Vec<String>>,
+    /// Analysis checks measured while each wave bakes; a failed check fails
+    /// the rollout, an inconclusive one pauses it.
+    pub analysis: Option<Vec<AnalysisSpec>>,
 }
 
 /// Devices a `blue` wave takes when neither count nor percent is given (as the original tracker).
@@ -320,6 +328,8 @@ impl StrategySpec {
             .flatten()
             .map(|w| w.parse::<Window>().map_err(|e| StrategyError::new("windows", e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
+        let analysis = self.analysis.clone().unwrap_or_default();
+        analysis::validate_all(&analysis).map_err(|e| StrategyError::new(&e.field, e.message))?;
         Ok(Strategy {
             preset,
             steps,
@@ -330,6 +340,7 @@ impl StrategySpec {
             auto_rollback: self.auto_rollback.unwrap_or(true),
             seed: self.seed.unwrap_or(default_seed),
             windows,
+            analysis,
         })
     }
 }

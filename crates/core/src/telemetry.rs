@@ -860,6 +860,38 @@ impl Resolution {
     }
 }
 
+/// Reads a list of resolutions as an operator writes it, finest first:
+/// `WIDTH:RETENTION,…` with durations (`10s:6h,1m:7d,1h:90d`). Each width is
+/// at least a second and a multiple of the one before (so a coarser window
+/// is merged from whole finer ones); each retention at least its width.
+pub fn parse_resolutions(text: &str) -> Result<Vec<Resolution>, String> {
+    let mut out: Vec<Resolution> = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let (w, r) = part.split_once(':').ok_or_else(|| format!("'{part}' is not WIDTH:RETENTION, e.g. 1m:7d"))?;
+        let ms = |d: &str| -> Result<Millis, String> {
+            let d = crate::duration::parse(d.trim()).map_err(|e| format!("'{part}': {e}"))?;
+            Millis::try_from(d.as_millis()).map_err(|_| format!("'{part}': too long"))
+        };
+        let (width_ms, retention_ms) = (ms(w)?, ms(r)?);
+        if width_ms < 1000 {
+            return Err(format!("'{part}': a window is at least 1s"));
+        }
+        if retention_ms < width_ms {
+            return Err(format!("'{part}': windows must be kept at least as long as they are wide"));
+        }
+        if let Some(prev) = out.last() {
+            if width_ms <= prev.width_ms || width_ms % prev.width_ms != 0 {
+                return Err(format!(
+                    "'{part}': each width must be a larger multiple of the one before ({} ms)",
+                    prev.width_ms
+                ));
+            }
+        }
+        out.push(Resolution { width_ms, retention_ms });
+    }
+    Ok(out)
+}
+
 /// The resolution to read a span of `span_ms` from: the finest of
 /// `resolutions` that still keeps the whole span and needs at most
 /// `max_windows` windows per series; failing that, the one that keeps the
@@ -877,6 +909,25 @@ pub fn pick_resolution(resolutions: &[Resolution], span_ms: Millis, max_windows:
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn resolutions_parse_finest_first() {
+        let r = parse_resolutions("10s:6h, 1m:7d,1h:90d").unwrap();
+        assert_eq!(r, DEFAULT_RESOLUTIONS.to_vec());
+        assert_eq!(parse_resolutions("1m:7d").unwrap().len(), 1);
+        for (bad, says) in [
+            ("", "not WIDTH:RETENTION"),
+            ("1m", "not WIDTH:RETENTION"),
+            ("500ms:1h", "at least 1s"),
+            ("1h:1m", "at least as long"),
+            ("1m:7d,10s:1h", "larger multiple"),
+            ("1m:7d,90s:1d", "larger multiple"),
+            ("1m:forever", "'1m:forever'"),
+        ] {
+            let e = parse_resolutions(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     const NOW: Millis = 1_700_000_000_000;
 

@@ -10,6 +10,7 @@
 //! * `OTAFLEET_SIM_SEED=N` — replay one seed with a step-by-step trace:
 //!   `OTAFLEET_SIM_SEED=N cargo test -p otafleet-core --test simulation -- --nocapture`
 
+use otafleet_core::analysis;
 use otafleet_core::effects;
 use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
 use otafleet_core::plan::{self, Candidate};
@@ -110,6 +111,7 @@ struct Sim {
     last_release_at: Option<Millis>,
     promote: bool,
     rollback_requested: bool,
+    analysis: Vec<otafleet_core::analysis::AnalysisRun>,
     // Action rows.
     actions: Vec<Action>,
     install_of: Vec<Option<usize>>,
@@ -169,6 +171,7 @@ impl Sim {
             last_release_at: None,
             promote: false,
             rollback_requested: false,
+            analysis: Vec::new(),
             actions,
             install_of,
             rollback_of: vec![None; candidates.len()],
@@ -274,6 +277,7 @@ impl Sim {
             in_flight_total,
             next_ready_at,
             rollback,
+            analysis: &self.analysis,
         }
     }
 
@@ -473,6 +477,10 @@ impl Sim {
             self.gate_passed_at = None;
             self.promote = false;
             self.last_release_at = None;
+            self.analysis.clear();
+        }
+        if let Some(runs) = &r.analysis {
+            self.analysis = runs.clone();
         }
         if let Some(t) = r.gate_passed_at {
             self.gate_passed_at = Some(t);
@@ -821,7 +829,12 @@ fn check_legal(s: &Snapshot<'_>, now: Millis, d: &Decision) -> Result<(), String
                 && c.scheduled == 0
                 && c.in_flight == 0
                 && rate(c.succeeded, c.total) < g.success_threshold;
-            need(failing || below, "fail without a failed gate")
+            let analysis_failed = s.state == Running
+                && s.gate_passed_at.is_some_and(|p| {
+                    engine::analysis_runs(s, p)
+                        .any(|(_, spec, run)| matches!(run.verdict(spec), analysis::Verdict::Failed { .. }))
+                });
+            need(failing || below || analysis_failed, "fail without a failed gate")
         }
         Decision::CreateRollbacks { count } => {
             need(ended && s.rollback.requested, "rollbacks without a request")?;
@@ -831,6 +844,17 @@ fn check_legal(s: &Snapshot<'_>, now: Millis, d: &Decision) -> Result<(), String
             need(ended && s.rollback.requested, "rollback release without a request")?;
             need(s.rollback.missing == 0, "rollback release before every rollback was created")?;
             need(*count > 0 && *count == s.rollback.ready, "rollback release count differs from the ready ones")
+        }
+        Decision::Measure { checks } => {
+            need(s.state == Running, "measure while not running")?;
+            need(!checks.is_empty(), "measure of no checks")?;
+            need(s.gate_passed_at.is_some() && !s.promote, "measure outside the bake")?;
+            need(checks.iter().all(|i| *i < st.analysis.len()), "measure of an unknown check")
+        }
+        Decision::Pause { .. } => {
+            transition(Paused)?;
+            need(s.gate_passed_at.is_some() && !s.promote, "analysis pause outside the bake")?;
+            need(!st.analysis.is_empty(), "analysis pause without analysis")
         }
         Decision::FinishRollback => {
             transition(RolledBack)?;
@@ -1249,6 +1273,7 @@ fn every_decision_is_legal_for_every_small_snapshot() {
                                                             ready: rb_ready,
                                                             next_ready_at: (open > rb_ready).then_some(nows[1] + 1),
                                                         },
+                                                        analysis: &[],
                                                     };
                                                     for now in nows {
                                                         let d = engine::decide(&s, now);

@@ -48,6 +48,8 @@ fn decision_name(d: &Decision) -> &'static str {
         Decision::CreateRollbacks { .. } => "create_rollbacks",
         Decision::ReleaseRollbacks { .. } => "release_rollbacks",
         Decision::FinishRollback => "finish_rollback",
+        Decision::Measure { .. } => "measure",
+        Decision::Pause { .. } => "pause",
     }
 }
 
@@ -145,11 +147,18 @@ async fn step(state: &AppState, idle: &mut IdleUntil, id: i64, fence: &Fence) ->
             idle.insert(id, Parked { wake_at, rev: step.rev });
             return Ok(wake_at);
         }
+        if let Decision::Measure { checks } = &decision {
+            measure(state, id, checks, fence).await?;
+        }
         let name = decision_name(&decision);
         state.metrics.driver_decisions.get_or_create(&vec![("decision".into(), name.into())]).inc();
         state.metrics.record_run(now);
         match &decision {
             Decision::Fail { reason, .. } => tracing::warn!(rollout = id, %reason, "rollout failed its gate"),
+            Decision::Pause { reason } => {
+                tracing::warn!(rollout = id, %reason, "rollout paused: analysis inconclusive")
+            }
+            Decision::Measure { .. } => tracing::debug!(rollout = id, "analysis measured"),
             Decision::Release { .. } | Decision::CreateRollbacks { .. } => {
                 tracing::debug!(rollout = id, decision = name, devices = released.len())
             }
@@ -160,6 +169,22 @@ async fn step(state: &AppState, idle: &mut IdleUntil, id: i64, fence: &Fence) ->
     let now = now_ms();
     idle.insert(id, Parked { wake_at: Some(now), rev: -1 });
     Ok(Some(now))
+}
+
+/// Gathers the due analysis checks of rollout `id` (outside any
+/// transaction: a Prometheus query may take seconds) and records them. A
+/// rollout that moved on meanwhile records nothing; the next step decides
+/// again.
+async fn measure(state: &AppState, id: i64, checks: &[usize], fence: &Fence) -> Result<(), StoreError> {
+    let Some(r) = state.store.get_rollout(id).await? else { return Ok(()) };
+    let Some(passed) = r.gate_passed_at else { return Ok(()) };
+    let now = now_ms();
+    let results = crate::service::analysis::gather(state, &r, checks, now).await;
+    for (i, m) in &results {
+        tracing::info!(rollout = id, wave = r.current_wave, check = i, reason = %m.detail.reason, "analysis measurement");
+    }
+    state.store.record_analysis(id, r.current_wave, passed, &results, now_ms(), fence).await?;
+    Ok(())
 }
 
 /// Runs until `stop` turns true.

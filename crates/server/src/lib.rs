@@ -69,6 +69,8 @@ pub struct Config {
     pub webhooks: service::webhooks::Settings,
     /// How telemetry is aggregated, kept and limited (`--telemetry-*`).
     pub telemetry: service::telemetry::Settings,
+    /// Where analysis checks look (`--prometheus-url`, `--prometheus-timeout`).
+    pub analysis: service::analysis::Settings,
 }
 
 impl Default for Config {
@@ -92,6 +94,7 @@ impl Default for Config {
             allow_http_artifacts: false,
             webhooks: Default::default(),
             telemetry: Default::default(),
+            analysis: Default::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! row never lose one's samples.
 
 use crate::devices::selector_from;
+use crate::rollouts::Target;
 use crate::sql::{json_col, json_rows, Sql};
 use crate::{Backend, Result, RowExt, Store, StoreError};
 use otafleet_core::telemetry::Aggregate;
@@ -39,6 +40,28 @@ pub struct DeviceWindow {
     pub window: TelemetryWindow,
     /// The device's labels now (the JSON on its row).
     pub labels: otafleet_core::selector::Labels,
+}
+
+/// The windows an analysis reads: one metric, one resolution, starting in `[from, to)`.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowRange<'a> {
+    pub metric: &'a str,
+    pub width_ms: i64,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl WindowRange<'_> {
+    fn push_to(&self, sql: &mut Sql) {
+        sql.push(" AND t.metric = ").bind_str(self.metric);
+        sql.push(" AND t.width_ms = ").bind_i64(self.width_ms);
+        sql.push(" AND t.bucket >= ").bind_i64(self.from);
+        sql.push(" AND t.bucket < ").bind_i64(self.to);
+    }
+}
+
+fn windows_of(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<(Uuid, Aggregate)>> {
+    rows.iter().map(|r| Ok((r.parsed("device_id")?, r.json("agg")?))).collect()
 }
 
 type Key = (String, i64, i64, String, String);
@@ -175,6 +198,61 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The windows of `metric` at resolution `width_ms` starting in
+    /// `[from, to)` that the devices of wave `wave` of rollout `rollout`
+    /// measured while running `version` (so since they updated to it): what
+    /// an analysis check of that wave aggregates. At most `limit` rows, the
+    /// first devices in id order.
+    pub async fn wave_windows(
+        &self,
+        rollout: i64,
+        wave: i64,
+        version: &str,
+        window: &WindowRange<'_>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, Aggregate)>> {
+        let mut sql = Sql::new(
+            "SELECT t.device_id, t.agg FROM actions a JOIN telemetry_windows t ON t.device_id = a.device_id \
+             WHERE a.kind = 'install' AND a.rollout_id = ",
+        );
+        sql.bind_i64(rollout).push(" AND a.wave = ").bind_i64(wave);
+        sql.push(" AND t.version = ").bind_str(version);
+        window.push_to(&mut sql);
+        sql.push(" ORDER BY t.device_id LIMIT ").bind_i64(limit);
+        windows_of(sql.query().fetch_all(&self.pool).await?)
+    }
+
+    /// The windows, as [`Store::wave_windows`], of the devices a selector
+    /// matches (or of a list of ids) measured on any version but `version`:
+    /// an analysis check's baseline, the devices of a rollout's target still
+    /// on the previous version.
+    pub async fn baseline_windows(
+        &self,
+        target: &Target,
+        version: &str,
+        window: &WindowRange<'_>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, Aggregate)>> {
+        let mut sql = Sql::new("SELECT t.device_id, t.agg FROM telemetry_windows t");
+        match target {
+            Target::Selector(raw) => {
+                let selector =
+                    Selector::parse(raw).map_err(|e| StoreError::Invalid(format!("stored selector: {e}")))?;
+                sql.push(" JOIN (SELECT d.id");
+                selector_from(&mut sql, &selector);
+                sql.push(") x ON x.id = t.device_id WHERE t.version <> ").bind_str(version);
+            }
+            Target::Devices(ids) => {
+                let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+                sql.push(" WHERE t.device_id IN ").bind_list(&ids);
+                sql.push(" AND t.version <> ").bind_str(version);
+            }
+        }
+        window.push_to(&mut sql);
+        sql.push(" ORDER BY t.device_id LIMIT ").bind_i64(limit);
+        windows_of(sql.query().fetch_all(&self.pool).await?)
     }
 
     /// Deletes the windows of resolution `width_ms` that start before

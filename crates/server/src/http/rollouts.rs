@@ -39,6 +39,7 @@ fn target_view(t: Target) -> api::RolloutTarget {
 
 /// A stored rollout as the API answers it; `progress` only on single-rollout answers.
 pub fn rollout_view(r: Rollout, progress: Option<Vec<WaveProgress>>) -> api::Rollout {
+    let analysis = analysis_view(&r);
     api::Rollout {
         id: r.id,
         release_id: r.release_id,
@@ -61,7 +62,44 @@ pub fn rollout_view(r: Rollout, progress: Option<Vec<WaveProgress>>) -> api::Rol
         updated_at: rfc3339(r.updated_at),
         finished_at: rfc3339_opt(r.finished_at),
         progress: progress.map(|p| p.into_iter().map(wave_view).collect()),
+        analysis,
     }
+}
+
+/// The current wave's checks, as the engine reads them.
+fn analysis_view(r: &Rollout) -> Vec<api::AnalysisCheck> {
+    use otafleet_core::analysis::{AnalysisRun, Verdict};
+    let (wave, waves) = (r.current_wave.max(0) as usize, r.waves.max(0) as usize);
+    r.strategy
+        .analysis
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let run = match r.gate_passed_at {
+                Some(p) => Some(r.analysis.get(i).copied().unwrap_or_else(|| AnalysisRun::start(spec, p))),
+                None => None,
+            };
+            let applies = otafleet_core::engine::check_applies(&r.strategy, wave, waves, spec);
+            let (verdict, next_at) = match run.map(|run| run.verdict(spec)) {
+                _ if !applies => ("not_applicable", None),
+                None => ("waiting", None),
+                Some(Verdict::Running { next_at }) => ("running", Some(rfc3339(next_at))),
+                Some(Verdict::Succeeded) => ("succeeded", None),
+                Some(Verdict::Failed { .. }) => ("failed", None),
+                Some(Verdict::Inconclusive { .. }) => ("inconclusive", None),
+            };
+            let run = run.unwrap_or_default();
+            api::AnalysisCheck {
+                name: spec.name.clone(),
+                kind: spec.kind.name().to_string(),
+                verdict: verdict.to_string(),
+                passed: run.passed,
+                failed: run.failed,
+                inconclusive: run.inconclusive,
+                next_at,
+            }
+        })
+        .collect()
 }
 
 /// A stored action as the API answers it.

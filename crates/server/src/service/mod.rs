@@ -4,6 +4,8 @@
 //! caches. It has its own error type, [`ServiceError`], which the HTTP edge
 //! translates to status codes (`http::error`), so nothing here knows HTTP.
 //!
+//! - [`analysis`]: what a rollout's analysis checks measure (telemetry
+//!   windows, Prometheus queries), gathered for the driver.
 //! - [`rollouts`]: creating a rollout (release, target, eligibility, plan).
 //! - [`delivery`]: the seam through which an action reaches a target and its
 //!   progress comes back (check-in, status report, release notification),
@@ -15,6 +17,7 @@
 //! - [`tokens`]: the bootstrap admin token.
 //! - [`webhooks`]: the worker that delivers events to webhooks (leader only).
 
+pub mod analysis;
 pub mod caches;
 pub mod coherence;
 pub mod delivery;

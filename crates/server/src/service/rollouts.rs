@@ -55,6 +55,9 @@ pub async fn create_rollout(state: &AppState, req: CreateRollout) -> ServiceResu
         .strategy
         .resolve(rand::random::<u64>() >> 1)
         .map_err(|e| ServiceError::invalid(&format!("strategy.{}", e.field), e.message))?;
+    if let Some((field, message)) = crate::service::analysis::unsupported(&state.config.analysis, &strategy.analysis) {
+        return Err(ServiceError::invalid(&field, message));
+    }
     let release = resolve_release(state, &req.release, &req.actor).await?;
     let t0 = std::time::Instant::now();
     let devices = match &req.target {

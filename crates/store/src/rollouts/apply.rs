@@ -101,7 +101,8 @@ async fn apply_rollout_change(tx: &mut Tx, id: i64, c: &RolloutChange, now: i64)
          current_wave = current_wave + $5, \
          gate_passed_at = CASE WHEN $5 = 1 THEN NULL ELSE COALESCE($6, gate_passed_at) END, \
          last_release_at = CASE WHEN $5 = 1 THEN NULL ELSE COALESCE($7, last_release_at) END, \
-         promote = CASE WHEN $5 = 1 THEN 0 ELSE COALESCE($8, promote) END, updated_at = $9 WHERE id = $10",
+         promote = CASE WHEN $5 = 1 THEN 0 ELSE COALESCE($8, promote) END, updated_at = $9, \
+         analysis = CASE WHEN $5 = 1 THEN '[]' ELSE COALESCE($11, analysis) END WHERE id = $10",
     )
     .bind(c.state.map(|s| s.as_str()))
     .bind(c.reason.clone())
@@ -113,6 +114,7 @@ async fn apply_rollout_change(tx: &mut Tx, id: i64, c: &RolloutChange, now: i64)
     .bind(c.promote.map(i64::from))
     .bind(now)
     .bind(id)
+    .bind(c.analysis.as_ref().map(|runs| serde_json::to_string(runs).unwrap_or_else(|_| "[]".into())))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -6,6 +6,7 @@ use super::{rollout_from_row, Action, Rollout, FAILED, IN_FLIGHT, MISSING_ROLLBA
 use crate::leases::{check_fence, Fence};
 use crate::notify::{self, Change};
 use crate::{Result, RowExt, Store, StoreError};
+use otafleet_core::analysis::Measured;
 use otafleet_core::effects;
 use otafleet_core::engine::{self, Decision, RollbackCounts, Snapshot, WaveCounts};
 
@@ -38,6 +39,7 @@ impl Parts {
             in_flight_total: self.in_flight_total,
             next_ready_at: self.next_ready_at,
             rollback: self.rollback,
+            analysis: &r.analysis,
         }
     }
 }
@@ -136,7 +138,9 @@ impl Store {
     pub async fn drive_step(&self, id: i64, now: i64, fence: &Fence) -> Result<Step> {
         let parts = self.snapshot(id, now).await?;
         let decision = engine::decide(&parts.snapshot(), now);
-        if matches!(decision, Decision::Idle { .. }) {
+        // Idle changes nothing; a measurement is gathered by the caller and
+        // recorded with `record_analysis`.
+        if matches!(decision, Decision::Idle { .. } | Decision::Measure { .. }) {
             return Ok(Step { decision, released: Vec::new(), rev: parts.rev });
         }
         let mut tx = self.write_tx().await?;
@@ -144,7 +148,7 @@ impl Store {
         let parts = read_parts(&mut tx, id, now).await?;
         let snapshot = parts.snapshot();
         let decision = engine::decide(&snapshot, now);
-        if matches!(decision, Decision::Idle { .. }) {
+        if matches!(decision, Decision::Idle { .. } | Decision::Measure { .. }) {
             return Ok(Step { decision, released: Vec::new(), rev: parts.rev });
         }
         let e = effects::decision(&snapshot, &decision, now);
@@ -153,6 +157,43 @@ impl Store {
         notify::send(&mut tx, self.backend, &self.origin, &Change::Actions { devices }).await?;
         tx.commit().await?;
         Ok(Step { decision, released, rev: parts.rev })
+    }
+}
+
+impl Store {
+    /// Records measurements of rollout `id`'s analysis checks, gathered by
+    /// the driver after [`Decision::Measure`] for the wave `wave` whose gate
+    /// passed at `gate_passed_at`: [`effects::measured`] applied in one
+    /// transaction with its events. A measurement of a check the engine no
+    /// longer asks for (the rollout moved on, was paused, or the check was
+    /// measured meanwhile) is dropped, so a stale one never counts. Returns
+    /// whether anything was recorded.
+    pub async fn record_analysis(
+        &self,
+        id: i64,
+        wave: i64,
+        gate_passed_at: i64,
+        results: &[(usize, Measured)],
+        now: i64,
+        fence: &Fence,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        check_fence(&mut tx, self.backend, fence, now).await?;
+        let parts = read_parts(&mut tx, id, now).await?;
+        let r = &parts.rollout;
+        if r.current_wave != wave || r.gate_passed_at != Some(gate_passed_at) {
+            return Ok(false);
+        }
+        let snapshot = parts.snapshot();
+        let Decision::Measure { checks } = engine::decide(&snapshot, now) else { return Ok(false) };
+        let due: Vec<(usize, Measured)> = results.iter().filter(|(i, _)| checks.contains(i)).cloned().collect();
+        if due.is_empty() {
+            return Ok(false);
+        }
+        let e = effects::measured(&snapshot, &due, now);
+        apply_effects(&mut tx, r, &e, "driver", now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

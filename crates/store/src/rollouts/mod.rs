@@ -36,6 +36,7 @@ use crate::devices::Device;
 use crate::events::{self, NewEvent};
 use crate::releases::Release;
 use crate::{Result, RowExt, StoreError};
+use otafleet_core::analysis::AnalysisRun;
 use otafleet_core::plan::Plan;
 use otafleet_core::{ActionKind, ActionState, EventKind, Preset, RolloutKind, RolloutState, Strategy};
 use serde::{Deserialize, Serialize};
@@ -77,6 +78,9 @@ pub struct Rollout {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// The current wave's analysis runs, one per check of the strategy's
+    /// `analysis` (empty until the first measurement).
+    pub analysis: Vec<AnalysisRun>,
 }
 
 /// A rollout as a list shows it.
@@ -170,7 +174,8 @@ pub enum ReportOutcome {
 }
 
 pub(crate) const ROLLOUT_COLS: &str = "id, release_id, version, kind, preset, target, strategy, state, current_wave, waves, start_at, \
-     gate_passed_at, last_release_at, promote, rollback_requested, reason, created_by, created_at, updated_at, finished_at";
+     gate_passed_at, last_release_at, promote, rollback_requested, reason, created_by, created_at, updated_at, finished_at, \
+     analysis";
 pub(crate) const ACTION_COLS: &str =
     "id, rollout_id, device_id, wave, position, kind, state, from_version, to_version, attempts, \
      last_seq, not_before, deadline, error, created_at, updated_at";
@@ -219,6 +224,7 @@ pub(crate) fn rollout_from_row(r: &AnyRow) -> Result<Rollout> {
         created_at: r.i64("created_at")?,
         updated_at: r.i64("updated_at")?,
         finished_at: r.opt_i64("finished_at")?,
+        analysis: r.json("analysis")?,
     })
 }
 
