@@ -8,6 +8,7 @@
 use anyhow::{anyhow, Context, Result};
 use otafleet_core::protocol::{
     ActionDetail, CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, StatusAck, StatusReport,
+    TelemetryAccepted, TelemetryBatch,
 };
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::{Method, StatusCode};
@@ -112,6 +113,11 @@ impl DeviceClient {
 
     pub async fn report(&self, report: &StatusReport) -> Result<StatusAck> {
         self.post("/device/v1/status", report).await
+    }
+
+    /// Sends a batch of telemetry samples (all taken, or the whole batch refused).
+    pub async fn telemetry(&self, batch: &TelemetryBatch) -> Result<TelemetryAccepted> {
+        self.post("/device/v1/telemetry", batch).await
     }
 
     /// One of this device's actions with the signed release manifest.

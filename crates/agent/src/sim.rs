@@ -4,7 +4,11 @@
 //! verifying → succeeded, with a configurable latency per step, or fails:
 //! `--fail-rate` makes installs fail at random, `--fail-version` makes a version
 //! fail its health check after install, so the device rolls back on its own and
-//! reports `rolled_back`. Used by `otafleet demo`, tests and benchmarks.
+//! reports `rolled_back`. With `--metric` each device also sends telemetry
+//! every `--metric-interval-ms`, drawn from a distribution per metric that
+//! `--metric-version` can change for the devices running one version (a
+//! release that makes the robots run hot). Used by `otafleet demo`, tests
+//! and benchmarks.
 
 use crate::client::DeviceClient;
 use anyhow::{anyhow, bail, Context, Result};
@@ -59,6 +63,17 @@ pub struct SimArgs {
     /// balancer (devices are registered through the server).
     #[arg(long, value_delimiter = ',')]
     pub also_via: Vec<String>,
+    /// Telemetry each device sends, NAME=DIST, repeatable: DIST is normal(MEAN,SD), uniform(LOW,HIGH) or
+    /// const(X), e.g. --metric 'cpu_temp_c=normal(60,3)'.
+    #[arg(long = "metric")]
+    pub metrics: Vec<String>,
+    /// A metric's distribution on the devices running one version, VERSION:NAME=DIST, repeatable, e.g.
+    /// --metric-version '2.2.0:cpu_temp_c=normal(85,3)'.
+    #[arg(long = "metric-version")]
+    pub metric_versions: Vec<String>,
+    /// Milliseconds between two telemetry batches of one device.
+    #[arg(long, default_value_t = 10_000)]
+    pub metric_interval_ms: u64,
     /// The CAs to trust for an `https://` server: the CLI's global
     /// `--ca-file` (`OTAFLEET_CA_FILE`); the Mozilla roots without one.
     #[arg(skip)]
@@ -80,6 +95,9 @@ impl Default for SimArgs {
             seed: 1,
             max_connections: 256,
             also_via: Vec::new(),
+            metrics: Vec::new(),
+            metric_versions: Vec::new(),
+            metric_interval_ms: 10_000,
             ca_file: None,
         }
     }
@@ -94,19 +112,21 @@ pub struct SimStats {
     pub installs_failed: AtomicU64,
     pub local_rollbacks: AtomicU64,
     pub rollbacks_done: AtomicU64,
+    pub samples: AtomicU64,
     pub errors: AtomicU64,
 }
 
 impl SimStats {
     pub fn line(&self) -> String {
         format!(
-            "check-ins {} · reports {} · installed {} · failed {} · rolled back locally {} · rolled back by server {} · errors {}",
+            "check-ins {} · reports {} · installed {} · failed {} · rolled back locally {} · rolled back by server {} · samples {} · errors {}",
             self.checkins.load(Ordering::Relaxed),
             self.reports.load(Ordering::Relaxed),
             self.installs_ok.load(Ordering::Relaxed),
             self.installs_failed.load(Ordering::Relaxed),
             self.local_rollbacks.load(Ordering::Relaxed),
             self.rollbacks_done.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),
         )
     }
@@ -140,6 +160,108 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
     Ok(m)
 }
 
+/// A distribution telemetry values are drawn from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Dist {
+    Normal { mean: f64, sd: f64 },
+    Uniform { low: f64, high: f64 },
+    Const(f64),
+}
+
+impl std::str::FromStr for Dist {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Dist, String> {
+        let s = s.trim();
+        let (name, rest) =
+            s.split_once('(').ok_or_else(|| format!("'{s}': use normal(MEAN,SD), uniform(LOW,HIGH) or const(X)"))?;
+        let args = rest.strip_suffix(')').ok_or_else(|| format!("'{s}': missing ')'"))?;
+        let nums: Vec<f64> = args
+            .split(',')
+            .map(|a| {
+                a.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| format!("'{s}': '{}' is not a number", a.trim()))
+            })
+            .collect::<Result<_, _>>()?;
+        match (name.trim(), nums.as_slice()) {
+            ("normal", [mean, sd]) if *sd >= 0.0 => Ok(Dist::Normal { mean: *mean, sd: *sd }),
+            ("normal", [_, _]) => Err(format!("'{s}': the standard deviation must not be negative")),
+            ("uniform", [low, high]) if low <= high => Ok(Dist::Uniform { low: *low, high: *high }),
+            ("uniform", [_, _]) => Err(format!("'{s}': LOW must not exceed HIGH")),
+            ("const", [x]) => Ok(Dist::Const(*x)),
+            _ => Err(format!("'{s}': use normal(MEAN,SD), uniform(LOW,HIGH) or const(X)")),
+        }
+    }
+}
+
+impl Dist {
+    /// One value (a normal by Box–Muller).
+    pub fn sample(self, rng: &mut impl Rng) -> f64 {
+        match self {
+            Dist::Normal { mean, sd } => {
+                let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+                let u2: f64 = rng.gen::<f64>();
+                mean + sd * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+            }
+            Dist::Uniform { low, high } if low < high => rng.gen_range(low..high),
+            Dist::Uniform { low, .. } => low,
+            Dist::Const(x) => x,
+        }
+    }
+}
+
+/// What each simulated device measures: a distribution per metric, and
+/// other distributions on the devices running some version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricPlan {
+    pub metrics: Vec<(String, Dist)>,
+    pub by_version: Vec<(String, String, Dist)>,
+}
+
+fn metric_dist(s: &str, flag: &str) -> Result<(String, Dist)> {
+    let (name, dist) = s.split_once('=').ok_or_else(|| anyhow!("{flag}: '{s}' is not NAME=DIST"))?;
+    let name = name.trim();
+    otafleet_core::telemetry::validate_metric_name(name).map_err(|e| anyhow!("{flag}: '{name}': {e}"))?;
+    Ok((name.to_string(), dist.parse::<Dist>().map_err(|e| anyhow!("{flag}: {e}"))?))
+}
+
+impl MetricPlan {
+    /// Reads `--metric` and `--metric-version`.
+    pub fn parse(metrics: &[String], versions: &[String]) -> Result<MetricPlan> {
+        let metrics = metrics.iter().map(|m| metric_dist(m, "--metric")).collect::<Result<Vec<_>>>()?;
+        let mut by_version = Vec::new();
+        for v in versions {
+            let (version, rest) =
+                v.split_once(':').ok_or_else(|| anyhow!("--metric-version: '{v}' is not VERSION:NAME=DIST"))?;
+            let (name, dist) = metric_dist(rest, "--metric-version")?;
+            if !metrics.iter().any(|(m, _)| *m == name) {
+                bail!("--metric-version: '{name}' is not one of the --metric names");
+            }
+            by_version.push((version.trim().to_string(), name, dist));
+        }
+        Ok(MetricPlan { metrics, by_version })
+    }
+
+    /// One sample of each metric for a device running `version`.
+    pub fn samples(&self, version: &str, rng: &mut impl Rng) -> Vec<otafleet_core::telemetry::Sample> {
+        self.metrics
+            .iter()
+            .map(|(name, dist)| {
+                let d =
+                    self.by_version.iter().find(|(v, n, _)| v == version && n == name).map_or(*dist, |(_, _, d)| *d);
+                otafleet_core::telemetry::Sample {
+                    metric: name.clone(),
+                    value: d.sample(rng),
+                    ts: None,
+                    labels: Default::default(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Registers the devices (bulk API, operator token) and starts their tasks.
 pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<SimFleet> {
     if !(0.0..=1.0).contains(&args.fail_rate) {
@@ -149,6 +271,10 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
         bail!("--devices must be at least 1");
     }
     let labels = parse_labels(&args.labels)?;
+    let plan = Arc::new(MetricPlan::parse(&args.metrics, &args.metric_versions)?);
+    if !plan.metrics.is_empty() && args.metric_interval_ms < 100 {
+        bail!("--metric-interval-ms must be at least 100");
+    }
     let tls = otafleet_rt::tls::Trust::ca(args.ca_file.clone()).client_config().context("--ca-file")?;
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
@@ -211,6 +337,8 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
             rng: rand::rngs::StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
             seq: 0,
             permits: permits.clone(),
+            plan: plan.clone(),
+            next_sample: None,
         };
         tasks.push(tokio::spawn(dev.run(stopped.clone())));
     }
@@ -227,6 +355,9 @@ struct SimDevice {
     rng: rand::rngs::StdRng,
     seq: i64,
     permits: Arc<tokio::sync::Semaphore>,
+    plan: Arc<MetricPlan>,
+    /// When the next telemetry batch is due.
+    next_sample: Option<tokio::time::Instant>,
 }
 
 impl SimDevice {
@@ -275,7 +406,38 @@ impl SimDevice {
         }
     }
 
+    /// Sends a telemetry batch if one is due (a refused batch is counted as
+    /// an error and not retried: a real device would drop or thin it too).
+    async fn measure(&mut self) {
+        if self.plan.metrics.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self.next_sample.is_some_and(|t| t > now) {
+            return;
+        }
+        let interval = Duration::from_millis(self.args.metric_interval_ms);
+        self.next_sample = Some(self.next_sample.map_or(now, |t| t.max(now - interval)) + interval);
+        let batch =
+            otafleet_core::protocol::TelemetryBatch { samples: self.plan.samples(&self.version, &mut self.rng) };
+        let client = self.next_client();
+        let sent = {
+            let _permit = self.permits.acquire().await;
+            self.clients[client].telemetry(&batch).await
+        };
+        match sent {
+            Ok(a) => {
+                self.stats.samples.fetch_add(a.accepted as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "telemetry refused");
+            }
+        }
+    }
+
     async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> Result<bool> {
+        self.measure().await;
         let req = CheckinRequest { current_version: Some(self.version.clone()), health: Some(DeviceHealth::Healthy) };
         let client = self.next_client();
         let res = {
@@ -359,9 +521,19 @@ impl SimDevice {
                 continue;
             }
             let jitter = self.rng.gen_range(0..=self.args.poll_ms / 10 + 1);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(self.args.poll_ms + jitter)) => {}
-                _ = stop.wait_for(|s| *s) => return,
+            let poll = tokio::time::Instant::now() + Duration::from_millis(self.args.poll_ms + jitter);
+            let mut wake = self.next_sample.map_or(poll, |t| t.min(poll));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if wake >= poll {
+                    break;
+                }
+                // A telemetry batch is due before the next check-in.
+                self.measure().await;
+                wake = self.next_sample.map_or(poll, |t| t.min(poll));
             }
         }
     }
@@ -384,4 +556,42 @@ pub async fn run(server: &str, token: Option<&str>, args: SimArgs) -> Result<Arc
     fleet.stop().await;
     eprintln!("{}", stats.line());
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_plans_parse_and_draw_per_version() {
+        let plan = MetricPlan::parse(
+            &["cpu_temp_c=normal(60, 3)".into(), "up=const(1)".into()],
+            &["2.2.0:cpu_temp_c=normal(85,3)".into()],
+        )
+        .unwrap();
+        assert_eq!(plan.metrics[0], ("cpu_temp_c".into(), Dist::Normal { mean: 60.0, sd: 3.0 }));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mean = |version: &str, rng: &mut rand::rngs::StdRng| {
+            (0..2000).map(|_| plan.samples(version, rng)[0].value).sum::<f64>() / 2000.0
+        };
+        assert!((mean("1.0.0", &mut rng) - 60.0).abs() < 0.5);
+        assert!((mean("2.2.0", &mut rng) - 85.0).abs() < 0.5);
+        assert_eq!(plan.samples("2.2.0", &mut rng)[1].value, 1.0);
+        for (m, v, says) in [
+            ("cpu=normal(1)", "", "use normal"),
+            ("cpu=normal(1,-1)", "", "must not be negative"),
+            ("cpu=uniform(2,1)", "", "LOW must not exceed"),
+            ("cpu=gamma(1,1)", "", "use normal"),
+            ("cpu=const(x)", "", "not a number"),
+            ("cpu=const(NaN)", "", "not a number"),
+            ("bad name=const(1)", "", "bad name"),
+            ("cpu", "", "NAME=DIST"),
+            ("cpu=const(1)", "2.0:mem=const(1)", "not one of the --metric"),
+            ("cpu=const(1)", "cpu=const(1)", "VERSION:NAME=DIST"),
+        ] {
+            let versions: Vec<String> = if v.is_empty() { vec![] } else { vec![v.into()] };
+            let e = MetricPlan::parse(&[m.into()], &versions).unwrap_err().to_string();
+            assert!(e.contains(says), "{m} {v}: {e}");
+        }
+    }
 }

@@ -126,7 +126,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 11] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 12] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -139,6 +139,7 @@ fn migrator(backend: Backend) -> Migrator {
             (11, "event_groups", include_str!("../migrations/sqlite/0011_event_groups.sql")),
             (12, "label_index", include_str!("../migrations/sqlite/0012_label_index.sql")),
             (13, "telemetry", include_str!("../migrations/sqlite/0013_telemetry.sql")),
+            (14, "analysis", include_str!("../migrations/sqlite/0014_analysis.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -152,6 +153,7 @@ fn migrator(backend: Backend) -> Migrator {
             (11, "event_groups", include_str!("../migrations/postgres/0011_event_groups.sql")),
             (12, "label_index", include_str!("../migrations/postgres/0012_label_index.sql")),
             (13, "telemetry", include_str!("../migrations/postgres/0013_telemetry.sql")),
+            (14, "analysis", include_str!("../migrations/postgres/0014_analysis.sql")),
         ],
     };
     Migrator {

@@ -224,13 +224,16 @@ impl Store {
         windows_of(sql.query().fetch_all(&self.pool).await?)
     }
 
-    /// The windows, as [`Store::wave_windows`], of the devices a selector
-    /// matches (or of a list of ids) measured on any version but `version`:
-    /// an analysis check's baseline, the devices of a rollout's target still
-    /// on the previous version.
+    /// The windows, as [`Store::wave_windows`], of the devices of rollout
+    /// `rollout`'s target (the devices its selector matches, or its list of
+    /// ids) measured on any version but `version`, leaving out the devices
+    /// of waves up to `wave` (updated, or tried): an analysis check's
+    /// baseline, the devices still on the previous version.
     pub async fn baseline_windows(
         &self,
+        rollout: i64,
         target: &Target,
+        wave: i64,
         version: &str,
         window: &WindowRange<'_>,
         limit: i64,
@@ -250,6 +253,8 @@ impl Store {
                 sql.push(" AND t.version <> ").bind_str(version);
             }
         }
+        sql.push(" AND NOT EXISTS (SELECT 1 FROM actions a WHERE a.device_id = t.device_id AND a.kind = 'install'");
+        sql.push(" AND a.rollout_id = ").bind_i64(rollout).push(" AND a.wave <= ").bind_i64(wave).push(")");
         window.push_to(&mut sql);
         sql.push(" ORDER BY t.device_id LIMIT ").bind_i64(limit);
         windows_of(sql.query().fetch_all(&self.pool).await?)

@@ -118,7 +118,7 @@ async fn metric_measurement(
     if relative {
         let base = state
             .store
-            .baseline_windows(&r.target, &r.version, &range, MAX_WINDOWS)
+            .baseline_windows(r.id, &r.target, r.current_wave, &r.version, &range, MAX_WINDOWS)
             .await
             .map_err(|e| e.to_string())?;
         (m.baseline_value, m.baseline_samples, m.baseline_devices) =
