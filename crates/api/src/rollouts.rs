@@ -88,6 +88,9 @@ pub struct AnalysisCheck {
     /// When the next measurement is due (while running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_at: Option<String>,
+    /// Why the latest measurement that was not a pass was not, with its numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem: Option<String>,
 }
 
 /// One device's part in a rollout.

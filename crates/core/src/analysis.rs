@@ -165,7 +165,10 @@ pub struct AnalysisSpec {
     pub min_samples: u64,
     /// Metric checks: fewer devices than this is `on_too_few_samples`. Default 1.
     pub min_devices: u64,
-    /// Wait before the first measurement, seconds. Default 0.
+    /// Wait before the first measurement, seconds. Default: one
+    /// `interval_secs`, so the wave's devices have sent data on the new
+    /// version before it is judged (a measurement at the moment the gate
+    /// passes mostly finds none, and pauses the rollout).
     pub initial_delay_secs: u64,
     /// Between two measurements, seconds. Default 60.
     pub interval_secs: u64,
@@ -240,8 +243,8 @@ struct RawSpec {
     min_samples: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     min_devices: Option<u64>,
-    #[serde(default)]
-    initial_delay_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    initial_delay_secs: Option<u64>,
     #[serde(default = "sixty")]
     interval_secs: u64,
     #[serde(default = "one_u32")]
@@ -328,7 +331,7 @@ impl TryFrom<RawSpec> for AnalysisSpec {
             kind,
             min_samples: r.min_samples.unwrap_or(1),
             min_devices: r.min_devices.unwrap_or(1),
-            initial_delay_secs: r.initial_delay_secs,
+            initial_delay_secs: r.initial_delay_secs.unwrap_or(r.interval_secs),
             interval_secs: r.interval_secs,
             count: r.count,
             failure_limit: r.failure_limit,
@@ -354,7 +357,7 @@ impl From<AnalysisSpec> for RawSpec {
             query: None,
             min_samples: None,
             min_devices: None,
-            initial_delay_secs: s.initial_delay_secs,
+            initial_delay_secs: Some(s.initial_delay_secs),
             interval_secs: s.interval_secs,
             count: s.count,
             failure_limit: s.failure_limit,
@@ -664,6 +667,8 @@ pub struct Detail {
 
 /// Alerts listed in a [`Detail`] at most.
 pub const MAX_LISTED: usize = 20;
+/// The longest measurement reason a run keeps, characters.
+const MAX_PROBLEM: usize = 300;
 /// The longest query error kept in a reason, characters.
 const MAX_ERROR: usize = 500;
 
@@ -827,9 +832,10 @@ fn measure_metric(
     }
 }
 
-/// Where a check's run of measurements stands: the counts so far and when
-/// the next measurement is due. Stored with the rollout's wave.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a check's run of measurements stands: the counts so far, when the
+/// next measurement is due, and why the last one that was not a pass was
+/// not. Stored with the rollout's wave.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnalysisRun {
     /// Measurements that passed.
     pub passed: u32,
@@ -839,6 +845,10 @@ pub struct AnalysisRun {
     pub inconclusive: u32,
     /// When to measure next.
     pub next_at: Millis,
+    /// The reason of the latest failed or inconclusive measurement (its
+    /// numbers), quoted by the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem: Option<String>,
 }
 
 /// What a check's run says. In JSON `{"verdict":"running","next_at":…}`.
@@ -888,17 +898,18 @@ impl AnalysisRun {
     /// The verdict of the counts so far.
     pub fn verdict(&self, spec: &AnalysisSpec) -> Verdict {
         let n = self.measurements();
+        let last = self.last_problem.as_deref().map_or(String::new(), |l| format!("; last: {l}"));
         if self.failed > spec.failure_limit {
             Verdict::Failed {
                 reason: format!(
-                    "{} of {n} measurements of '{}' failed, more than failure_limit {}",
+                    "{} of {n} measurements of '{}' failed, more than failure_limit {}{last}",
                     self.failed, spec.name, spec.failure_limit
                 ),
             }
         } else if self.inconclusive > spec.inconclusive_limit {
             Verdict::Inconclusive {
                 reason: format!(
-                    "{} of {n} measurements of '{}' inconclusive, more than inconclusive_limit {}",
+                    "{} of {n} measurements of '{}' inconclusive, more than inconclusive_limit {}{last}",
                     self.inconclusive, spec.name, spec.inconclusive_limit
                 ),
             }
@@ -913,9 +924,16 @@ impl AnalysisRun {
 /// Adds one measurement's outcome, taken at `now`, to `run`: the new run and
 /// its verdict. The next measurement is due `interval_secs` after `now`. A
 /// run already over is returned as it is, with its verdict, so a repeated
-/// call changes nothing. The verdict's reason gives the counts; the
-/// [`Detail`] of the measurement that tipped it says what went wrong.
-pub fn advance(spec: &AnalysisSpec, run: AnalysisRun, outcome: &MeasureOutcome, now: Millis) -> (AnalysisRun, Verdict) {
+/// call changes nothing. The verdict's reason gives the counts, and quotes
+/// `problem` (the [`Detail`]'s reason of this measurement, if it was not a
+/// pass), so a paused or failed rollout says what was measured.
+pub fn advance(
+    spec: &AnalysisSpec,
+    run: AnalysisRun,
+    outcome: &MeasureOutcome,
+    problem: Option<&str>,
+    now: Millis,
+) -> (AnalysisRun, Verdict) {
     let before = run.verdict(spec);
     if before.is_final() {
         return (run, before);
@@ -925,6 +943,9 @@ pub fn advance(spec: &AnalysisSpec, run: AnalysisRun, outcome: &MeasureOutcome, 
         MeasureOutcome::Pass => run.passed = run.passed.saturating_add(1),
         MeasureOutcome::Fail => run.failed = run.failed.saturating_add(1),
         MeasureOutcome::Inconclusive(_) => run.inconclusive = run.inconclusive.saturating_add(1),
+    }
+    if *outcome != MeasureOutcome::Pass {
+        run.last_problem = problem.map(|p| p.chars().take(MAX_PROBLEM).collect());
     }
     run.next_at = now.saturating_add(secs_to_ms(spec.interval_secs));
     let verdict = run.verdict(spec);
@@ -1018,7 +1039,7 @@ mod tests {
         );
         assert_eq!(
             (s.count, s.failure_limit, s.inconclusive_limit, s.interval_secs, s.initial_delay_secs),
-            (1, 0, 0, 60, 0)
+            (1, 0, 0, 60, 60)
         );
         assert_eq!((s.on_no_data, s.on_too_few_samples), (MissingOutcome::Inconclusive, MissingOutcome::Inconclusive));
         for s in [absolute(), relative(), alerts(), prometheus()] {
@@ -1029,7 +1050,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"name":"alerts","kind":"no_firing_alerts","min_severity":"critical",
-                "initial_delay_secs":0,"interval_secs":60,"count":3,"failure_limit":0,"inconclusive_limit":0})
+                "initial_delay_secs":60,"interval_secs":60,"count":3,"failure_limit":0,"inconclusive_limit":0})
         );
         let a = spec(r#"{"name":"a","kind":"no_firing_alerts"}"#);
         assert_eq!(a.kind, AnalysisKind::NoFiringAlerts { min_severity: Severity::Warning });
@@ -1377,7 +1398,7 @@ mod tests {
         outcomes
             .iter()
             .map(|o| {
-                let (r, v) = advance(spec, run, o, now);
+                let (r, v) = advance(spec, run.clone(), o, None, now);
                 run = r;
                 now += 60_000;
                 v
@@ -1410,7 +1431,7 @@ mod tests {
         let v = run_all(&s, &[Fail, Fail]);
         assert!(matches!(v[1], Verdict::Failed { .. }));
         // A run that is over does not change.
-        let (run, v) = advance(&s, AnalysisRun { failed: 2, ..AnalysisRun::default() }, &Pass, 5);
+        let (run, v) = advance(&s, AnalysisRun { failed: 2, ..AnalysisRun::default() }, &Pass, None, 5);
         assert_eq!(run, AnalysisRun { failed: 2, ..AnalysisRun::default() });
         assert!(matches!(v, Verdict::Failed { .. }));
     }
@@ -1475,10 +1496,10 @@ mod tests {
             let mut run = AnalysisRun::start(&s, 0);
             let mut last: Option<Verdict> = None;
             for (i, o) in outcomes.iter().enumerate() {
-                let (r, v) = advance(&s, run, o, i as Millis);
+                let (r, v) = advance(&s, run.clone(), o, None, i as Millis);
                 if let Some(prev) = last.as_ref().filter(|p| p.is_final()) {
                     prop_assert_eq!(&v, prev);
-                    prop_assert_eq!(r, run);
+                    prop_assert_eq!(&r, &run);
                     continue;
                 }
                 match &v {

@@ -219,13 +219,13 @@ pub fn measured(s: &Snapshot<'_>, results: &[(usize, Measured)], now: Millis) ->
     let mut runs: Vec<AnalysisRun> = specs
         .iter()
         .enumerate()
-        .map(|(i, spec)| s.analysis.get(i).copied().unwrap_or_else(|| AnalysisRun::start(spec, passed)))
+        .map(|(i, spec)| s.analysis.get(i).cloned().unwrap_or_else(|| AnalysisRun::start(spec, passed)))
         .collect();
     let mut e = Effects::default();
     for (i, m) in results {
-        let (Some(spec), Some(run)) = (specs.get(*i), runs.get(*i).copied()) else { continue };
-        let (run, verdict) = analysis::advance(spec, run, &m.outcome, now);
-        runs[*i] = run;
+        let (Some(spec), Some(run)) = (specs.get(*i), runs.get(*i).cloned()) else { continue };
+        let (run, verdict) = analysis::advance(spec, run, &m.outcome, Some(&m.detail.reason), now);
+        runs[*i] = run.clone();
         let data = json!({
             "wave": s.wave,
             "check": spec.name,

@@ -312,7 +312,7 @@ pub fn analysis_runs<'s>(
         .enumerate()
         .filter(move |(_, spec)| check_applies(s.strategy, s.wave, s.waves, spec))
         .map(move |(i, spec)| {
-            let run = s.analysis.get(i).copied().unwrap_or_else(|| AnalysisRun::start(spec, gate_passed_at));
+            let run = s.analysis.get(i).cloned().unwrap_or_else(|| AnalysisRun::start(spec, gate_passed_at));
             (i, spec, run)
         })
 }
@@ -512,7 +512,7 @@ mod tests {
 
     const CHECKS: &str = r#"{"steps":[1,"100%"],"bake_time_secs":60,"analysis":[
         {"name":"temp","kind":"metric","metric":"cpu_temp_c","agg":"max","window_secs":60,
-         "condition":{"op":"<","threshold":80},"interval_secs":30,"count":2},
+         "condition":{"op":"<","threshold":80},"initial_delay_secs":0,"interval_secs":30,"count":2},
         {"name":"latency","kind":"metric","metric":"loop_ms","agg":"p95","window_secs":60,
          "condition":{"op":"<=","factor":1.1},"initial_delay_secs":10,"interval_secs":30}]}"#;
 
@@ -526,22 +526,22 @@ mod tests {
         assert_eq!(decide(&s, 0), Decision::Measure { checks: vec![0] });
         assert_eq!(decide(&s, 10_000), Decision::Measure { checks: vec![0, 1] });
         let spec = &st.analysis;
-        let (r0, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Pass, 10_000);
-        let (r1, _) = advance(&spec[1], AnalysisRun::start(&spec[1], 0), &MeasureOutcome::Pass, 10_000);
-        let runs = [r0, r1];
+        let (r0, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Pass, None, 10_000);
+        let (r1, _) = advance(&spec[1], AnalysisRun::start(&spec[1], 0), &MeasureOutcome::Pass, None, 10_000);
+        let runs = [r0.clone(), r1.clone()];
         s.analysis = &runs;
         // The latency check succeeded; temp needs one more, at 40 s.
         assert_eq!(decide(&s, 20_000), Decision::Idle { wake_at: Some(40_000) });
         assert_eq!(decide(&s, 40_000), Decision::Measure { checks: vec![0] });
-        let (r0, v) = advance(&spec[0], r0, &MeasureOutcome::Pass, 40_000);
+        let (r0, v) = advance(&spec[0], r0, &MeasureOutcome::Pass, None, 40_000);
         assert_eq!(v, crate::analysis::Verdict::Succeeded);
-        let runs = [r0, r1];
+        let runs = [r0, r1.clone()];
         s.analysis = &runs;
         // Analysis done, the bake goes on to 60 s.
         assert_eq!(decide(&s, 40_000), Decision::Idle { wake_at: Some(60_000) });
         assert_eq!(decide(&s, 60_000), Decision::NextWave { from: 0 });
         // A bake over before the analysis: the wave waits for it.
-        let (r0, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Pass, 50_000);
+        let (r0, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Pass, None, 50_000);
         let runs = [r0, r1];
         s.analysis = &runs;
         assert_eq!(decide(&s, 61_000), Decision::Idle { wake_at: Some(80_000) });
@@ -557,18 +557,23 @@ mod tests {
         let spec = &st.analysis;
         let mut s = snap(&st, RolloutState::Running, counts(1, 0, 0, 1, 0));
         s.gate_passed_at = Some(0);
-        let (bad, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Fail, 0);
+        let (bad, _) = advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Fail, None, 0);
         let runs = [bad];
         s.analysis = &runs;
         let Decision::Fail { reason, report } = decide(&s, 1) else { panic!("{:?}", decide(&s, 1)) };
         assert!(reason.contains("'temp' failed"), "{reason}");
         assert_eq!(report.wave, 0);
-        let (unsure, _) =
-            advance(&spec[0], AnalysisRun::start(&spec[0], 0), &MeasureOutcome::Inconclusive("no data".into()), 0);
+        let (unsure, _) = advance(
+            &spec[0],
+            AnalysisRun::start(&spec[0], 0),
+            &MeasureOutcome::Inconclusive("no data".into()),
+            Some("no data: no samples"),
+            0,
+        );
         let runs = [unsure];
         s.analysis = &runs;
         let Decision::Pause { reason } = decide(&s, 1) else { panic!() };
-        assert!(reason.contains("inconclusive"), "{reason}");
+        assert!(reason.contains("inconclusive") && reason.ends_with("; last: no data: no samples"), "{reason}");
         // Paused, nothing more is measured.
         s.state = RolloutState::Paused;
         assert_eq!(decide(&s, 1), IDLE);

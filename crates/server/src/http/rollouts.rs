@@ -76,11 +76,11 @@ fn analysis_view(r: &Rollout) -> Vec<api::AnalysisCheck> {
         .enumerate()
         .map(|(i, spec)| {
             let run = match r.gate_passed_at {
-                Some(p) => Some(r.analysis.get(i).copied().unwrap_or_else(|| AnalysisRun::start(spec, p))),
+                Some(p) => Some(r.analysis.get(i).cloned().unwrap_or_else(|| AnalysisRun::start(spec, p))),
                 None => None,
             };
             let applies = otafleet_core::engine::check_applies(&r.strategy, wave, waves, spec);
-            let (verdict, next_at) = match run.map(|run| run.verdict(spec)) {
+            let (verdict, next_at) = match run.as_ref().map(|run| run.verdict(spec)) {
                 _ if !applies => ("not_applicable", None),
                 None => ("waiting", None),
                 Some(Verdict::Running { next_at }) => ("running", Some(rfc3339(next_at))),
@@ -97,6 +97,7 @@ fn analysis_view(r: &Rollout) -> Vec<api::AnalysisCheck> {
                 failed: run.failed,
                 inconclusive: run.inconclusive,
                 next_at,
+                last_problem: run.last_problem,
             }
         })
         .collect()
