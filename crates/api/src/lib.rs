@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod devices;
 pub mod enroll;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod tokens;
 pub mod tracker;
 pub mod webhooks;
 
+pub use alerts::{Alert, AlertListQuery, AlertRule, CreateAlertRule};
 pub use devices::{
     BulkRegister, BulkRegistered, Device, DeviceListQuery, RegisterDevice, RegisteredDevice, UpdateDevice,
 };

@@ -281,6 +281,180 @@ pub enum TelemetryCmd {
 }
 
 #[derive(Subcommand)]
+pub enum AlertsCmd {
+    /// Alert rules: create, list, show, delete.
+    #[command(subcommand)]
+    Rules(AlertRulesCmd),
+    /// The alerts pending or firing, firing first.
+    List {
+        /// firing or pending (default: both).
+        #[arg(long, value_parser = ["firing", "pending"])]
+        state: Option<String>,
+        /// Only this rule's alerts.
+        #[arg(long)]
+        rule: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AlertRulesCmd {
+    /// Create a rule: `otafleet alerts rules create --metric cpu_temp_c --agg max --window 1m --op '>'
+    /// --threshold 80 --clear-below 75 --for 2m --selector device_type=esp32 --severity critical`.
+    Create {
+        /// Unique name (default: made from metric, aggregation, comparison and threshold).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        metric: String,
+        /// avg, min, max, sum, count, last, p50, p90, p95, p99 or pNN.N.
+        #[arg(long)]
+        agg: String,
+        /// The span the aggregation is read over (`1m`, `5m`).
+        #[arg(long, value_parser = otafleet_core::duration::parse_arg)]
+        window: std::time::Duration,
+        /// >, >=, < or <=.
+        #[arg(long, value_parser = [">", ">=", "<", "<="])]
+        op: String,
+        #[arg(long, allow_hyphen_values = true)]
+        threshold: f64,
+        /// Hysteresis: a firing alert resolves once the value is back past this (below it for > and >=,
+        /// above it for < and <=).
+        #[arg(long, visible_alias = "clear-below", visible_alias = "clear-above", allow_hyphen_values = true)]
+        clear: Option<f64>,
+        /// How long the condition must hold before the alert fires (default: at once).
+        #[arg(long = "for", value_parser = otafleet_core::duration::parse_arg)]
+        for_: Option<std::time::Duration>,
+        /// The devices watched (default: all).
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+        #[arg(long, value_parser = ["info", "warning", "critical"])]
+        severity: Option<String>,
+        /// per_device (an alert per device, default) or group (one over the selected devices).
+        #[arg(long, value_parser = ["per_device", "group"])]
+        scope: Option<String>,
+        /// Fire also when a device sent no sample of the metric for this long.
+        #[arg(long, value_parser = otafleet_core::duration::parse_arg)]
+        no_data: Option<std::time::Duration>,
+    },
+    /// List the rules.
+    List,
+    /// Show one rule.
+    Show { id: i64 },
+    /// Delete a rule and its alerts.
+    Delete { id: i64 },
+}
+
+const ALERT_RULE_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("SELECTOR", "selector"),
+    ("METRIC", "metric"),
+    ("AGG", "agg"),
+    ("WINDOW", "window_secs"),
+    ("OP", "op"),
+    ("THRESHOLD", "threshold"),
+    ("CLEAR", "clear"),
+    ("FOR", "for_secs"),
+    ("SEVERITY", "severity"),
+    ("SCOPE", "scope"),
+];
+
+const ALERT_RULE_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "selector",
+    "metric",
+    "agg",
+    "window_secs",
+    "op",
+    "threshold",
+    "clear",
+    "for_secs",
+    "severity",
+    "scope",
+    "no_data_secs",
+    "created_by",
+    "created_at",
+];
+
+const ALERT_COLS: &[(&str, &str)] = &[
+    ("RULE", "rule"),
+    ("SEVERITY", "severity"),
+    ("DEVICE", "device_id"),
+    ("STATE", "state"),
+    ("SINCE", "since"),
+    ("CAUSE", "cause"),
+    ("VALUE", "value"),
+];
+
+async fn alerts(c: AlertsCmd, api: &Api, fmt: Format) -> Result<()> {
+    match c {
+        AlertsCmd::List { state, rule } => {
+            let q = api::AlertListQuery { state, rule_id: rule };
+            let p: Answer<Page<api::Alert>> = api.query(Method::GET, "/api/v1/alerts", &q).await?;
+            show(fmt, &p.json, &p.body, |p| {
+                if p.items.is_empty() {
+                    println!("no alert pending or firing");
+                } else {
+                    output::table(&output::rows(&p.items), ALERT_COLS)
+                }
+            });
+        }
+        AlertsCmd::Rules(AlertRulesCmd::Create {
+            name,
+            metric,
+            agg,
+            window,
+            op,
+            threshold,
+            clear,
+            for_,
+            selector,
+            severity,
+            scope,
+            no_data,
+        }) => {
+            let body = api::CreateAlertRule {
+                name,
+                selector,
+                metric,
+                agg,
+                window_secs: window.as_secs(),
+                op,
+                threshold,
+                clear,
+                for_secs: for_.map(|d| d.as_secs()),
+                severity,
+                scope,
+                no_data_secs: no_data.map(|d| d.as_secs()),
+            };
+            let r: Answer<api::AlertRule> = api.send(Method::POST, "/api/v1/alerts/rules", &body).await?;
+            show(fmt, &r.json, &r.body, |r| {
+                println!(
+                    "created alert rule {} '{}': {}({}) over {} s {} {}",
+                    r.id, r.name, r.agg, r.metric, r.window_secs, r.op, r.threshold
+                )
+            });
+        }
+        AlertsCmd::Rules(AlertRulesCmd::List) => {
+            let p: Answer<Page<api::AlertRule>> = api.fetch("/api/v1/alerts/rules").await?;
+            show(fmt, &p.json, &p.body, |p| output::table(&output::rows(&p.items), ALERT_RULE_COLS));
+        }
+        AlertsCmd::Rules(AlertRulesCmd::Show { id }) => {
+            let r: Answer<api::AlertRule> = api.fetch(&format!("/api/v1/alerts/rules/{id}")).await?;
+            show(fmt, &r.json, &r.body, |r| output::record(&output::value(r), ALERT_RULE_FIELDS));
+        }
+        AlertsCmd::Rules(AlertRulesCmd::Delete { id }) => {
+            let _: Answer<Value> = api.empty(Method::DELETE, &format!("/api/v1/alerts/rules/{id}")).await?;
+            if fmt == Format::Table {
+                println!("deleted alert rule {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum TokenCmd {
     /// Create an API token (needs an admin token); prints the secret once.
     Create {
@@ -634,6 +808,7 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
             show(fmt, &t.json, &t.body, |t| println!("revoked token '{}' (id {})", t.name, t.id));
         }
         Cmd::Webhooks(c) => webhooks(c, api, fmt).await?,
+        Cmd::Alerts(c) => alerts(c, api, fmt).await?,
         Cmd::Telemetry(TelemetryCmd::Query { metric, selector, from, to, step, agg, by }) => {
             let q = api::TelemetryQuery { metric, selector, from, to, step: Some(step), agg: Some(agg), by };
             let a: Answer<api::TelemetryAnswer> = api.query(Method::GET, "/api/v1/telemetry/query", &q).await?;

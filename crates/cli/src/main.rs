@@ -71,6 +71,9 @@ pub enum Cmd {
     /// What the devices measure: aggregated telemetry.
     #[command(subcommand)]
     Telemetry(commands::TelemetryCmd),
+    /// Alert rules over telemetry, and the alerts pending or firing.
+    #[command(subcommand)]
+    Alerts(commands::AlertsCmd),
     /// API tokens.
     #[command(subcommand)]
     Token(commands::TokenCmd),

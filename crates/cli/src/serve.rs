@@ -20,7 +20,8 @@ pub struct ServeArgs {
     /// TOML file with any of: listen, database_url, open_compat, metrics_auth, body_limit, poll_interval_secs,
     /// data_dir, signing_key, order_ttl, mqtt_url, mqtt_ca_file, tls_cert, tls_key, lease_secs, replica_id,
     /// allow_http_artifacts, webhook_timeout, webhook_retry_initial, webhook_max_attempts, telemetry_flush,
-    /// telemetry_grace, telemetry_hold, telemetry_rate, telemetry_resolutions, prometheus_url, prometheus_timeout.
+    /// telemetry_grace, telemetry_hold, telemetry_rate, telemetry_resolutions, prometheus_url, prometheus_timeout,
+    /// alert_interval, alertmanager_url.
     #[arg(long, env = "OTAFLEET_CONFIG")]
     pub config: Option<PathBuf>,
     /// Serve the tracker's /ota/* endpoints without a token (trusted networks only).
@@ -101,6 +102,12 @@ pub struct ServeArgs {
     /// Longest wait for a Prometheus query; longer makes the measurement inconclusive.
     #[arg(long, env = "OTAFLEET_PROMETHEUS_TIMEOUT", default_value = "10s", value_parser = otafleet_core::duration::parse_arg)]
     pub prometheus_timeout: std::time::Duration,
+    /// Between two evaluations of every alert rule (by the replica that drives rollouts).
+    #[arg(long, env = "OTAFLEET_ALERT_INTERVAL", default_value = "10s", value_parser = otafleet_core::duration::parse_arg)]
+    pub alert_interval: std::time::Duration,
+    /// Alertmanager to push firing alerts to (http://host:9093); they are sent again every evaluation.
+    #[arg(long, env = "OTAFLEET_ALERTMANAGER_URL")]
+    pub alertmanager_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +139,8 @@ struct FileConfig {
     telemetry_resolutions: Option<String>,
     prometheus_url: Option<String>,
     prometheus_timeout: Option<String>,
+    alert_interval: Option<String>,
+    alertmanager_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -182,6 +191,10 @@ impl ServeArgs {
             take_duration!(telemetry_grace);
             take_duration!(telemetry_hold);
             take_duration!(prometheus_timeout);
+            take_duration!(alert_interval);
+            if self.alertmanager_url.is_none() {
+                self.alertmanager_url = file.alertmanager_url;
+            }
             if self.prometheus_url.is_none() {
                 self.prometheus_url = file.prometheus_url;
             }
@@ -265,12 +278,22 @@ impl ServeArgs {
             rate: self.telemetry_rate,
             ..Default::default()
         };
-        let prometheus_url = match self.prometheus_url.map(|u| u.trim().trim_end_matches('/').to_string()) {
-            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) || reqwest::Url::parse(&u).is_err() => {
-                anyhow::bail!("--prometheus-url must be an http:// or https:// URL, got '{u}'")
+        let http_url = |flag: &str, u: Option<String>| -> Result<Option<String>> {
+            match u.map(|u| u.trim().trim_end_matches('/').to_string()) {
+                Some(u)
+                    if !(u.starts_with("http://") || u.starts_with("https://")) || reqwest::Url::parse(&u).is_err() =>
+                {
+                    anyhow::bail!("{flag} must be an http:// or https:// URL, got '{u}'")
+                }
+                other => Ok(other),
             }
-            other => other,
         };
+        let prometheus_url = http_url("--prometheus-url", self.prometheus_url)?;
+        let alertmanager_url = http_url("--alertmanager-url", self.alertmanager_url)?;
+        if self.alert_interval < std::time::Duration::from_millis(100) {
+            anyhow::bail!("--alert-interval must be at least 100ms");
+        }
+        let alerts = otafleet_server::service::alerts::Settings { interval: self.alert_interval, alertmanager_url };
         if self.prometheus_timeout < std::time::Duration::from_millis(100) {
             anyhow::bail!("--prometheus-timeout must be at least 100ms");
         }
@@ -302,6 +325,7 @@ impl ServeArgs {
             webhooks,
             telemetry,
             analysis,
+            alerts,
             ..Default::default()
         };
         Ok(config)

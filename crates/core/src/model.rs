@@ -302,6 +302,12 @@ str_enum!(
     EnrollmentTokenRevoked => "enrollment_token.revoked",
     WebhookCreated => "webhook.created",
     WebhookDeleted => "webhook.deleted",
+    AlertRuleCreated => "alert_rule.created",
+    AlertRuleDeleted => "alert_rule.deleted",
+    AlertPending => "alert.pending",
+    AlertFiring => "alert.firing",
+    AlertResolved => "alert.resolved",
+    AlertCancelled => "alert.cancelled",
 });
 
 impl EventKind {

@@ -71,6 +71,8 @@ pub struct Config {
     pub telemetry: service::telemetry::Settings,
     /// Where analysis checks look (`--prometheus-url`, `--prometheus-timeout`).
     pub analysis: service::analysis::Settings,
+    /// How alert rules are evaluated (`--alert-interval`, `--alertmanager-url`).
+    pub alerts: service::alerts::Settings,
 }
 
 impl Default for Config {
@@ -95,6 +97,7 @@ impl Default for Config {
             webhooks: Default::default(),
             telemetry: Default::default(),
             analysis: Default::default(),
+            alerts: Default::default(),
         }
     }
 }
@@ -237,6 +240,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let feed = tokio::spawn(state.feed.clone().run(state.store.clone()));
         let webhooks = tokio::spawn(service::webhooks::run(state.clone(), driver_stopped.clone()));
         let telemetry = tokio::spawn(service::telemetry::run(state.clone(), driver_stopped.clone()));
+        let alerts = tokio::spawn(service::alerts::run(state.clone(), driver_stopped.clone()));
         let wake = state.driver_wake.clone();
         let streams = state.feed.clone();
         let signal = async move {
@@ -264,6 +268,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), feed).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), webhooks).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), telemetry).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), alerts).await;
         if let Some(c) = coherence {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c).await;
         }

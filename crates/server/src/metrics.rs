@@ -42,6 +42,9 @@ pub struct Metrics {
     pub telemetry_rows: Counter,
     /// Telemetry windows held in memory, not yet written.
     pub telemetry_held: Gauge,
+    /// Seconds the last evaluation of every alert rule took (the leader's).
+    pub alert_cycle_seconds: Gauge<f64, AtomicU64>,
+    alerts_firing: Family<Labels, Gauge>,
     updated_pods: Counter,
     last_run: Gauge<f64, AtomicU64>,
     jobs_pending: Gauge,
@@ -79,6 +82,8 @@ impl Metrics {
             telemetry_samples: Counter::default(),
             telemetry_rows: Counter::default(),
             telemetry_held: Gauge::default(),
+            alert_cycle_seconds: Gauge::default(),
+            alerts_firing: Family::default(),
             updated_pods: Counter::default(),
             last_run: Gauge::default(),
             jobs_pending: Gauge::default(),
@@ -155,6 +160,16 @@ impl Metrics {
             "Telemetry windows this replica holds in memory, not yet written",
             m.telemetry_held.clone(),
         );
+        registry.register(
+            "otafleet_alerts_firing",
+            "Alerts firing, by severity (from the database: the same on every replica)",
+            m.alerts_firing.clone(),
+        );
+        registry.register(
+            "otafleet_alert_evaluation_seconds",
+            "Seconds the last evaluation of every alert rule took on this replica (the leader evaluates)",
+            m.alert_cycle_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -172,6 +187,7 @@ impl Metrics {
         let health = store.device_health_counts().await?;
         let updated = store.count_succeeded_installs().await?;
         let last = store.last_rollout_activity().await?;
+        let firing = store.list_alerts(None, true).await?;
         let _guard = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let (mut pending, mut ok, mut total) = (0, 0, 0);
         for kind in ["deploy", "rollback"] {
@@ -198,6 +214,9 @@ impl Metrics {
         }
         for (h, n) in &health {
             self.devices.get_or_create(&vec![("health".into(), h.clone())]).set(*n);
+        }
+        for (severity, n) in crate::service::alerts::count_by_severity(firing.iter().map(|a| &a.severity)) {
+            self.alerts_firing.get_or_create(&vec![("severity".into(), severity.as_str().into())]).set(n);
         }
         let seen = self.updated_pods.get() as i64;
         if updated > seen {

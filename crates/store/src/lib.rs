@@ -10,6 +10,7 @@
 //! `BEGIN IMMEDIATE` so concurrent writers wait instead of failing.
 #![forbid(unsafe_code)]
 
+mod alerts;
 mod artifacts;
 mod devices;
 mod enroll;
@@ -23,6 +24,7 @@ mod telemetry;
 mod tokens;
 mod webhooks;
 
+pub use alerts::{AlertChange, AlertRecord, AlertRuleRecord, NewAlertRule};
 pub use devices::{Device, DeviceQuery, DeviceSort, FleetCounts, NewDevice, TargetDevice, VersionMoves};
 pub use enroll::{EnrollRefusal, EnrollmentToken, NewEnrollmentToken};
 pub use events::{Event, EventQuery, NewEvent};
@@ -126,7 +128,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 12] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 13] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -140,6 +142,7 @@ fn migrator(backend: Backend) -> Migrator {
             (12, "label_index", include_str!("../migrations/sqlite/0012_label_index.sql")),
             (13, "telemetry", include_str!("../migrations/sqlite/0013_telemetry.sql")),
             (14, "analysis", include_str!("../migrations/sqlite/0014_analysis.sql")),
+            (15, "alerts", include_str!("../migrations/sqlite/0015_alerts.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -154,6 +157,7 @@ fn migrator(backend: Backend) -> Migrator {
             (12, "label_index", include_str!("../migrations/postgres/0012_label_index.sql")),
             (13, "telemetry", include_str!("../migrations/postgres/0013_telemetry.sql")),
             (14, "analysis", include_str!("../migrations/postgres/0014_analysis.sql")),
+            (15, "alerts", include_str!("../migrations/postgres/0015_alerts.sql")),
         ],
     };
     Migrator {
@@ -421,6 +425,7 @@ fn is_locked(e: &sqlx::Error) -> bool {
 pub(crate) trait RowExt {
     fn i64(&self, col: &str) -> Result<i64>;
     fn opt_i64(&self, col: &str) -> Result<Option<i64>>;
+    fn opt_f64(&self, col: &str) -> Result<Option<f64>>;
     fn string(&self, col: &str) -> Result<String>;
     fn opt_string(&self, col: &str) -> Result<Option<String>>;
     fn parsed<T: std::str::FromStr>(&self, col: &str) -> Result<T>
@@ -435,6 +440,9 @@ impl RowExt for AnyRow {
     }
     fn opt_i64(&self, col: &str) -> Result<Option<i64>> {
         Ok(self.try_get::<Option<i64>, _>(col)?)
+    }
+    fn opt_f64(&self, col: &str) -> Result<Option<f64>> {
+        Ok(self.try_get::<Option<f64>, _>(col)?)
     }
     fn string(&self, col: &str) -> Result<String> {
         Ok(self.try_get::<String, _>(col)?)

@@ -260,6 +260,24 @@ impl Store {
         windows_of(sql.query().fetch_all(&self.pool).await?)
     }
 
+    /// The windows in `window` of the devices a selector matches: (device,
+    /// window start, aggregate), for the alert evaluator. At most `limit`
+    /// rows, the first devices in id order.
+    pub async fn selector_windows(
+        &self,
+        selector: &Selector,
+        window: &WindowRange<'_>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, i64, Aggregate)>> {
+        let mut sql = Sql::new("SELECT t.device_id, t.bucket, t.agg FROM telemetry_windows t JOIN (SELECT d.id");
+        selector_from(&mut sql, selector);
+        sql.push(") x ON x.id = t.device_id WHERE 1=1");
+        window.push_to(&mut sql);
+        sql.push(" ORDER BY t.device_id LIMIT ").bind_i64(limit);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.parsed("device_id")?, r.i64("bucket")?, r.json("agg")?))).collect()
+    }
+
     /// Deletes the windows of resolution `width_ms` that start before
     /// `before` (retention). Returns the rows deleted.
     pub async fn prune_telemetry(&self, width_ms: i64, before: i64) -> Result<u64> {

@@ -4,6 +4,7 @@
 //! shared with the CLI and the simulator; the OpenAPI document is generated
 //! from them.
 
+pub mod alerts;
 pub mod artifacts;
 pub mod auth;
 pub mod compat;
@@ -54,6 +55,7 @@ pub use otafleet_api::Page;
         artifacts::upload, artifacts::gc, artifacts::download, device_actions::get_one,
         webhooks::create, webhooks::list, webhooks::get_one, webhooks::delete, webhooks::deliveries,
         webhooks::redeliver,
+        alerts::create_rule, alerts::list_rules, alerts::get_rule, alerts::delete_rule, alerts::list,
         openapi_json, metrics, health::healthz, health::readyz,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, otafleet_core::protocol::Order)),
@@ -185,6 +187,9 @@ fn routes() -> Routes {
         .route("/api/v1/rollouts/{id}/promote", post(rollouts::promote))
         .route("/api/v1/rollouts/{id}/rollback", post(rollouts::rollback))
         .route("/api/v1/telemetry/query", get(telemetry::query))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/rules", post(alerts::create_rule).get(alerts::list_rules))
+        .route("/api/v1/alerts/rules/{id}", get(alerts::get_rule).delete(alerts::delete_rule))
         .route("/api/v1/events", get(events::list))
         .route("/api/v1/events/stream", get(events::stream))
         .route("/api/v1/tokens", post(tokens::create).get(tokens::list))

@@ -46,10 +46,6 @@ pub fn unsupported(settings: &Settings, specs: &[AnalysisSpec]) -> Option<(Strin
             format!("strategy.analysis[{i}].kind"),
             "a prometheus check needs a Prometheus server: start otafleet serve with --prometheus-url".to_string(),
         )),
-        AnalysisKind::NoFiringAlerts { .. } => Some((
-            format!("strategy.analysis[{i}].kind"),
-            "no_firing_alerts checks need alert rules, which this server does not evaluate yet".to_string(),
-        )),
         _ => None,
     })
 }
@@ -76,7 +72,14 @@ pub async fn gather(state: &AppState, r: &Rollout, checks: &[usize], now: Millis
                     .map(Measurement::Metric)
                     .map_err(|e| format!("reading telemetry failed: {e}"))
             }
-            AnalysisKind::NoFiringAlerts { .. } => Err("alert rules are not evaluated by this server yet".to_string()),
+            AnalysisKind::NoFiringAlerts { .. } => state
+                .store
+                .firing_alerts_of_wave(r.id, r.current_wave)
+                .await
+                .map(|firing| Measurement::Alerts {
+                    firing: firing.into_iter().map(|(d, rule, s)| (format!("{d}/{rule}"), s)).collect(),
+                })
+                .map_err(|e| format!("reading the alerts failed: {e}")),
             AnalysisKind::Prometheus { query, .. } => {
                 let q = analysis::render_query(query, r.id, r.current_wave as usize, &r.version);
                 Ok(Measurement::Prometheus { result: prometheus(&state.config.analysis, &q, now).await })

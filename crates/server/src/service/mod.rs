@@ -4,6 +4,7 @@
 //! caches. It has its own error type, [`ServiceError`], which the HTTP edge
 //! translates to status codes (`http::error`), so nothing here knows HTTP.
 //!
+//! - [`alerts`]: the alert evaluator (leader only) and the Alertmanager push.
 //! - [`analysis`]: what a rollout's analysis checks measure (telemetry
 //!   windows, Prometheus queries), gathered for the driver.
 //! - [`rollouts`]: creating a rollout (release, target, eligibility, plan).
@@ -17,6 +18,7 @@
 //! - [`tokens`]: the bootstrap admin token.
 //! - [`webhooks`]: the worker that delivers events to webhooks (leader only).
 
+pub mod alerts;
 pub mod analysis;
 pub mod caches;
 pub mod coherence;
