@@ -297,6 +297,7 @@ pub enum AlertsCmd {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, from the command line
 pub enum AlertRulesCmd {
     /// Create a rule: `otafleet alerts rules create --metric cpu_temp_c --agg max --window 1m --op '>'
     /// --threshold 80 --clear-below 75 --for 2m --selector device_type=esp32 --severity critical`.

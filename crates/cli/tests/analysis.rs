@@ -4,8 +4,12 @@
 //! and is rolled back before the next wave; a healthy release passes every
 //! wave; a check with no data pauses the rollout with the reason until an
 //! operator promotes it; checks this server cannot measure and malformed
-//! checks are refused with the field named. Every measurement is a
+//! checks are refused with the field named; a `no_firing_alerts` check fails
+//! a canary an alert rule fires for. Every measurement is a
 //! `rollout.analysis` event with its numbers. On SQLite and PostgreSQL.
+//! Prometheus checks run against Debian's `prometheus` scraping the server's
+//! own `/metrics` (SKIPPED where it is not installed, unless
+//! `OTAFLEET_TEST_PROMETHEUS` demands it).
 
 mod common;
 
@@ -109,6 +113,8 @@ fn run(db: &str) {
             "500ms",
             "--telemetry-hold",
             "1s",
+            "--alert-interval",
+            "300ms",
         ],
     );
     let h = Http::new(&server.url);
@@ -208,6 +214,143 @@ fn run(db: &str) {
     assert_eq!(done["state"], "succeeded", "{done}");
     // The relative check does not apply to the last wave of everyone.
     assert_eq!(done["analysis"][0]["verdict"], "not_applicable", "{done}");
+
+    // 4. An alert rule fires on the hot canary; a no_firing_alerts check fails the rollout.
+    let rule = json!({"name": "robot-hot", "metric": "cpu_temp_c", "agg": "max", "window_secs": 2, "op": ">",
+                      "threshold": 80, "selector": "device_type=robot", "severity": "critical"});
+    let r = h.post("/api/v1/alerts/rules", Some(ADMIN), Some(&rule.to_string()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    // The fleet runs 2.3.0 (~60 °C); the canary on 2.2.0 runs hot again (~85 °C).
+    let r = create(
+        &h,
+        "2.2.0",
+        json!({"steps": [1, "100%"], "analysis": [
+        {"name": "no-critical-alerts", "kind": "no_firing_alerts", "min_severity": "critical",
+         "initial_delay_secs": 3, "interval_secs": 1}]}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let alerted = r.body["id"].as_i64().unwrap();
+    let done = wait_state(&h, alerted, &["rolled_back", "succeeded", "paused"]);
+    assert_eq!(done["state"], "rolled_back", "{done} {:?}", analysis_events(&h, alerted));
+    let events = analysis_events(&h, alerted);
+    let d = &events.last().unwrap()["data"]["measurement"]["detail"];
+    let listed = d["firing"][0].as_str().unwrap();
+    assert!(listed.ends_with("/robot-hot (critical)"), "{d}");
+}
+
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's Prometheus scraping `target` (host:port) every second, or None (SKIPPED).
+fn prometheus(target: &str) -> Option<Prometheus> {
+    if !std::path::Path::new("/usr/bin/prometheus").exists() {
+        assert!(
+            std::env::var_os("OTAFLEET_TEST_PROMETHEUS").is_none(),
+            "OTAFLEET_TEST_PROMETHEUS is set but prometheus is not installed"
+        );
+        eprintln!("SKIPPED Prometheus checks: install Debian's prometheus to run them");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: otafleet\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new("/usr/bin/prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let url = format!("http://127.0.0.1:{port}");
+    let ready = format!("{url}/-/ready");
+    eventually(Duration::from_secs(60), || {
+        reqwest::blocking::get(&ready).ok().filter(|r| r.status().is_success()).map(|_| ())
+    });
+    Some(Prometheus { child, url, _dir: dir })
+}
+
+/// Waits until Prometheus has scraped the server.
+fn scraped(prom: &Prometheus) {
+    let q = format!("{}/api/v1/query?query=up%7Bjob%3D%22otafleet%22%7D", prom.url);
+    eventually(Duration::from_secs(60), || {
+        let body: Value = reqwest::blocking::get(&q).ok()?.json().ok()?;
+        (body["data"]["result"][0]["value"][1] == "1").then_some(())
+    });
+}
+
+fn prometheus_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(&dir);
+    // Prometheus must know the server's address before the server knows Prometheus':
+    // the server is started on a port chosen here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let Some(prom) = prometheus(&listen) else { return };
+    let server = Server::start_at(&db, &listen, &["--poll-interval-secs", "1", "--prometheus-url", &prom.url]);
+    let h = Http::new(&server.url);
+    let _sim = Guard(sim(&server.url));
+    eventually(Duration::from_secs(30), || (versions(&h).len() == DEVICES).then_some(()));
+    scraped(&prom);
+    for v in ["3.0.0", "3.1.0", "3.2.0"] {
+        release(&h, v);
+    }
+    let check = |query: &str, op: &str, threshold: f64| {
+        json!({"steps": [1, "100%"], "analysis": [{"name": "prom", "kind": "prometheus", "query": query,
+            "condition": {"op": op, "threshold": threshold}, "initial_delay_secs": 1, "interval_secs": 1}]})
+    };
+    // Healthy: the fleet checks in (placeholders rendered into the query).
+    let r =
+        create(&h, "3.0.0", check("sum(otafleet_device_checkins_total) + 0 * {{rollout}} + 0 * {{wave}}", ">", 0.0));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let ok = r.body["id"].as_i64().unwrap();
+    let done = wait_state(&h, ok, &["succeeded", "rolled_back", "paused"]);
+    assert_eq!(done["state"], "succeeded", "{done} {:?}", analysis_events(&h, ok));
+    let events = analysis_events(&h, ok);
+    let d = &events[0]["data"]["measurement"]["detail"];
+    assert!(d["observed"].as_f64().unwrap() > 0.0, "{d}");
+    assert_eq!(d["query"], format!("sum(otafleet_device_checkins_total) + 0 * {ok} + 0 * 0"), "{d}");
+    // Failing: the same value against an impossible bound.
+    let r = create(&h, "3.1.0", check("sum(otafleet_device_checkins_total)", "<", 0.0));
+    let bad = r.body["id"].as_i64().unwrap();
+    let done = wait_state(&h, bad, &["rolled_back", "succeeded", "paused"]);
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    // No series: no data, the rollout pauses.
+    let r = create(&h, "3.2.0", check("sum(no_such_metric_anywhere)", ">", 0.0));
+    let quiet = r.body["id"].as_i64().unwrap();
+    let done = wait_state(&h, quiet, &["paused", "succeeded", "rolled_back"]);
+    assert_eq!(done["state"], "paused", "{done}");
+    // Prometheus gone: a failed query is inconclusive, never a pass (resume measures again).
+    drop(prom);
+    let r = h.post(&format!("/api/v1/rollouts/{quiet}/resume"), Some(ADMIN), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let done = wait_state(&h, quiet, &["paused", "succeeded", "rolled_back"]);
+    assert_eq!(done["state"], "paused", "{done}");
+    let last = analysis_events(&h, quiet).last().cloned().unwrap();
+    let reason = last["data"]["measurement"]["detail"]["reason"].as_str().unwrap().to_string();
+    assert!(reason.starts_with("query failed"), "{reason}");
+}
+
+#[test]
+fn prometheus_checks_against_a_real_prometheus() {
+    prometheus_checks();
 }
 
 #[test]

@@ -657,6 +657,9 @@ pub struct Detail {
     pub baseline_samples: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_devices: Option<u64>,
+    /// The query a `prometheus` check ran, placeholders filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// Alerts that failed a `no_firing_alerts` check, as `id (severity)`, at
     /// most [`MAX_LISTED`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -75,10 +75,8 @@ fn analysis_view(r: &Rollout) -> Vec<api::AnalysisCheck> {
         .iter()
         .enumerate()
         .map(|(i, spec)| {
-            let run = match r.gate_passed_at {
-                Some(p) => Some(r.analysis.get(i).cloned().unwrap_or_else(|| AnalysisRun::start(spec, p))),
-                None => None,
-            };
+            let run =
+                r.gate_passed_at.map(|p| r.analysis.get(i).cloned().unwrap_or_else(|| AnalysisRun::start(spec, p)));
             let applies = otafleet_core::engine::check_applies(&r.strategy, wave, waves, spec);
             let (verdict, next_at) = match run.as_ref().map(|run| run.verdict(spec)) {
                 _ if !applies => ("not_applicable", None),

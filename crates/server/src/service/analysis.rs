@@ -57,6 +57,7 @@ pub async fn gather(state: &AppState, r: &Rollout, checks: &[usize], now: Millis
     let mut flushed = false;
     for &i in checks {
         let Some(spec) = r.strategy.analysis.get(i) else { continue };
+        let mut rendered = None;
         let m: Result<Measurement, String> = match &spec.kind {
             AnalysisKind::Metric { metric, agg, window_secs, condition } => {
                 if !flushed {
@@ -82,11 +83,17 @@ pub async fn gather(state: &AppState, r: &Rollout, checks: &[usize], now: Millis
                 .map_err(|e| format!("reading the alerts failed: {e}")),
             AnalysisKind::Prometheus { query, .. } => {
                 let q = analysis::render_query(query, r.id, r.current_wave as usize, &r.version);
-                Ok(Measurement::Prometheus { result: prometheus(&state.config.analysis, &q, now).await })
+                let result = prometheus(&state.config.analysis, &q, now).await;
+                rendered = Some(q);
+                Ok(Measurement::Prometheus { result })
             }
         };
         let judged = match m {
-            Ok(m) => analysis::measure(spec, &m),
+            Ok(m) => {
+                let mut judged = analysis::measure(spec, &m);
+                judged.detail.query = rendered.take();
+                judged
+            }
             // Nothing could be read: inconclusive, never a pass or a fail.
             Err(reason) => Measured {
                 outcome: analysis::MeasureOutcome::Inconclusive(reason.clone()),
