@@ -115,6 +115,21 @@ pub enum BenchCmd {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// The alert evaluator: DEVICES devices with a minute of telemetry windows for each of RULES metrics
+    /// (1% of them hot), RULES per-device rules (one per metric, the worst case: no shared read); times
+    /// the first evaluation (alerts become pending) and the next ones (nothing changes).
+    Alerts {
+        #[arg(long, default_value_t = 100_000)]
+        devices: usize,
+        #[arg(long, default_value_t = 5)]
+        rules: usize,
+        /// Evaluations timed after the first.
+        #[arg(long, default_value_t = 3)]
+        cycles: usize,
+        /// Database (default: a temporary SQLite file).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// A bare axum server (the yardstick `rollout` starts as a separate process).
     #[command(hide = true)]
     Bare {
@@ -1131,6 +1146,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Telemetry { devices, batch, seconds, concurrency, interval_secs, database_url } => {
             bench_telemetry(devices, batch, seconds, concurrency, interval_secs, database_url).await
         }
+        BenchCmd::Alerts { devices, rules, cycles, database_url } => {
+            bench_alerts(devices, rules, cycles, database_url).await
+        }
         BenchCmd::Bare { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             axum::serve(listener, bare_router(axum::body::Bytes::from_static(b"{}"))).await?;
@@ -1138,6 +1156,105 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         }
         BenchCmd::Flashjob { uuids, max_flash_pods } => bench_flashjob(uuids, max_flash_pods).await,
     }
+}
+
+async fn bench_alerts(devices: usize, rules: usize, cycles: usize, database_url: Option<String>) -> Result<()> {
+    use otafleet_core::alert::AlertRule;
+    use otafleet_core::telemetry::{Aggregate, Resolution};
+    use otafleet_store::{NewAlertRule, NewDevice, TelemetryWindow};
+    if devices == 0 || rules == 0 {
+        bail!("--devices and --rules must be at least 1");
+    }
+    let dir = tempfile::tempdir()?;
+    let db = database_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let store = otafleet_store::Store::connect(&db).await?;
+    let t = std::time::Instant::now();
+    let ids: Vec<uuid::Uuid> = (0..devices).map(|_| uuid::Uuid::now_v7()).collect();
+    for chunk in ids.chunks(5_000) {
+        let batch: Vec<NewDevice> = chunk
+            .iter()
+            .map(|id| NewDevice {
+                id: *id,
+                name: format!("d-{id}"),
+                labels: [("device_type".to_string(), "robot".to_string())].into(),
+                current_version: Some("1.0.0".into()),
+                token: None,
+            })
+            .collect();
+        store.insert_devices(&batch, "bench").await?;
+    }
+    // A minute's window per device and metric (the default finest resolution), just closed.
+    let width = Resolution { width_ms: 60_000, retention_ms: 7 * 86_400_000 };
+    let now = otafleet_store::now_ms();
+    let bucket = width.bucket_start(now) - width.width_ms;
+    let metrics: Vec<String> = (0..rules).map(|i| format!("metric_{i}")).collect();
+    let mut windows = Vec::with_capacity(10_000);
+    let mut written = 0usize;
+    for (n, id) in ids.iter().enumerate() {
+        for m in &metrics {
+            let mut agg = Aggregate::new();
+            let hot = n % 100 == 0;
+            for k in 0..6 {
+                agg.add(if hot { 90.0 } else { 55.0 + k as f64 }, bucket + k * 10_000);
+            }
+            windows.push(TelemetryWindow {
+                device_id: *id,
+                metric: m.clone(),
+                version: "1.0.0".into(),
+                width_ms: width.width_ms,
+                bucket,
+                agg,
+            });
+            if windows.len() == 10_000 {
+                written += store.merge_telemetry(&windows).await?;
+                windows.clear();
+            }
+        }
+    }
+    written += store.merge_telemetry(&windows).await?;
+    println!(
+        "alerts: {devices} devices, {rules} rules on {rules} metrics, {written} windows seeded in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    for m in &metrics {
+        let rule: AlertRule = serde_json::from_value(serde_json::json!({
+            "metric": m, "agg": "max", "window_secs": 60, "op": ">", "threshold": 80, "for_secs": 60,
+            "severity": "critical"}))?;
+        store
+            .create_alert_rule(&NewAlertRule {
+                name: m,
+                selector: "device_type=robot",
+                rule: &rule,
+                created_by: "bench",
+            })
+            .await?;
+    }
+    let fence = store.take_lease(otafleet_store::DRIVER_LEASE, "bench", Duration::from_secs(3600), now).await?;
+    let state = otafleet_server::AppState::new(store, otafleet_server::Config::default());
+    let mut times = Vec::new();
+    for i in 0..=cycles {
+        let start = std::time::Instant::now();
+        let c = otafleet_server::service::alerts::evaluate(&state, &fence, now + 1_000 * i as i64).await?;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "  evaluation {i}: {:.3} s, {} windows read, {} alerts, {} changes ({} firing)",
+            secs, c.windows, c.alerts, c.changes, c.firing
+        );
+        times.push(secs);
+    }
+    let steady = &times[1..];
+    let mean = if steady.is_empty() { times[0] } else { steady.iter().sum::<f64>() / steady.len() as f64 };
+    let (peak, _) = mem_kib();
+    println!(
+        "alerts: first evaluation {:.3} s (with {} transitions), then {:.3} s a cycle for {devices} devices × {rules} rules \
+         (goal < 1 s); {:.2} µs per device and rule; peak RSS {} MiB",
+        times[0],
+        devices / 100 * rules,
+        mean,
+        mean * 1e6 / (devices * rules) as f64,
+        peak / 1024
+    );
+    Ok(())
 }
 
 #[cfg(feature = "fake-k8s")]

@@ -787,6 +787,33 @@ impl Aggregate {
         Ok(())
     }
 
+    /// Reads an aggregate's JSON without its sketch (the sketch comes back
+    /// empty): what an aggregation other than a percentile needs, several
+    /// times faster to read than the whole. Merging such aggregates keeps
+    /// count, sum, min, max and last exact; their percentiles are `None`.
+    pub fn from_json_without_sketch(json: &str) -> Result<Aggregate, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Summary {
+            count: u64,
+            #[serde(with = "lossless_f64")]
+            sum: f64,
+            min: f64,
+            max: f64,
+            last: f64,
+            last_ts: Millis,
+        }
+        let s: Summary = serde_json::from_str(json)?;
+        Ok(Aggregate {
+            count: s.count,
+            sum: s.sum,
+            min: s.min,
+            max: s.max,
+            last: s.last,
+            last_ts: s.last_ts,
+            sketch: Sketch::default(),
+        })
+    }
+
     /// The aggregation's value: `None` when there are no values (except
     /// `count`, which is then 0), or when the result is not finite.
     /// Percentiles come from the sketch, within its relative accuracy.
@@ -909,6 +936,24 @@ pub fn pick_resolution(resolutions: &[Resolution], span_ms: Millis, max_windows:
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_aggregate_reads_without_its_sketch() {
+        let mut a = Aggregate::new();
+        for v in [3.0, 1.0, 2.0] {
+            a.add(v, v as Millis);
+        }
+        a.add(f64::MAX, 9);
+        a.add(f64::MAX, 10);
+        let json = serde_json::to_string(&a).unwrap();
+        let light = Aggregate::from_json_without_sketch(&json).unwrap();
+        for agg in [Agg::Count, Agg::Min, Agg::Max, Agg::Last, Agg::Avg, Agg::Sum] {
+            assert_eq!(light.value(agg), a.value(agg), "{agg}");
+        }
+        assert_eq!((light.last_ts, light.sum), (10, f64::INFINITY));
+        assert_eq!(light.value("p50".parse().unwrap()), None, "no sketch, no percentile");
+        assert!(Aggregate::from_json_without_sketch("{\"count\":1}").is_err());
+    }
 
     #[test]
     fn resolutions_parse_finest_first() {

@@ -34,7 +34,7 @@ pub use rollouts::{
     Action, ActionQuery, Checkin, NewRollout, Parts, ReportOutcome, Rollout, RolloutQuery, RolloutSummary, Step,
     Target, WaveProgress,
 };
-pub use telemetry::{DeviceWindow, TelemetryWindow, WindowRange};
+pub use telemetry::{CandidateField, DeviceWindow, TelemetryWindow, WindowRange};
 pub use tokens::{hash_token, Bootstrap, NewToken, Role, TokenRecord};
 pub use webhooks::{
     Attempt, AttemptOutcome, Delivery, DeliveryCounts, DeliveryState, NewDelivery, NewWebhook, Webhook,

@@ -9,6 +9,7 @@ use sqlx::Any;
 #[derive(Debug, Clone)]
 pub(crate) enum Arg {
     I64(i64),
+    F64(f64),
     Str(String),
 }
 
@@ -44,6 +45,10 @@ impl Sql {
         self.bind(Arg::I64(v))
     }
 
+    pub fn bind_f64(&mut self, v: f64) -> &mut Self {
+        self.bind(Arg::F64(v))
+    }
+
     /// `($1, $2, …)` for a list of strings.
     pub fn bind_list(&mut self, items: &[String]) -> &mut Self {
         self.push("(");
@@ -61,6 +66,7 @@ impl Sql {
         for a in &self.args {
             q = match a {
                 Arg::I64(v) => q.bind(*v),
+                Arg::F64(v) => q.bind(*v),
                 Arg::Str(s) => q.bind(s.clone()),
             };
         }

@@ -60,6 +60,24 @@ impl WindowRange<'_> {
     }
 }
 
+/// Which windows make a device a candidate of [`Store::alert_candidates`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateField {
+    /// One whose `max` is at least the threshold (`max > / >= threshold`).
+    MaxAbove,
+    /// One whose `min` is at most the threshold (`min < / <= threshold`).
+    MinBelow,
+}
+
+fn agg_of(r: &sqlx::any::AnyRow, sketches: bool) -> Result<Aggregate> {
+    if sketches {
+        r.json("agg")
+    } else {
+        Aggregate::from_json_without_sketch(&r.string("agg")?)
+            .map_err(|e| StoreError::Corrupt(format!("column agg: {e}")))
+    }
+}
+
 fn windows_of(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<(Uuid, Aggregate)>> {
     rows.iter().map(|r| Ok((r.parsed("device_id")?, r.json("agg")?))).collect()
 }
@@ -261,12 +279,15 @@ impl Store {
     }
 
     /// The windows in `window` of the devices a selector matches: (device,
-    /// window start, aggregate), for the alert evaluator. At most `limit`
-    /// rows, the first devices in id order.
+    /// window start, aggregate), for the alert evaluator; without their
+    /// sketches unless `sketches` (only percentiles need them, and reading
+    /// them is most of the cost). At most `limit` rows, the first devices in
+    /// id order.
     pub async fn selector_windows(
         &self,
         selector: &Selector,
         window: &WindowRange<'_>,
+        sketches: bool,
         limit: i64,
     ) -> Result<Vec<(Uuid, i64, Aggregate)>> {
         let mut sql = Sql::new("SELECT t.device_id, t.bucket, t.agg FROM telemetry_windows t JOIN (SELECT d.id");
@@ -275,7 +296,91 @@ impl Store {
         window.push_to(&mut sql);
         sql.push(" ORDER BY t.device_id LIMIT ").bind_i64(limit);
         let rows = sql.query().fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok((r.parsed("device_id")?, r.i64("bucket")?, r.json("agg")?))).collect()
+        rows.iter().map(|r| Ok((r.parsed("device_id")?, r.i64("bucket")?, agg_of(r, sketches)?))).collect()
+    }
+
+    /// The devices a selector matches that an alert rule must look at
+    /// closely: those with a window starting from `window_from` whose `max`
+    /// is at least (`CandidateField::MaxAbove`) or whose `min` is at most
+    /// (`MinBelow`) the threshold, with a margin looser than the exact test,
+    /// and, with `silent_before`, those whose latest sample in `span` is
+    /// older. The database does the reading, so a cycle over 100,000 devices
+    /// brings back only the few that are hot or silent; the evaluator then
+    /// reads their windows ([`Store::device_windows`]) and decides exactly.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn alert_candidates(
+        &self,
+        selector: &Selector,
+        span: &WindowRange<'_>,
+        window_from: i64,
+        field: CandidateField,
+        threshold: f64,
+        silent_before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<Uuid>> {
+        let extract = |key: &str| match self.backend {
+            Backend::Sqlite => format!("json_extract(t.agg, '$.{key}')"),
+            Backend::Postgres => format!("CAST(t.agg::jsonb ->> '{key}' AS DOUBLE PRECISION)"),
+        };
+        let margin = threshold.abs() * 1e-9 + 1e-9;
+        // Row by row: a device's largest max is at least the threshold when
+        // one of its windows' is (and so for the smallest min).
+        let mut sql = Sql::new("SELECT DISTINCT t.device_id FROM telemetry_windows t WHERE 1=1");
+        span.push_to(&mut sql);
+        sql.push(" AND t.bucket >= ").bind_i64(window_from);
+        match field {
+            CandidateField::MaxAbove => sql.push(&format!(" AND {} >= ", extract("max"))).bind_f64(threshold - margin),
+            CandidateField::MinBelow => sql.push(&format!(" AND {} <= ", extract("min"))).bind_f64(threshold + margin),
+        };
+        sql.push(" LIMIT ").bind_i64(limit);
+        let mut ids: Vec<Uuid> =
+            sql.query().fetch_all(&self.pool).await?.iter().map(|r| r.parsed("device_id")).collect::<Result<_>>()?;
+        if let Some(before) = silent_before {
+            let mut sql = Sql::new("SELECT t.device_id FROM telemetry_windows t WHERE 1=1");
+            span.push_to(&mut sql);
+            sql.push(&format!(" GROUP BY t.device_id HAVING MAX({}) < ", extract("last_ts"))).bind_i64(before);
+            sql.push(" LIMIT ").bind_i64(limit);
+            for r in sql.query().fetch_all(&self.pool).await? {
+                ids.push(r.parsed("device_id")?);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        // Of those, the selector's.
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+            let mut sql = Sql::new("SELECT d.id");
+            selector_from(&mut sql, selector);
+            sql.push(" AND d.id IN ").bind_list(&list);
+            for r in sql.query().fetch_all(&self.pool).await? {
+                out.push(r.parsed("id")?);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The windows in `window` of these devices, as [`Store::selector_windows`].
+    pub async fn device_windows(
+        &self,
+        devices: &[Uuid],
+        window: &WindowRange<'_>,
+        sketches: bool,
+    ) -> Result<Vec<(Uuid, i64, Aggregate)>> {
+        let mut out = Vec::new();
+        for chunk in devices.chunks(500) {
+            let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+            let mut sql =
+                Sql::new("SELECT t.device_id, t.bucket, t.agg FROM telemetry_windows t WHERE t.device_id IN ");
+            sql.bind_list(&ids);
+            window.push_to(&mut sql);
+            let rows = sql.query().fetch_all(&self.pool).await?;
+            for r in &rows {
+                out.push((r.parsed("device_id")?, r.i64("bucket")?, agg_of(r, sketches)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes the windows of resolution `width_ms` that start before

@@ -18,7 +18,7 @@ use otafleet_core::alert::{self, AlertRule, AlertState, Cause, Scope, Severity, 
 use otafleet_core::analysis::summarize;
 use otafleet_core::telemetry::{bucket_start, Aggregate};
 use otafleet_core::{Millis, Selector};
-use otafleet_store::{AlertChange, AlertRuleRecord, Fence, StoreError, WindowRange};
+use otafleet_store::{AlertChange, AlertRuleRecord, CandidateField, Fence, StoreError, WindowRange};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +88,19 @@ fn event_data(r: &AlertRuleRecord, state: AlertState, value: Option<f64>) -> ser
     data
 }
 
+/// How the database can pick a per-device rule's candidates: a maximum that
+/// must stay below a threshold, or a minimum above it (too hot, too low) are
+/// exceeded when one window exceeds them. Other rules (percentiles, `avg`,
+/// `sum`, `last`, `count`) read every device's windows.
+fn candidate_field(rule: &AlertRule) -> Option<CandidateField> {
+    use otafleet_core::telemetry::Agg;
+    match (rule.agg, rule.op.is_upper()) {
+        (Agg::Max, true) => Some(CandidateField::MaxAbove),
+        (Agg::Min, false) => Some(CandidateField::MinBelow),
+        _ => None,
+    }
+}
+
 /// Evaluates every rule once at `now` and writes what changed.
 pub async fn evaluate(state: &AppState, fence: &Fence, now: Millis) -> Result<Cycle, StoreError> {
     let rules = state.store.list_alert_rules().await?;
@@ -95,7 +108,7 @@ pub async fn evaluate(state: &AppState, fence: &Fence, now: Millis) -> Result<Cy
     let mut states: HashMap<(i64, Option<Uuid>), AlertState> =
         current.iter().map(|a| ((a.rule_id, a.device_id), a.state)).collect();
     let width = state.config.telemetry.resolutions.first().map_or(60_000, |r| r.width_ms);
-    let mut reads: HashMap<(String, String, Millis), Windows> = HashMap::new();
+    let mut reads: HashMap<(String, String, Millis, bool), Windows> = HashMap::new();
     let mut cycle = Cycle { rules: rules.len(), ..Cycle::default() };
     let mut changes = Vec::new();
     for r in &rules {
@@ -103,17 +116,38 @@ pub async fn evaluate(state: &AppState, fence: &Fence, now: Millis) -> Result<Cy
         let span_secs = rule.window_secs.max(rule.no_data_secs.unwrap_or(0).saturating_add(width as u64 / 1000 * 2));
         let from = bucket_start(now - span_secs as i64 * 1000, width);
         let from_window = bucket_start(now - rule.window_secs as i64 * 1000, width);
-        let key = (rule.metric.clone(), r.selector.clone(), from);
-        let windows = match reads.get(&key) {
-            Some(w) => w.clone(),
-            None => {
-                let selector = Selector::parse(&r.selector)
-                    .map_err(|e| StoreError::Corrupt(format!("alert rule {}: selector: {e}", r.id)))?;
-                let range = WindowRange { metric: &rule.metric, width_ms: width, from, to: now + 1 };
-                let w = Arc::new(state.store.selector_windows(&selector, &range, MAX_WINDOWS).await?);
+        let sketches = rule.agg.quantile().is_some();
+        let selector = Selector::parse(&r.selector)
+            .map_err(|e| StoreError::Corrupt(format!("alert rule {}: selector: {e}", r.id)))?;
+        let range = WindowRange { metric: &rule.metric, width_ms: width, from, to: now + 1 };
+        let held: BTreeSet<Option<Uuid>> = states.keys().filter(|(id, _)| *id == r.id).map(|(_, s)| *s).collect();
+        let windows = match (rule.scope, candidate_field(rule)) {
+            // The database picks the devices that are hot or silent; only
+            // theirs and those of alerts already held are read.
+            (Scope::PerDevice, Some(field)) => {
+                let silent_before = rule.no_data_secs.map(|n| now - n as i64 * 1000 + 1);
+                let mut ids = state
+                    .store
+                    .alert_candidates(&selector, &range, from_window, field, rule.threshold, silent_before, MAX_WINDOWS)
+                    .await?;
+                ids.extend(held.iter().flatten().copied());
+                ids.sort_unstable();
+                ids.dedup();
+                let w = Arc::new(state.store.device_windows(&ids, &range, sketches).await?);
                 cycle.windows += w.len();
-                reads.insert(key, w.clone());
                 w
+            }
+            _ => {
+                let key = (rule.metric.clone(), r.selector.clone(), from, sketches);
+                match reads.get(&key) {
+                    Some(w) => w.clone(),
+                    None => {
+                        let w = Arc::new(state.store.selector_windows(&selector, &range, sketches, MAX_WINDOWS).await?);
+                        cycle.windows += w.len();
+                        reads.insert(key, w.clone());
+                        w
+                    }
+                }
             }
         };
         let mut subjects: HashMap<Option<Uuid>, Vec<&(Uuid, i64, Aggregate)>> = HashMap::new();
@@ -128,7 +162,6 @@ pub async fn evaluate(state: &AppState, fence: &Fence, now: Millis) -> Result<Cy
             }
         }
         // Alerts held for subjects with no window now (a silent device) are evaluated too.
-        let held: BTreeSet<Option<Uuid>> = states.keys().filter(|(id, _)| *id == r.id).map(|(_, s)| *s).collect();
         for s in held {
             subjects.entry(s).or_default();
         }
