@@ -1212,6 +1212,10 @@ async fn bench_alerts(devices: usize, rules: usize, cycles: usize, database_url:
         }
     }
     written += store.merge_telemetry(&windows).await?;
+    if store.backend() == otafleet_store::Backend::Postgres {
+        // As autovacuum would have (it may be off, as on the development machine).
+        store.analyze().await?;
+    }
     println!(
         "alerts: {devices} devices, {rules} rules on {rules} metrics, {written} windows seeded in {:.1} s",
         t.elapsed().as_secs_f64()

@@ -684,6 +684,21 @@ pub struct Measured {
     pub detail: Detail,
 }
 
+/// A number as a reason shows it: at most four decimals, no trailing
+/// zeros (`85.6354`, `440`); the detail keeps the exact value.
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
 /// A measurement that cannot be judged, counted as `policy` says (the
 /// setting named `setting`); `never_pass` (a NaN) turns a `pass` into
 /// `inconclusive`.
@@ -746,7 +761,11 @@ pub fn measure(spec: &AnalysisSpec, m: &Measurement) -> Measured {
                     if v.is_nan() {
                         return missing(spec.on_no_data, "on_no_data", "the query returned NaN".into(), true, d);
                     }
-                    compared(op.holds(*v, *threshold), d, format!("the query returned {v}, needs {op} {threshold}"))
+                    compared(
+                        op.holds(*v, *threshold),
+                        d,
+                        format!("the query returned {}, needs {op} {}", num(*v), num(*threshold)),
+                    )
                 }
             }
         }
@@ -793,7 +812,7 @@ fn measure_metric(
     match condition {
         Condition::Absolute { threshold, .. } => {
             d.threshold = Some(threshold);
-            compared(op.holds(value, threshold), d, format!("{label} is {value}, needs {op} {threshold}"))
+            compared(op.holds(value, threshold), d, format!("{label} is {}, needs {op} {}", num(value), num(threshold)))
         }
         Condition::Baseline { factor, .. } => {
             (d.factor, d.baseline_samples, d.baseline_devices) =
@@ -829,7 +848,7 @@ fn measure_metric(
             compared(
                 op.holds(value, limit),
                 d,
-                format!("{label} is {value}, needs {op} {limit} ({factor} × baseline {baseline})"),
+                format!("{label} is {}, needs {op} {} ({factor} × baseline {})", num(value), num(limit), num(baseline)),
             )
         }
     }
@@ -1256,7 +1275,7 @@ mod tests {
         let s = relative();
         let m = measure(&s, &with_baseline(430.0, Some(400.0), 80, 4));
         assert_eq!(m.outcome, MeasureOutcome::Pass, "{}", m.detail.reason);
-        assert_eq!(m.detail.reason, "p95 of request_ms is 430, needs <= 440.00000000000006 (1.1 × baseline 400): pass");
+        assert_eq!(m.detail.reason, "p95 of request_ms is 430, needs <= 440 (1.1 × baseline 400): pass");
         assert_eq!((m.detail.baseline, m.detail.factor), (Some(400.0), Some(1.1)));
         assert_eq!((m.detail.baseline_samples, m.detail.baseline_devices), (Some(80), Some(4)));
         let m = measure(&s, &with_baseline(450.0, Some(400.0), 80, 4));
@@ -1350,6 +1369,15 @@ mod tests {
         assert_eq!(json["detail"]["observed"], "+Inf");
         assert_eq!(json["outcome"], serde_json::json!({"outcome":"fail"}));
         assert_eq!(serde_json::from_value::<Measured>(json).unwrap(), m);
+    }
+
+    #[test]
+    fn reasons_round_their_numbers() {
+        assert_eq!(num(440.00000000000006), "440");
+        assert_eq!(num(85.6353649471301), "85.6354");
+        assert_eq!(num(-0.00001), "0");
+        assert_eq!(num(0.5), "0.5");
+        assert_eq!(num(f64::INFINITY), "inf");
     }
 
     #[test]

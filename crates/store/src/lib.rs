@@ -128,7 +128,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 13] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 14] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -143,6 +143,7 @@ fn migrator(backend: Backend) -> Migrator {
             (13, "telemetry", include_str!("../migrations/sqlite/0013_telemetry.sql")),
             (14, "analysis", include_str!("../migrations/sqlite/0014_analysis.sql")),
             (15, "alerts", include_str!("../migrations/sqlite/0015_alerts.sql")),
+            (16, "telemetry_age_index", include_str!("../migrations/sqlite/0016_telemetry_age_index.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -158,6 +159,7 @@ fn migrator(backend: Backend) -> Migrator {
             (13, "telemetry", include_str!("../migrations/postgres/0013_telemetry.sql")),
             (14, "analysis", include_str!("../migrations/postgres/0014_analysis.sql")),
             (15, "alerts", include_str!("../migrations/postgres/0015_alerts.sql")),
+            (16, "telemetry_age_index", include_str!("../migrations/postgres/0016_telemetry_age_index.sql")),
         ],
     };
     Migrator {
@@ -345,6 +347,14 @@ impl Store {
         let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(&self.pool).await?;
         let applied = rows.iter().map(|r| r.i64("version")).collect::<Result<Vec<_>>>()?;
         Ok(migrator(self.backend).iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect())
+    }
+
+    /// Refreshes the query planner's statistics of every table (`ANALYZE`):
+    /// what autovacuum does on its own on PostgreSQL, for a database where
+    /// it is off, after a bulk load.
+    pub async fn analyze(&self) -> Result<()> {
+        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        Ok(())
     }
 
     pub async fn close(&self) {

@@ -361,21 +361,42 @@ impl Store {
         Ok(out)
     }
 
-    /// The windows in `window` of these devices, as [`Store::selector_windows`].
+    /// The windows in `window` of these devices, as [`Store::selector_windows`]:
+    /// one primary-key lookup per device and window start (the span is a
+    /// few windows), so the cost follows the devices asked for, not the
+    /// fleet's windows in the span.
     pub async fn device_windows(
         &self,
         devices: &[Uuid],
         window: &WindowRange<'_>,
         sketches: bool,
     ) -> Result<Vec<(Uuid, i64, Aggregate)>> {
+        let b = self.backend;
+        let width = window.width_ms.max(1);
+        let first = otafleet_core::telemetry::bucket_start(window.from, width);
+        let buckets: Vec<i64> = (0..).map(|k| first + k * width).take_while(|t| *t < window.to).take(10_000).collect();
         let mut out = Vec::new();
-        for chunk in devices.chunks(500) {
-            let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
-            let mut sql =
-                Sql::new("SELECT t.device_id, t.bucket, t.agg FROM telemetry_windows t WHERE t.device_id IN ");
-            sql.bind_list(&ids);
-            window.push_to(&mut sql);
-            let rows = sql.query().fetch_all(&self.pool).await?;
+        for chunk in devices.chunks((2_000 / buckets.len().max(1)).max(1)) {
+            let keys: Vec<serde_json::Value> = chunk
+                .iter()
+                .flat_map(|d| buckets.iter().map(move |t| serde_json::json!([d.to_string(), t])))
+                .filter(|k| k[1].as_i64().is_some_and(|t| t >= window.from))
+                .collect();
+            // CROSS JOIN keeps SQLite to this order: each key, then its row
+            // by primary key (it scanned the windows for every key otherwise).
+            let sql = format!(
+                "SELECT t.device_id, t.bucket, t.agg FROM {} CROSS JOIN telemetry_windows t WHERE t.metric = $2 \
+                 AND t.width_ms = $3 AND t.bucket = {} AND t.device_id = {}",
+                json_rows(b, 1),
+                json_col(b, 1, Some("bigint")),
+                json_col(b, 0, None),
+            );
+            let rows = sqlx::query(&sql)
+                .bind(serde_json::Value::Array(keys).to_string())
+                .bind(window.metric)
+                .bind(window.width_ms)
+                .fetch_all(&self.pool)
+                .await?;
             for r in &rows {
                 out.push((r.parsed("device_id")?, r.i64("bucket")?, agg_of(r, sketches)?));
             }
