@@ -396,9 +396,9 @@ mod tests {
         assert_eq!(a[0]["labels"]["alertname"], "hot");
         assert_eq!(a[0]["labels"]["severity"], "critical");
         assert_eq!(a[0]["labels"]["device"], d1.to_string());
-        assert_eq!(a[0]["startsAt"], "1970-01-01T00:00:01Z");
+        assert_eq!(a[0]["startsAt"], "1970-01-01T00:00:01.000Z");
         assert!(a[0].get("endsAt").is_none());
         assert_eq!(a[1]["labels"]["device"], d2.to_string());
-        assert_eq!(a[1]["endsAt"], "1970-01-01T00:00:05Z");
+        assert_eq!(a[1]["endsAt"], "1970-01-01T00:00:05.000Z");
     }
 }
