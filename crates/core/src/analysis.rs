@@ -409,10 +409,7 @@ impl AnalysisSpec {
     /// `failure_limit` below `count`, `inconclusive_limit` at most 1000,
     /// `interval_secs` 1 s to 1 day and `initial_delay_secs` at most 30 days.
     pub fn validate(&self) -> Result<(), AnalysisError> {
-        let n = &self.name;
-        if n.is_empty() || n.len() > 63 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            return Err(AnalysisError::new("name", "must be 1 to 63 letters, digits, '.', '_' or '-'"));
-        }
+        crate::validate::identifier(&self.name).map_err(|m| AnalysisError::new("name", m))?;
         match &self.kind {
             AnalysisKind::Metric { metric, agg, window_secs, condition } => {
                 validate_metric_name(metric).map_err(|m| AnalysisError::new("metric", m))?;

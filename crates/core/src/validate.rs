@@ -42,6 +42,15 @@ pub fn name(n: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The name of an analysis check or an alert rule, used in events, URLs
+/// and Alertmanager labels: 1 to 63 letters, digits, `.`, `_` or `-`.
+pub fn identifier(n: &str) -> Result<(), String> {
+    if n.is_empty() || n.len() > 63 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err("must be 1 to 63 letters, digits, '.', '_' or '-'".into());
+    }
+    Ok(())
+}
+
 /// A label set: at most [`MAX_LABELS`], each key and value valid. On a bad
 /// label the error names its key (`Some(key)`), on too many none.
 pub fn labels(labels: &Labels) -> Result<(), (Option<String>, String)> {

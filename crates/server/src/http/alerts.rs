@@ -74,13 +74,6 @@ fn default_name(b: &CreateAlertRule) -> String {
     name.chars().take(63).collect()
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        return Err(ApiError::invalid("name", "must be 1 to 63 letters, digits, '.', '_' or '-'"));
-    }
-    Ok(())
-}
-
 /// The request as a core rule, every field checked and named.
 fn to_rule(b: &CreateAlertRule) -> Result<AlertRule, ApiError> {
     let agg: Agg =
@@ -125,7 +118,7 @@ pub async fn create_rule(
     caller.require(Role::Operator)?;
     let rule = to_rule(&body)?;
     let name = body.name.clone().map(|n| n.trim().to_string()).unwrap_or_else(|| default_name(&body));
-    check_name(&name)?;
+    otafleet_core::validate::identifier(&name).map_err(|m| ApiError::invalid("name", m))?;
     let selector = body.selector.as_deref().unwrap_or("").trim().to_string();
     let parsed = Selector::parse(&selector).map_err(|e| ApiError::invalid("selector", e.to_string()))?;
     if state.store.list_alert_rules().await?.len() >= MAX_RULES {

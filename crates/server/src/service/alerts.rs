@@ -229,21 +229,6 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default()
-    })
-}
-
-fn rfc3339(ms: Millis) -> String {
-    crate::time::rfc3339(ms)
-}
-
 /// The Alertmanager alerts (API v2) of the firing alerts and of the ones
 /// that resolved in this evaluation (with `endsAt`). Alertmanager expects
 /// firing alerts again before its `resolve_timeout`: every evaluation sends
@@ -276,10 +261,10 @@ pub fn alertmanager_alerts(
             );
             let mut a = serde_json::json!({"labels": labels, "annotations": {"summary": summary}});
             if let Some(t) = starts {
-                a["startsAt"] = rfc3339(t).into();
+                a["startsAt"] = crate::time::rfc3339(t).into();
             }
             if let Some(t) = ends {
-                a["endsAt"] = rfc3339(t).into();
+                a["endsAt"] = crate::time::rfc3339(t).into();
             }
             a
         };
@@ -309,7 +294,13 @@ async fn push(
         return Ok(());
     }
     let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
-    let resp = client().post(&endpoint).json(&body).send().await.map_err(|e| format!("{endpoint}: {e}"))?;
+    let resp = super::outbound_client()
+        .post(&endpoint)
+        .timeout(Duration::from_secs(10))
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("{endpoint}: {e}"))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();

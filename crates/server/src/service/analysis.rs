@@ -137,13 +137,6 @@ async fn metric_measurement(
     Ok(m)
 }
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default()
-    })
-}
-
 /// Runs an instant query at `now` against Prometheus' HTTP API: the value of
 /// a scalar or of a one-series vector, `None` for an empty vector, an error
 /// for anything else (a failed request, an error answer, several series).
@@ -151,7 +144,7 @@ pub async fn prometheus(settings: &Settings, query: &str, now: Millis) -> Result
     let base = settings.prometheus_url.as_deref().ok_or("no --prometheus-url is set")?;
     let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
     let time = format!("{:.3}", now as f64 / 1000.0);
-    let resp = client()
+    let resp = super::outbound_client()
         .get(&url)
         .query(&[("query", query), ("time", time.as_str())])
         .timeout(settings.prometheus_timeout)

@@ -33,6 +33,16 @@ pub use rollouts::{create_rollout, CreateRollout, ReleaseRef};
 
 use otafleet_store::StoreError;
 
+/// The HTTP client of the server's own outbound calls that are not webhook
+/// deliveries (Prometheus queries, the Alertmanager push): one connection
+/// pool, no redirects followed; each call sets its own timeout.
+pub fn outbound_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default()
+    })
+}
+
 /// Why an operation of the application layer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
