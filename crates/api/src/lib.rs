@@ -36,7 +36,8 @@ pub use releases::{
     Artifact, ArtifactGc, ArtifactGcQuery, CreateRelease, FreedArtifact, Release, ReleaseListQuery, UploadQuery,
 };
 pub use rollouts::{
-    Action, ActionListQuery, AnalysisCheck, CreateRollout, Rollout, RolloutListQuery, RolloutTarget, WaveProgress,
+    Action, ActionListQuery, AnalysisCheck, AnalysisMeasurement, CreateRollout, Rollout, RolloutListQuery,
+    RolloutTarget, WaveProgress,
 };
 pub use telemetry::{TelemetryAnswer, TelemetryPoint, TelemetryQuery, TelemetrySeries};
 pub use tokens::{CreateToken, CreatedToken, DeviceToken, TokenInfo, TokenState};

@@ -73,14 +73,17 @@ pub struct Rollout {
 }
 
 /// Where one analysis check of the current wave stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AnalysisCheck {
     pub name: String,
     /// `metric`, `no_firing_alerts` or `prometheus`.
     pub kind: String,
+    /// What the check requires, in words: `p95 of cpu_temp_c over 60 s <= 1.1 × baseline`.
+    pub condition: String,
     /// `waiting` (the wave's gate has not passed), `running`, `succeeded`,
-    /// `failed`, `inconclusive`, or `not_applicable` (a check relative to the
-    /// baseline on a last wave of 100%, which leaves no baseline).
+    /// `failed`, `inconclusive`, `not_applicable` (a check relative to the
+    /// baseline on a last wave of 100%, which leaves no baseline), or
+    /// `cancelled` (the rollout ended before the check concluded).
     pub verdict: String,
     pub passed: u32,
     pub failed: u32,
@@ -91,6 +94,26 @@ pub struct AnalysisCheck {
     /// Why the latest measurement that was not a pass was not, with its numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_problem: Option<String>,
+    /// The latest measurement's numbers, whatever its outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<AnalysisMeasurement>,
+}
+
+/// What one measurement of a check found (`null` where it does not apply,
+/// or for a value that is not a finite number).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AnalysisMeasurement {
+    /// The wave's value (or the query's).
+    pub observed: Option<f64>,
+    /// What it was compared with: the threshold, or factor × baseline.
+    pub threshold: Option<f64>,
+    /// The baseline's value, for a check relative to it.
+    pub baseline: Option<f64>,
+    /// Samples and devices of the wave that went into `observed`.
+    pub samples: Option<u64>,
+    pub devices: Option<u64>,
+    /// The measurement in words, with its outcome.
+    pub reason: String,
 }
 
 /// One device's part in a rollout.

@@ -686,6 +686,44 @@ fn show_rollout(r: &api::Rollout) {
             ],
         );
     }
+    if !r.analysis.is_empty() {
+        println!();
+        let num = |v: Option<f64>| v.map(otafleet_core::analysis::num);
+        let rows: Vec<serde_json::Value> = r
+            .analysis
+            .iter()
+            .map(|c| {
+                let last = c.last.as_ref();
+                serde_json::json!({
+                    "name": c.name, "condition": c.condition, "verdict": c.verdict,
+                    "passed": c.passed, "failed": c.failed, "inconclusive": c.inconclusive,
+                    "observed": num(last.and_then(|l| l.observed)),
+                    "threshold": num(last.and_then(|l| l.threshold)),
+                    "samples": last.and_then(|l| l.samples), "devices": last.and_then(|l| l.devices),
+                })
+            })
+            .collect();
+        output::table(
+            &rows,
+            &[
+                ("CHECK", "name"),
+                ("REQUIRES", "condition"),
+                ("VERDICT", "verdict"),
+                ("PASSED", "passed"),
+                ("FAILED", "failed"),
+                ("INCONCLUSIVE", "inconclusive"),
+                ("LAST", "observed"),
+                ("VS", "threshold"),
+                ("SAMPLES", "samples"),
+                ("DEVICES", "devices"),
+            ],
+        );
+        for c in &r.analysis {
+            if let Some(p) = &c.last_problem {
+                println!("{}: {p}", c.name);
+            }
+        }
+    }
 }
 
 pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {

@@ -164,6 +164,19 @@ fn run(db: &str) {
         assert_eq!(d["devices"], 1, "{d}");
         assert_eq!(d["baseline_devices"].as_u64(), Some(DEVICES as u64 - 1), "{d}");
     }
+    // The API and the CLI show each check with its latest numbers.
+    let failed_check = done["analysis"].as_array().unwrap().iter().find(|c| c["verdict"] == "failed").unwrap();
+    let last = &failed_check["last"];
+    assert!(last["observed"].as_f64().unwrap() > last["threshold"].as_f64().unwrap(), "{failed_check}");
+    let (code, out, err) = cli(&server.url, Some(ADMIN), &["rollouts", "get", &hot.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let name = failed_check["name"].as_str().unwrap();
+    let row = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("failed") && row.contains(&otafleet_core::analysis::num(last["observed"].as_f64().unwrap())),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{name}: ")), "the last problem is quoted: {out}");
     eventually(Duration::from_secs(30), || versions(&h).iter().all(|v| v == "1.0.0").then_some(()));
     let actions = h.get(&format!("/api/v1/rollouts/{hot}/actions?limit=100"), Some(ADMIN));
     let installs: Vec<&Value> =

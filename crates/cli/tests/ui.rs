@@ -189,3 +189,138 @@ fn dashboard_in_a_real_browser() {
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+/// What the fleet measures, in the dashboard: a hot canary's analysis
+/// checks with their numbers on the rollout page (the API's numbers, live),
+/// the alert its temperature fires on the alerts page and counted on the
+/// fleet page.
+#[test]
+fn analysis_and_alerts_in_a_real_browser() {
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let Some(b) = Browser::start(&shots) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        &sqlite_url(&dir),
+        &[
+            "--poll-interval-secs",
+            "1",
+            "--telemetry-resolutions",
+            "1s:1h,1m:1d",
+            "--telemetry-flush",
+            "200ms",
+            "--telemetry-grace",
+            "500ms",
+            "--telemetry-hold",
+            "1s",
+            "--alert-interval",
+            "300ms",
+        ],
+    );
+    let h = Http::new(&s.url);
+    let mut sim = Command::new(bin())
+        .args(["sim", "--devices", "8", "--poll-ms", "200", "--latency", "20", "--labels", "device_type=robot"])
+        .args(["--metric", "cpu_temp_c=normal(60,1.5)", "--metric-version", "2.2.0:cpu_temp_c=normal(85,1.5)"])
+        .args(["--metric-interval-ms", "300"])
+        .env("OTAFLEET_URL", &s.url)
+        .env("OTAFLEET_TOKEN", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rule = json!({"name": "robot-hot", "metric": "cpu_temp_c", "agg": "max", "window_secs": 60, "op": ">",
+                      "threshold": 80, "selector": "device_type=robot", "severity": "critical"});
+    assert_eq!(h.post("/api/v1/alerts/rules", Some(ADMIN), Some(&rule.to_string())).status, 201);
+    assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.2.0"}"#)).status, 201);
+    eventually(Duration::from_secs(30), || {
+        (h.get("/api/v1/devices?limit=100", Some(ADMIN)).body["items"].as_array()?.len() == 8).then_some(())
+    });
+    // Let the fleet's baseline gather before the canary runs hot.
+    std::thread::sleep(Duration::from_secs(2));
+    let strategy = json!({
+        "steps": [1, "100%"],
+        "analysis": [
+            {"name": "temp-vs-baseline", "kind": "metric", "metric": "cpu_temp_c", "agg": "p95", "window_secs": 5,
+             "condition": {"op": "<=", "factor": 1.1}, "initial_delay_secs": 3, "interval_secs": 1, "count": 2,
+             "min_samples": 3},
+            {"name": "no-critical-alerts", "kind": "no_firing_alerts", "min_severity": "critical",
+             "initial_delay_secs": 30, "interval_secs": 1}
+        ]
+    });
+    let body = json!({"version": "2.2.0", "selector": "device_type=robot", "strategy": strategy});
+    let r = h.post("/api/v1/rollouts", Some(ADMIN), Some(&body.to_string()));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_i64().unwrap();
+
+    b.goto(&format!("{}/ui/login", s.url));
+    b.type_into("#token", ADMIN);
+    b.click("#login button");
+    b.find("#count-total");
+    b.goto(&format!("{}/ui/rollouts/{id}", s.url));
+    b.find("#live");
+    // The relative check fails on the page, without a reload, with the API's numbers.
+    let verdict = || {
+        b.script(
+            "return document.querySelector('#analysis tr[data-check=\"temp-vs-baseline\"]')?.dataset.verdict || ''",
+            json!([]),
+        )
+    };
+    b.wait_for("the analysis to fail on the page", Duration::from_secs(60), || (verdict() == "failed").then_some(()));
+    let api = h.get(&format!("/api/v1/rollouts/{id}"), Some(ADMIN)).body;
+    let check = &api["analysis"][0];
+    assert_eq!(check["verdict"], "failed", "{api}");
+    let observed = check["last"]["observed"].as_f64().unwrap();
+    let threshold = check["last"]["threshold"].as_f64().unwrap();
+    assert!(observed > threshold && check["last"]["baseline"].as_f64().unwrap() * 1.1 - threshold < 1e-9, "{check}");
+    let row = "#analysis tr[data-check=\"temp-vs-baseline\"]";
+    let page_observed: f64 = b
+        .script(&format!("return document.querySelector('{row}').dataset.observed"), json!([]))
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(page_observed, observed);
+    assert_eq!(b.text(&format!("{row} td:nth-child(2)")), "p95 of cpu_temp_c over 5 s <= 1.1 × baseline");
+    assert_eq!(b.text(&format!("{row} td.observed")), otafleet_core::analysis::num(observed));
+    // The second check never ran: the first failed the wave.
+    b.wait_for("the rollout to end on the page", Duration::from_secs(60), || {
+        let v = b.script(
+            "return document.querySelector('#analysis tr[data-check=\"no-critical-alerts\"]').dataset.verdict",
+            json!([]),
+        );
+        (v == "cancelled").then_some(())
+    });
+    b.screenshot("14-rollout-analysis");
+    let overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth";
+    assert_eq!(b.script(overflow, json!([])), 0, "the rollout page fits its width");
+
+    // The canary's temperature fires the rule: the alerts page and the fleet page say so.
+    b.wait_for("the alert to fire", Duration::from_secs(30), || {
+        b.goto(&format!("{}/ui/alerts", s.url));
+        (b.text("#alerts-firing") == "1").then_some(())
+    });
+    let api = h.get("/api/v1/alerts?state=firing", Some(ADMIN)).body;
+    let device = api["items"][0]["device_id"].as_str().unwrap().to_string();
+    assert_eq!(b.text("span[data-severity=critical]"), "1");
+    assert_eq!(b.count("#alerts tbody tr[data-state=firing]"), 1);
+    let link = b.script(
+        "return document.querySelector('#alerts tbody tr[data-state=firing] a').getAttribute('href')",
+        json!([]),
+    );
+    assert_eq!(link, format!("/ui/devices/{device}"));
+    assert_eq!(b.text("#rules tbody tr td:first-child"), "robot-hot");
+    b.screenshot("15-alerts");
+    assert_eq!(b.script(overflow, json!([])), 0, "the alerts page fits its width");
+    b.goto(&format!("{}/ui/", s.url));
+    assert_eq!(b.text("#count-firing"), "1");
+    let unlabelled = b.script(
+        "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')] \
+           .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') \
+                        && !(e.tagName === 'BUTTON' && e.textContent.trim())).length",
+        json!([]),
+    );
+    assert_eq!(unlabelled, 0);
+    b.screenshot("16-fleet-with-alerts");
+    assert_eq!(b.script(overflow, json!([])), 0, "the fleet page fits its width");
+    let _ = sim.kill();
+    let _ = sim.wait();
+}

@@ -396,6 +396,23 @@ fn finite(field: &str, v: f64) -> Result<(), AnalysisError> {
 }
 
 impl AnalysisSpec {
+    /// What the check requires, in words, as the dashboard and the CLI show
+    /// it: `p95 of cpu_temp_c over 60 s <= 1.1 × baseline`, `no firing alert
+    /// of severity >= critical`, `the query <= 0.1`.
+    pub fn condition_text(&self) -> String {
+        match &self.kind {
+            AnalysisKind::Metric { metric, agg, window_secs, condition } => {
+                let rhs = match condition {
+                    Condition::Absolute { threshold, .. } => num(*threshold),
+                    Condition::Baseline { factor, .. } => format!("{} × baseline", num(*factor)),
+                };
+                format!("{agg} of {metric} over {window_secs} s {} {rhs}", condition.op())
+            }
+            AnalysisKind::NoFiringAlerts { min_severity } => format!("no firing alert of severity >= {min_severity}"),
+            AnalysisKind::Prometheus { op, threshold, .. } => format!("the query {op} {}", num(*threshold)),
+        }
+    }
+
     /// Whether the check compares with the baseline.
     pub fn is_relative(&self) -> bool {
         matches!(self.kind, AnalysisKind::Metric { condition: Condition::Baseline { .. }, .. })
@@ -681,9 +698,10 @@ pub struct Measured {
     pub detail: Detail,
 }
 
-/// A number as a reason shows it: at most four decimals, no trailing
-/// zeros (`85.6354`, `440`); the detail keeps the exact value.
-fn num(v: f64) -> String {
+/// A number as a reason (and the dashboard) shows it: at most four
+/// decimals, no trailing zeros (`85.6354`, `440`); the detail keeps the
+/// exact value.
+pub fn num(v: f64) -> String {
     if !v.is_finite() {
         return v.to_string();
     }
@@ -854,7 +872,7 @@ fn measure_metric(
 /// Where a check's run of measurements stands: the counts so far, when the
 /// next measurement is due, and why the last one that was not a pass was
 /// not. Stored with the rollout's wave.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AnalysisRun {
     /// Measurements that passed.
     pub passed: u32,
@@ -868,6 +886,10 @@ pub struct AnalysisRun {
     /// numbers), quoted by the verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_problem: Option<String>,
+    /// The numbers of the latest measurement, whatever its outcome, for
+    /// whoever shows the run (the API, the dashboard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Detail>,
 }
 
 /// What a check's run says. In JSON `{"verdict":"running","next_at":…}`.
@@ -943,14 +965,15 @@ impl AnalysisRun {
 /// Adds one measurement's outcome, taken at `now`, to `run`: the new run and
 /// its verdict. The next measurement is due `interval_secs` after `now`. A
 /// run already over is returned as it is, with its verdict, so a repeated
-/// call changes nothing. The verdict's reason gives the counts, and quotes
-/// `problem` (the [`Detail`]'s reason of this measurement, if it was not a
-/// pass), so a paused or failed rollout says what was measured.
+/// call changes nothing. The run keeps `detail` (this measurement's
+/// numbers) as its `last`; the verdict's reason gives the counts, and quotes
+/// the detail's reason if the measurement was not a pass, so a paused or
+/// failed rollout says what was measured.
 pub fn advance(
     spec: &AnalysisSpec,
     run: AnalysisRun,
     outcome: &MeasureOutcome,
-    problem: Option<&str>,
+    detail: Option<&Detail>,
     now: Millis,
 ) -> (AnalysisRun, Verdict) {
     let before = run.verdict(spec);
@@ -964,8 +987,9 @@ pub fn advance(
         MeasureOutcome::Inconclusive(_) => run.inconclusive = run.inconclusive.saturating_add(1),
     }
     if *outcome != MeasureOutcome::Pass {
-        run.last_problem = problem.map(|p| p.chars().take(MAX_PROBLEM).collect());
+        run.last_problem = detail.map(|d| d.reason.chars().take(MAX_PROBLEM).collect());
     }
+    run.last = detail.cloned();
     run.next_at = now.saturating_add(secs_to_ms(spec.interval_secs));
     let verdict = run.verdict(spec);
     (run, verdict)
@@ -1073,6 +1097,38 @@ mod tests {
         );
         let a = spec(r#"{"name":"a","kind":"no_firing_alerts"}"#);
         assert_eq!(a.kind, AnalysisKind::NoFiringAlerts { min_severity: Severity::Warning });
+    }
+
+    #[test]
+    fn conditions_read_as_words() {
+        assert_eq!(absolute().condition_text(), "p95 of request_ms over 300 s <= 500");
+        assert_eq!(relative().condition_text(), "p95 of request_ms over 300 s <= 1.1 × baseline");
+        assert_eq!(alerts().condition_text(), "no firing alert of severity >= critical");
+        assert_eq!(prometheus().condition_text(), "the query < 0.1");
+    }
+
+    #[test]
+    fn a_run_keeps_the_numbers_of_its_latest_measurement() {
+        let s = absolute();
+        let run = AnalysisRun::start(&s, 0);
+        let bad = measure(&s, &wave(Some(620.0), 40, 4));
+        let (run, _) = advance(&s, run, &bad.outcome, Some(&bad.detail), 60_000);
+        assert_eq!(run.last.as_ref().and_then(|d| d.observed), Some(620.0));
+        assert_eq!(run.last_problem.as_deref(), Some(bad.detail.reason.as_str()));
+        // A pass replaces the numbers, and leaves the last problem quoted.
+        let s = AnalysisSpec { count: 3, failure_limit: 1, ..absolute() };
+        let good = measure(&s, &wave(Some(410.0), 40, 4));
+        let (run, _) = advance(&s, run, &good.outcome, Some(&good.detail), 120_000);
+        assert_eq!(
+            run.last.as_ref().map(|d| (d.observed, d.threshold, d.samples)),
+            Some((Some(410.0), Some(500.0), Some(40)))
+        );
+        assert_eq!(run.last_problem.as_deref(), Some(bad.detail.reason.as_str()));
+        // Stored and read back alike; a run stored before `last` existed reads without it.
+        let json = serde_json::to_value(&run).unwrap();
+        assert_eq!(serde_json::from_value::<AnalysisRun>(json).unwrap(), run);
+        let old: AnalysisRun = serde_json::from_str(r#"{"passed":1,"failed":0,"inconclusive":0,"next_at":5}"#).unwrap();
+        assert_eq!(old.last, None);
     }
 
     #[test]

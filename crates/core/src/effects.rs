@@ -224,14 +224,16 @@ pub fn measured(s: &Snapshot<'_>, results: &[(usize, Measured)], now: Millis) ->
     let mut e = Effects::default();
     for (i, m) in results {
         let (Some(spec), Some(run)) = (specs.get(*i), runs.get(*i).cloned()) else { continue };
-        let (run, verdict) = analysis::advance(spec, run, &m.outcome, Some(&m.detail.reason), now);
-        runs[*i] = run.clone();
+        let (run, verdict) = analysis::advance(spec, run, &m.outcome, Some(&m.detail), now);
+        // The event's run without its `last`: the measurement beside it is that.
+        let counts = AnalysisRun { last: None, ..run.clone() };
+        runs[*i] = run;
         let data = json!({
             "wave": s.wave,
             "check": spec.name,
             "kind": spec.kind.name().as_str(),
             "measurement": m,
-            "run": run,
+            "run": counts,
             "verdict": verdict,
         });
         e = e.event(EventKind::RolloutAnalysis, data);

@@ -567,7 +567,7 @@ mod tests {
             &spec[0],
             AnalysisRun::start(&spec[0], 0),
             &MeasureOutcome::Inconclusive("no data".into()),
-            Some("no data: no samples"),
+            Some(&crate::analysis::Detail { reason: "no data: no samples".into(), ..Default::default() }),
             0,
         );
         let runs = [unsure];

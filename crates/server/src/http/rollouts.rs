@@ -81,21 +81,34 @@ fn analysis_view(r: &Rollout) -> Vec<api::AnalysisCheck> {
             let (verdict, next_at) = match run.as_ref().map(|run| run.verdict(spec)) {
                 _ if !applies => ("not_applicable", None),
                 None => ("waiting", None),
+                // Nothing more will be measured.
+                Some(Verdict::Running { .. }) if !r.state.is_active() => ("cancelled", None),
                 Some(Verdict::Running { next_at }) => ("running", Some(rfc3339(next_at))),
                 Some(Verdict::Succeeded) => ("succeeded", None),
                 Some(Verdict::Failed { .. }) => ("failed", None),
                 Some(Verdict::Inconclusive { .. }) => ("inconclusive", None),
             };
             let run = run.unwrap_or_default();
+            let finite = |v: Option<f64>| v.filter(|v| v.is_finite());
+            let last = run.last.map(|d| api::AnalysisMeasurement {
+                observed: finite(d.observed),
+                threshold: finite(d.threshold),
+                baseline: finite(d.baseline),
+                samples: d.samples,
+                devices: d.devices,
+                reason: d.reason,
+            });
             api::AnalysisCheck {
                 name: spec.name.clone(),
                 kind: spec.kind.name().to_string(),
+                condition: spec.condition_text(),
                 verdict: verdict.to_string(),
                 passed: run.passed,
                 failed: run.failed,
                 inconclusive: run.inconclusive,
                 next_at,
                 last_problem: run.last_problem,
+                last,
             }
         })
         .collect()

@@ -62,6 +62,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/releases", get(pages::releases))
         .route("/ui/releases/{id}", get(pages::release))
         .route("/ui/events", get(pages::events))
+        .route("/ui/alerts", get(pages::alerts))
         .route("/ui/jobs", get(pages::jobs))
         .route("/ui/jobs/deploy", post(pages::jobs_deploy))
         .route("/ui/jobs/rollback", post(pages::jobs_rollback))
@@ -212,6 +213,7 @@ pub fn page(session: &Session, title: &str, active: &str, content: Markup) -> Re
         ("releases", "/ui/releases", "Releases"),
         ("rollouts", "/ui/rollouts", "Rollouts"),
         ("jobs", "/ui/jobs", "Jobs"),
+        ("alerts", "/ui/alerts", "Alerts"),
         ("events", "/ui/events", "Events"),
     ];
     let body = html! {

@@ -18,6 +18,80 @@ pub const PAGE_ROWS: i64 = 50;
 /// A device is online when it checked in within this many poll intervals.
 const ONLINE_POLLS: u64 = 3;
 
+// ---------------------------------------------------------------- alerts
+
+/// Alerts listed on the alerts page at most (the API lists them all).
+const ALERT_ROWS: usize = 200;
+
+/// The alerts that are firing or pending, the counts of firing ones by
+/// severity, and the rules.
+pub async fn alerts(State(state): State<AppState>, session: Session) -> UiResult<Response> {
+    let axum::Json(Page { items: alerts, .. }) =
+        http::alerts::list(State(state.clone()), session.caller(), ApiQuery(api::AlertListQuery::default())).await?;
+    let axum::Json(Page { items: rules, .. }) =
+        http::alerts::list_rules(State(state.clone()), session.caller()).await?;
+    let firing: Vec<&api::Alert> = alerts.iter().filter(|a| a.state == "firing").collect();
+    let severities: Vec<otafleet_core::alert::Severity> =
+        firing.iter().filter_map(|a| a.severity.parse().ok()).collect();
+    let counts = crate::service::alerts::count_by_severity(severities.iter());
+    let n = |v: Option<f64>| v.map(otafleet_core::analysis::num).unwrap_or_else(|| "—".into());
+    let content = html! {
+        h1 { "Alerts" }
+        div.cards {
+            div.stat { span.label { "firing" } span.value id="alerts-firing" { (firing.len()) } }
+            @for (severity, count) in &counts {
+                div.stat { span.label { (severity.as_str()) } span.value data-severity=(severity.as_str()) { (count) } }
+            }
+            div.stat { span.label { "pending" } span.value id="alerts-pending" { (alerts.len() - firing.len()) } }
+        }
+        p.muted { "Evaluated by the leading replica every few seconds; their history is in "
+            a href="/ui/events?kind=alert.firing" { "the events" } "." }
+        section {
+            h2 id="alerts-title" { "Firing and pending" }
+            table.data id="alerts" aria-labelledby="alerts-title" {
+                thead { tr {
+                    th scope="col" { "State" } th scope="col" { "Severity" } th scope="col" { "Rule" } th scope="col" { "Device" }
+                    th scope="col" class="num" { "Value" } th scope="col" { "Cause" } th scope="col" { "Since" }
+                } }
+                tbody {
+                    @for a in alerts.iter().take(ALERT_ROWS) {
+                        tr data-rule=(a.rule_id) data-state=(a.state) {
+                            td { (badge(&a.state)) } td { span class={ "badge sev-" (a.severity) } { (a.severity) } } td { (a.rule) }
+                            td { @if let Some(d) = a.device_id { a href={ "/ui/devices/" (d) } { code { (d.to_string()[..8]) "…" } } } @else { "the group" } }
+                            td.num { (n(a.value)) } td { (a.cause.as_deref().unwrap_or("")) } td { (time(&a.since)) }
+                        }
+                    }
+                    @if alerts.is_empty() { tr { td colspan="7" .muted { "nothing firing or pending" } } }
+                }
+            }
+            @if alerts.len() > ALERT_ROWS { p.muted { "and " (alerts.len() - ALERT_ROWS) " more (the API lists them all: GET /api/v1/alerts)" } }
+        }
+        section {
+            h2 id="rules-title" { "Rules" }
+            table.data id="rules" aria-labelledby="rules-title" {
+                thead { tr {
+                    th scope="col" { "Name" } th scope="col" { "Severity" } th scope="col" { "Condition" } th scope="col" { "For" }
+                    th scope="col" { "Selector" } th scope="col" { "Scope" } th scope="col" class="num" { "Firing" }
+                } }
+                tbody {
+                    @for r in &rules {
+                        tr data-rule=(r.id) {
+                            td { (r.name) } td { span class={ "badge sev-" (r.severity) } { (r.severity) } }
+                            td { code { (r.agg) "(" (r.metric) ") over " (r.window_secs) " s " (r.op) " " (n(Some(r.threshold)))
+                                @if let Some(c) = r.clear { ", clears at " (n(Some(c))) }
+                                @if let Some(s) = r.no_data_secs { "; no data for " (s) " s" } } }
+                            td { (r.for_secs) " s" } td { code { (if r.selector.is_empty() { "(all devices)" } else { &r.selector }) } }
+                            td { (r.scope) } td.num { (firing.iter().filter(|a| a.rule_id == r.id).count()) }
+                        }
+                    }
+                    @if rules.is_empty() { tr { td colspan="7" .muted { "no rules (otafleet alerts rules create …)" } } }
+                }
+            }
+        }
+    };
+    Ok(page(&session, "Alerts", "alerts", content))
+}
+
 // ---------------------------------------------------------------- fleet
 
 pub async fn fleet(State(state): State<AppState>, session: Session) -> UiResult<Response> {
@@ -28,6 +102,7 @@ pub async fn fleet(State(state): State<AppState>, session: Session) -> UiResult<
     let online_since = now - (window_secs * 1000) as i64;
     let counts = state.store.fleet_counts(online_since).await?;
     let history = versions_over_time(&state, &counts.by_version, now).await?;
+    let firing = state.store.list_alerts(None, true).await?.len();
     let total = counts.total.max(1);
     let table = |title: &str, rows: Vec<(String, i64)>| {
         html! {
@@ -56,6 +131,7 @@ pub async fn fleet(State(state): State<AppState>, session: Session) -> UiResult<
             div.stat { span.label { "devices" } span.value id="count-total" { (counts.total) } }
             div.stat { span.label { "online" } span.value id="count-online" { (counts.online) } }
             div.stat { span.label { "offline" } span.value id="count-offline" { (counts.total - counts.online) } }
+            div.stat { span.label { "firing alerts" } a.value id="count-firing" href="/ui/alerts" { (firing) } }
         }
         p.muted { "Online: checked in within the last " (window_secs) " s (three poll intervals, and the delay before a check-in is recorded)." }
         div.grid {

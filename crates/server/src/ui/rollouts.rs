@@ -315,6 +315,7 @@ fn live_fragment(d: &LiveData) -> Markup {
                 @if progress.is_empty() { tr { td colspan="11" .muted { "nothing planned (an external job)" } } }
             }
         }
+        @if !r.analysis.is_empty() { (analysis_table(r)) }
         @if let Some(until) = &bake_until {
             @if r.state == RolloutState::Running {
                 p.bake { "Baking: the next wave may start at " (time(until)) " (" span data-countdown=(until) { "" } ")." }
@@ -330,6 +331,40 @@ fn live_fragment(d: &LiveData) -> Markup {
                         tr data-event-id=(e.id) {
                             td { (time(&e.at)) } td { code { (e.kind.as_str()) } } td { (e.actor) } td { (details(&e.data)) }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The current wave's analysis checks: what each requires, its verdict,
+/// the counts, and the latest measurement's numbers.
+fn analysis_table(r: &api::Rollout) -> Markup {
+    let n = |v: Option<f64>| v.map(otafleet_core::analysis::num).unwrap_or_else(|| "—".into());
+    let count = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "—".into());
+    html! {
+        table.data.analysis id="analysis" {
+            caption { "Analysis of wave " (r.current_wave + 1) " (each measurement is an event in the timeline)" }
+            thead { tr {
+                th scope="col" { "Check" } th scope="col" { "Requires" } th scope="col" { "Verdict" }
+                th scope="col" class="num" { "Passed / failed / inconclusive" }
+                th scope="col" class="num" { "Last value" } th scope="col" class="num" { "Compared with" } th scope="col" class="num" { "Baseline" }
+                th scope="col" class="num" { "Samples / devices" } th scope="col" { "Next" }
+            } }
+            tbody {
+                @for c in &r.analysis {
+                    @let last = c.last.as_ref();
+                    tr data-check=(c.name) data-verdict=(c.verdict) data-observed=[last.and_then(|l| l.observed)] {
+                        td { (c.name) } td { (c.condition) } td { (badge(&c.verdict)) }
+                        td.num { span.ok { (c.passed) } " / " span.bad { (c.failed) } " / " (c.inconclusive) }
+                        td.num.observed { (n(last.and_then(|l| l.observed))) } td.num { (n(last.and_then(|l| l.threshold))) }
+                        td.num { (n(last.and_then(|l| l.baseline))) }
+                        td.num { (count(last.and_then(|l| l.samples))) " / " (count(last.and_then(|l| l.devices))) }
+                        td { @if let Some(t) = &c.next_at { (time(t)) } @else { "—" } }
+                    }
+                    @if let Some(p) = c.last_problem.as_deref().or(last.map(|l| l.reason.as_str())) {
+                        tr.reason-row { td {} td colspan="8" .muted { (p) } }
                     }
                 }
             }
