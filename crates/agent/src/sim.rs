@@ -74,6 +74,11 @@ pub struct SimArgs {
     /// Milliseconds between two telemetry batches of one device.
     #[arg(long, default_value_t = 10_000)]
     pub metric_interval_ms: u64,
+    /// Send telemetry over MQTT through this broker (mqtt://host:port), on
+    /// each device's `otafleet/<id>/telemetry` topic, instead of over HTTP;
+    /// the server's answers on `…/telemetry/ack` are counted.
+    #[arg(long)]
+    pub telemetry_mqtt: Option<String>,
     /// The CAs to trust for an `https://` server: the CLI's global
     /// `--ca-file` (`OTAFLEET_CA_FILE`); the Mozilla roots without one.
     #[arg(skip)]
@@ -98,6 +103,7 @@ impl Default for SimArgs {
             metrics: Vec::new(),
             metric_versions: Vec::new(),
             metric_interval_ms: 10_000,
+            telemetry_mqtt: None,
             ca_file: None,
         }
     }
@@ -318,12 +324,17 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
         remaining -= batch;
     }
     let stats = Arc::new(SimStats::default());
+    let mqtt = match &args.telemetry_mqtt {
+        Some(url) if !plan.metrics.is_empty() => Some(telemetry_publisher(url, &args.ca_file, stats.clone())?),
+        Some(_) => bail!("--telemetry-mqtt needs --metric"),
+        None => None,
+    };
     let permits = Arc::new(tokio::sync::Semaphore::new(args.max_connections.max(1)));
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::with_capacity(creds.len());
     let device_ids = creds.iter().map(|(id, _)| id.clone()).collect();
     let device_tokens = creds.iter().map(|(_, tok)| tok.clone()).collect();
-    for (i, (_, tok)) in creds.into_iter().enumerate() {
+    for (i, (id, tok)) in creds.into_iter().enumerate() {
         let clients = std::iter::once(base.as_str())
             .chain(args.also_via.iter().map(|u| u.trim_end_matches('/')))
             .map(|b| DeviceClient::new(b, &tok, http.clone()))
@@ -339,6 +350,7 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
             permits: permits.clone(),
             plan: plan.clone(),
             next_sample: None,
+            mqtt: mqtt.clone().map(|c| (c, id.parse().expect("the server's device id"), tok.clone())),
         };
         tasks.push(tokio::spawn(dev.run(stopped.clone())));
     }
@@ -358,6 +370,43 @@ struct SimDevice {
     plan: Arc<MetricPlan>,
     /// When the next telemetry batch is due.
     next_sample: Option<tokio::time::Instant>,
+    /// With `--telemetry-mqtt`: the fleet's connection, the device's id and token.
+    mqtt: Option<(rumqttc::AsyncClient, uuid::Uuid, String)>,
+}
+
+/// The fleet's one MQTT connection for telemetry (a broker authenticates
+/// connections, the server each message by the token it carries). Counts the
+/// samples the server's answers accept, and the refusals as errors.
+fn telemetry_publisher(
+    url: &str,
+    ca_file: &Option<std::path::PathBuf>,
+    stats: Arc<SimStats>,
+) -> Result<rumqttc::AsyncClient> {
+    use rumqttc::{Event, Packet, QoS};
+    let url = crate::push::parse_broker(url).map_err(|e| anyhow!("--telemetry-mqtt: {e}"))?;
+    let trust = otafleet_rt::tls::Trust::ca(ca_file.clone());
+    let mut opts = otafleet_rt::mqtt::options(&url, &format!("otafleet-sim-{}", uuid::Uuid::new_v4()), &trust)?;
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, events) = rumqttc::AsyncClient::new(opts, 1024);
+    let sub = client.clone();
+    tokio::spawn(otafleet_rt::mqtt::run(events, url.to_string(), move |ev| match ev {
+        Event::Incoming(Packet::ConnAck(_)) => {
+            if let Err(e) = sub.try_subscribe("otafleet/+/telemetry/ack", QoS::AtMostOnce) {
+                tracing::warn!(error = %e, "MQTT subscribe failed");
+            }
+        }
+        Event::Incoming(Packet::Publish(p)) => {
+            match serde_json::from_slice::<otafleet_core::protocol::TelemetryAccepted>(&p.payload) {
+                Ok(a) => stats.samples.fetch_add(a.accepted as u64, Ordering::Relaxed),
+                Err(_) => {
+                    tracing::debug!(answer = %String::from_utf8_lossy(&p.payload), "telemetry refused");
+                    stats.errors.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+        _ => {}
+    }));
+    Ok(client)
 }
 
 impl SimDevice {
@@ -418,8 +467,18 @@ impl SimDevice {
         }
         let interval = Duration::from_millis(self.args.metric_interval_ms);
         self.next_sample = Some(self.next_sample.map_or(now, |t| t.max(now - interval)) + interval);
-        let batch =
-            otafleet_core::protocol::TelemetryBatch { samples: self.plan.samples(&self.version, &mut self.rng) };
+        let samples = self.plan.samples(&self.version, &mut self.rng);
+        if let Some((mqtt, id, token)) = &self.mqtt {
+            let msg = otafleet_core::protocol::MqttTelemetry { token: token.clone(), samples };
+            let payload = serde_json::to_vec(&msg).expect("a batch serializes");
+            let topic = otafleet_core::protocol::telemetry_topic(id);
+            if let Err(e) = mqtt.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "telemetry publish failed");
+            }
+            return;
+        }
+        let batch = otafleet_core::protocol::TelemetryBatch { samples };
         let client = self.next_client();
         let sent = {
             let _permit = self.permits.acquire().await;

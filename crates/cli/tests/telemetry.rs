@@ -225,3 +225,181 @@ fn telemetry_is_ingested_refused_limited_and_queried_postgres() {
         run(&url);
     }
 }
+
+/// A device's side of MQTT telemetry: publishes on its topic, reads the
+/// server's answers on every ack topic.
+struct MqttDevice {
+    client: rumqttc::Client,
+    acks: std::sync::mpsc::Receiver<(String, Value)>,
+}
+
+impl MqttDevice {
+    fn connect(url: &str) -> MqttDevice {
+        let rest = url.strip_prefix("mqtt://").expect("an mqtt:// URL");
+        let (host, port) = rest.trim_end_matches('/').split_once(':').unwrap_or((rest, "1883"));
+        let id = format!("otafleet-test-{}", uuid::Uuid::new_v4());
+        let mut opts = rumqttc::MqttOptions::new(id, host, port.parse().unwrap());
+        opts.set_keep_alive(Duration::from_secs(10));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = rumqttc::Client::new(opts, 64);
+        client.subscribe("otafleet/+/telemetry/ack", rumqttc::QoS::AtLeastOnce).unwrap();
+        let (tx, acks) = std::sync::mpsc::channel();
+        let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if tx.send((p.topic.clone(), v)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("test MQTT connection: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        });
+        subscribed.recv_timeout(Duration::from_secs(10)).expect("subscribed to the ack topics");
+        MqttDevice { client, acks }
+    }
+
+    /// Publishes `payload` on `device`'s telemetry topic and waits for the answer on its ack topic.
+    fn send(&self, device: &str, payload: &[u8]) -> Value {
+        self.try_send(device, payload, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("no answer on otafleet/{device}/telemetry/ack"))
+    }
+
+    fn try_send(&self, device: &str, payload: &[u8], wait: Duration) -> Option<Value> {
+        let topic = format!("otafleet/{device}/telemetry");
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec()).unwrap();
+        let ack_topic = format!("otafleet/{device}/telemetry/ack");
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.acks.recv_timeout(left) {
+                Ok((t, v)) if t == ack_topic => return Some(v),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn mqtt_url() -> Option<String> {
+    let url = std::env::var("OTAFLEET_TEST_MQTT_URL").ok().filter(|s| !s.is_empty());
+    if url.is_none() {
+        eprintln!("SKIPPED MQTT telemetry test: set OTAFLEET_TEST_MQTT_URL (e.g. mqtt://127.0.0.1:1883) to run it");
+    }
+    url
+}
+
+/// Over MQTT a batch is taken exactly as over HTTP: the token proves the
+/// device, a device writes only its own series, bad samples are refused each
+/// by name, and the answer arrives on the device's ack topic; a simulated
+/// fleet sending over MQTT is measured like one sending over HTTP.
+#[test]
+fn telemetry_over_mqtt_is_taken_like_http() {
+    let Some(mqtt) = mqtt_url() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &sqlite_url(&dir),
+        &["--mqtt-url", &mqtt, "--telemetry-flush", "100ms", "--telemetry-hold", "200ms", "--telemetry-rate", "5"],
+    );
+    let h = Http::new(&server.url);
+    let devs = register(
+        &h,
+        json!([
+            {"name": "m-1", "labels": {"site": "mqtt"}, "current_version": "1.0.0"},
+            {"name": "m-2", "labels": {"site": "mqtt"}, "current_version": "1.0.0"},
+        ]),
+    );
+    let ((a, a_token), (b, _)) = (&devs[0], &devs[1]);
+    let dev = MqttDevice::connect(&mqtt);
+    // The server subscribes once it is connected: the first answer (to a
+    // message that changes nothing) says it has.
+    let probe = json!({"token": "dev_probe", "samples": [{"metric": "probe", "value": 1}]}).to_string();
+    let mut probes = 0;
+    eventually(Duration::from_secs(30), || {
+        probes += 1;
+        dev.try_send(a, probe.as_bytes(), Duration::from_millis(500))
+    });
+    let now = otafleet_store::now_ms();
+    let good = json!({"token": a_token, "samples": [
+        {"metric": "cpu_temp_c", "value": 61.0, "ts": now},
+        {"metric": "cpu_temp_c", "value": 63.0, "ts": now, "labels": {"core": "1"}},
+    ]});
+    assert_eq!(dev.send(a, good.to_string().as_bytes()), json!({"accepted": 2}));
+
+    // Another device's topic with this token: refused, nothing stored for either.
+    let ack = dev.send(b, good.to_string().as_bytes());
+    assert_eq!(ack["error"]["code"], "unauthorized", "{ack}");
+    let ack = dev.send(a, json!({"token": "dev_not-a-token", "samples": good["samples"]}).to_string().as_bytes());
+    assert_eq!(ack["error"]["message"], "unknown device token", "{ack}");
+    // Bad samples, named one by one; malformed JSON; an unknown field.
+    let bad = json!({"token": a_token, "samples": [
+        {"metric": "9bad", "value": 1.0},
+        {"metric": "ok", "value": 1.0, "ts": now + 3_600_000},
+    ]});
+    let ack = dev.send(a, bad.to_string().as_bytes());
+    assert_eq!(ack["error"]["field"], "samples[0].metric", "{ack}");
+    let msg = ack["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("2 bad samples") && msg.contains("samples[1].ts"), "{msg}");
+    let ack = dev.send(a, b"{\"token\": ");
+    assert_eq!(ack["error"]["code"], "bad_request", "{ack}");
+    let ack = dev.send(a, json!({"token": a_token, "samples": [], "extra": 1}).to_string().as_bytes());
+    assert!(ack["error"]["message"].as_str().unwrap().contains("unknown field `extra`"), "{ack}");
+    // Over the rate: nearly the whole burst (10,000 samples, less the two
+    // taken: a 400 kB message), then a hundred more get 429's message, with
+    // when to retry.
+    let burst: Vec<Value> = (0..9_990).map(|i| json!({"metric": "burst", "value": i})).collect();
+    let ack = dev.send(a, json!({"token": a_token, "samples": burst}).to_string().as_bytes());
+    assert_eq!(ack, json!({"accepted": 9_990}));
+    let more: Vec<Value> = (0..100).map(|i| json!({"metric": "burst", "value": i})).collect();
+    let ack = dev.send(a, json!({"token": a_token, "samples": more}).to_string().as_bytes());
+    assert_eq!(ack["error"]["code"], "rate_limited", "{ack}");
+    assert!(ack["error"]["message"].as_str().unwrap().contains("retry after"), "{ack}");
+
+    // What was taken is what the query API answers.
+    let r = eventually(Duration::from_secs(15), || {
+        let r = query(&h, "metric=cpu_temp_c&agg=max&step=1h&by=device");
+        (series(&r, "device").iter().map(|s| s.1.iter().map(|p| p.1).sum::<u64>()).sum::<u64>() == 2).then_some(r)
+    });
+    let s = series(&r, "device");
+    assert_eq!(s.len(), 1, "only the device whose token it was: {s:?}");
+    assert_eq!(s[0].0, *a);
+    assert_eq!(s[0].1[0].0, Some(63.0));
+    let m = h.get("/metrics", None).text;
+    // Probes answered late are counted too, so at most one per probe sent.
+    let unauthorized =
+        (2..=probes + 2).map(|n| format!("otafleet_telemetry_mqtt_messages_total{{outcome=\"unauthorized\"}} {n}\n"));
+    assert!(unauthorized.clone().any(|l| m.contains(&l)), "2 + ≤{probes} unauthorized in\n{m}");
+    for (outcome, n) in [("accepted", 2), ("refused", 4)] {
+        let line = format!("otafleet_telemetry_mqtt_messages_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
+
+    // A simulated fleet sending over MQTT.
+    let out = std::process::Command::new(bin())
+        .args(["sim", "--devices", "5", "--poll-ms", "500", "--labels", "site=sim-mqtt", "--duration", "4"])
+        .args(["--metric", "loop_latency_ms=const(12)", "--metric-interval-ms", "300", "--telemetry-mqtt", &mqtt])
+        .env("OTAFLEET_URL", &server.url)
+        .env("OTAFLEET_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let r = eventually(Duration::from_secs(15), || {
+        let r = query(&h, "metric=loop_latency_ms&agg=avg&step=1h&selector=site%3Dsim-mqtt");
+        let s = series(&r, "");
+        (s.len() == 1 && s[0].1.iter().map(|p| p.2).max() == Some(5)).then_some(s)
+    });
+    assert_eq!(r[0].1[0].0, Some(12.0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("samples 0 "), "the sim counted the server's acks: {stdout}");
+}

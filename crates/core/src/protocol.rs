@@ -244,6 +244,45 @@ pub fn command_topic(device_id: &Uuid) -> String {
     format!("otafleet/{device_id}/cmd")
 }
 
+/// MQTT topic on which a device may publish its telemetry (when the server
+/// runs with `--mqtt-url`): an [`MqttTelemetry`].
+pub fn telemetry_topic(device_id: &Uuid) -> String {
+    format!("otafleet/{device_id}/telemetry")
+}
+
+/// MQTT topic on which the server answers each message on
+/// [`telemetry_topic`]: a [`TelemetryAccepted`], or the error body the
+/// HTTP endpoint would have answered (`{"error":{"code","message","field"}}`).
+pub fn telemetry_ack_topic(device_id: &Uuid) -> String {
+    format!("otafleet/{device_id}/telemetry/ack")
+}
+
+/// What the servers subscribe to for telemetry: a shared subscription, so
+/// with several replicas each message is taken by one of them.
+pub const TELEMETRY_SUBSCRIPTION: &str = "$share/otafleet/otafleet/+/telemetry";
+
+/// The device a [`telemetry_topic`] names, if `topic` is one.
+pub fn device_of_telemetry_topic(topic: &str) -> Option<Uuid> {
+    let id = topic.strip_prefix("otafleet/")?.strip_suffix("/telemetry")?;
+    // Only the canonical hyphenated form, so a topic names one device one way.
+    let uuid: Uuid = id.parse().ok()?;
+    (uuid.hyphenated().to_string() == id).then_some(uuid)
+}
+
+/// The payload of a message on [`telemetry_topic`]. A broker authenticates
+/// connections, not messages, so the message carries the device token that
+/// proves it is the device's; the broker's ACL should let a device publish
+/// only to its own topic and let only the servers subscribe to telemetry
+/// (a message's token is visible to whoever may read the topic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTelemetry {
+    /// The device token, as in `Authorization: Bearer` over HTTP.
+    pub token: String,
+    /// As in [`TelemetryBatch`].
+    pub samples: Vec<crate::telemetry::Sample>,
+}
+
 /// The payload of a push on [`command_topic`].
 pub const CHECKIN_COMMAND: &str = r#"{"cmd":"checkin"}"#;
 
@@ -369,6 +408,27 @@ mod tests {
         assert_eq!(compare_versions("v1.2", "1.2.0"), Equal);
         assert_eq!(compare_versions("1.0.0", "1.0.1"), Less);
         assert_eq!(compare_versions("2024.1", "2023.12"), Greater);
+    }
+
+    #[test]
+    fn telemetry_topics_name_one_device_one_way() {
+        let id = Uuid::from_u128(0xabcd_ef01_2345_6789_abcd_ef01_2345_6789);
+        assert_eq!(device_of_telemetry_topic(&telemetry_topic(&id)), Some(id));
+        assert_eq!(telemetry_ack_topic(&id), format!("otafleet/{id}/telemetry/ack"));
+        assert!(TELEMETRY_SUBSCRIPTION.ends_with("otafleet/+/telemetry"));
+        for bad in [
+            "otafleet/not-a-uuid/telemetry".to_string(),
+            format!("otafleet/{}/telemetry", id.simple()),
+            format!("otafleet/{}/telemetry", id.to_string().to_uppercase()),
+            telemetry_ack_topic(&id),
+            command_topic(&id),
+            format!("other/{id}/telemetry"),
+        ] {
+            assert_eq!(device_of_telemetry_topic(&bad), None, "{bad}");
+        }
+        let m: MqttTelemetry = serde_json::from_str(r#"{"token":"t","samples":[{"metric":"a","value":1}]}"#).unwrap();
+        assert_eq!((m.token.as_str(), m.samples.len()), ("t", 1));
+        assert!(serde_json::from_str::<MqttTelemetry>(r#"{"token":"t","samples":[],"x":1}"#).is_err());
     }
 
     #[test]

@@ -241,6 +241,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let webhooks = tokio::spawn(service::webhooks::run(state.clone(), driver_stopped.clone()));
         let telemetry = tokio::spawn(service::telemetry::run(state.clone(), driver_stopped.clone()));
         let alerts = tokio::spawn(service::alerts::run(state.clone(), driver_stopped.clone()));
+        let mqtt_telemetry = state
+            .mqtt
+            .as_ref()
+            .and_then(|p| p.take_inbox())
+            .map(|inbox| tokio::spawn(mqtt::ingest(state.clone(), inbox, driver_stopped.clone())));
         let wake = state.driver_wake.clone();
         let streams = state.feed.clone();
         let signal = async move {
@@ -269,6 +274,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), webhooks).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), telemetry).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), alerts).await;
+        if let Some(m) = mqtt_telemetry {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), m).await;
+        }
         if let Some(c) = coherence {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c).await;
         }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub telemetry_samples: Counter,
     /// Telemetry window rows this replica wrote (merged into the database).
     pub telemetry_rows: Counter,
+    /// MQTT telemetry messages by outcome (`accepted`, `refused`, `unauthorized`, `dropped`).
+    pub telemetry_mqtt: Family<Labels, Counter>,
     /// Telemetry windows held in memory, not yet written.
     pub telemetry_held: Gauge,
     /// Seconds the last evaluation of every alert rule took (the leader's).
@@ -81,6 +83,7 @@ impl Metrics {
             webhook_attempts: Family::default(),
             telemetry_samples: Counter::default(),
             telemetry_rows: Counter::default(),
+            telemetry_mqtt: Family::default(),
             telemetry_held: Gauge::default(),
             alert_cycle_seconds: Gauge::default(),
             alerts_firing: Family::default(),
@@ -154,6 +157,12 @@ impl Metrics {
             "otafleet_telemetry_window_rows_written",
             "Telemetry window rows this replica merged into the database",
             m.telemetry_rows.clone(),
+        );
+        registry.register(
+            "otafleet_telemetry_mqtt_messages",
+            "MQTT telemetry messages this replica received, by outcome (accepted; refused: bad samples or over \
+             the rate; unauthorized: unknown token or another device's topic; dropped: the ingest queue was full)",
+            m.telemetry_mqtt.clone(),
         );
         registry.register(
             "otafleet_telemetry_windows_held",

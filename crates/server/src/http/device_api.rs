@@ -92,14 +92,24 @@ pub async fn telemetry(
     DeviceCaller(device): DeviceCaller,
     ApiJson(batch): ApiJson<TelemetryBatch>,
 ) -> ApiResult<(axum::http::StatusCode, Json<TelemetryAccepted>)> {
-    use crate::service::telemetry::{IngestError, Refusal};
     match crate::service::telemetry::ingest(&state, device, &batch.samples).await {
         Ok(accepted) => Ok((axum::http::StatusCode::ACCEPTED, Json(TelemetryAccepted { accepted }))),
-        Err(IngestError::Refused(Refusal::Invalid { field, message })) => Err(ApiError::invalid(&field, message)),
-        Err(IngestError::Refused(Refusal::TooMany { retry_after_secs })) => Err(ApiError::too_many(
-            format!("over this device's telemetry rate ({} samples/s)", state.config.telemetry.rate),
+        Err(e) => Err(telemetry_error(&state, e)),
+    }
+}
+
+/// What a refused batch is answered, over HTTP and on the MQTT ack topic.
+pub fn telemetry_error(state: &AppState, e: crate::service::telemetry::IngestError) -> ApiError {
+    use crate::service::telemetry::{IngestError, Refusal};
+    match e {
+        IngestError::Refused(Refusal::Invalid { field, message }) => ApiError::invalid(&field, message),
+        IngestError::Refused(Refusal::TooMany { retry_after_secs }) => ApiError::too_many(
+            format!(
+                "over this device's telemetry rate ({} samples/s); retry after {retry_after_secs} s",
+                state.config.telemetry.rate
+            ),
             retry_after_secs,
-        )),
-        Err(IngestError::Store(e)) => Err(e.into()),
+        ),
+        IngestError::Store(e) => e.into(),
     }
 }

@@ -57,26 +57,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::bad_request(format!("could not read the body: {e}"))
             }
         })?;
-        // Every body of this API is an object. serde would also build a
-        // struct from an array of its fields in order (`[null, null]`): refuse that.
-        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{') => {}
-            Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
-                return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "body: expected a JSON object"))
-            }
-            _ => {}
-        }
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            if e.inner().is_syntax() || e.inner().is_eof() {
-                ApiError::bad_request(format!("malformed JSON: {}", e.inner()))
-            } else {
-                data_error(e, "body")
-            }
-        })?;
-        de.end().map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-        Ok(ApiJson(value))
+        json_object(&bytes).map(ApiJson)
     }
+}
+
+/// A JSON object read from `bytes` (a request body, an MQTT payload), with
+/// the errors a body gets: malformed JSON (400), or the field at fault (422).
+pub fn json_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body of this API is an object. serde would also build a
+    // struct from an array of its fields in order (`[null, null]`): refuse that.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "body: expected a JSON object"))
+        }
+        _ => {}
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if e.inner().is_syntax() || e.inner().is_eof() {
+            ApiError::bad_request(format!("malformed JSON: {}", e.inner()))
+        } else {
+            data_error(e, "body")
+        }
+    })?;
+    de.end().map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    Ok(value)
 }
 
 /// Query string, with the offending parameter named on error.
