@@ -58,6 +58,10 @@ pub struct Agent {
     http: reqwest::Client,
     wake: Arc<Notify>,
     rng: rand::rngs::StdRng,
+    /// Measurements of the agent itself, forwarded with `[telemetry]`.
+    own: Arc<crate::telemetry::Own>,
+    /// When this process started working on the action in flight.
+    action_started: Option<(i64, std::time::Instant)>,
 }
 
 /// One client for the server, artifact downloads and health URLs; TLS is
@@ -133,6 +137,8 @@ impl Agent {
             http,
             wake: Arc::new(Notify::new()),
             rng: rand::rngs::StdRng::seed_from_u64(seed),
+            own: Default::default(),
+            action_started: None,
         })
     }
 
@@ -200,6 +206,10 @@ impl Agent {
             }
         }
         self.state.inflight = None;
+        if let Some((_, t0)) = self.action_started.take().filter(|(id, _)| *id == order.action_id) {
+            let labels = [("version", order.version.as_str()), ("outcome", st.as_str())];
+            self.own.record("otafleet_agent_install_seconds", t0.elapsed().as_secs_f64(), &labels);
+        }
         let seq = self.report(order, st, message).await?;
         self.state.mark_finished(order.action_id, seq);
         self.save()?;
@@ -378,6 +388,9 @@ impl Agent {
             });
             self.save()?;
         }
+        if self.action_started.is_none_or(|(id, _)| id != order.action_id) {
+            self.action_started = Some((order.action_id, std::time::Instant::now()));
+        }
         let phase = self.state.inflight.as_ref().map(|i| i.phase).unwrap_or(Phase::Downloading);
         let names: Vec<String> = verified.artifacts.iter().map(|a| a.name.clone()).collect();
         let paths: Vec<PathBuf> = verified.artifacts.iter().map(|a| self.dir.downloads().join(&a.sha256)).collect();
@@ -419,7 +432,10 @@ impl Agent {
             }
         }
         self.progress(&order, ActionState::Verifying).await?;
-        match health_check(&self.cfg.health, &env, &self.http).await {
+        let health = health_check(&self.cfg.health, &env, &self.http).await;
+        let passed = if health.is_ok() { 1.0 } else { 0.0 };
+        self.own.record("otafleet_agent_health_check", passed, &[("version", order.version.as_str())]);
+        match health {
             Ok(()) => {
                 if self.state.current_version != order.version {
                     self.state.previous_version =
@@ -483,6 +499,10 @@ impl Agent {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
         if let Some(url) = self.cfg.mqtt_url.clone() {
             crate::push::spawn(&url, &self.cfg.mqtt_trust(), self.identity.device_id, self.wake.clone())?;
+        }
+        if let Some(t) = self.cfg.telemetry.clone() {
+            let (client, http, own) = (self.client.clone(), self.http.clone(), self.own.clone());
+            tokio::spawn(crate::telemetry::run(t, client, http, own, stop.clone()));
         }
         tracing::info!(device = %self.identity.device_id, version = %self.state.current_version, server = %self.cfg.server, "agent running");
         let mut failures = 0u32;

@@ -18,6 +18,10 @@
 //! site = "lab"
 //! [health]                              # optional; url or command
 //! command = ["sh", "-c", "curl -fs localhost:9000/health"]
+//! [telemetry]                           # optional: forward measurements
+//! scrape_url = "http://127.0.0.1:9100/metrics"   # a robot app's Prometheus endpoint
+//! metrics = ["cpu_temp_c", "loop_latency_ms"]    # what of it to forward
+//! interval_secs = 10
 //! [handlers.file]                       # per release kind
 //! type = "file"
 //! dir = "/opt/app"
@@ -90,6 +94,8 @@ pub struct AgentConfig {
     pub download_stall_secs: u64,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Telemetry to forward (none without this section).
+    pub telemetry: Option<TelemetryConfig>,
     /// Install handler per release kind (`file`, `command`, `firmware`, …).
     #[serde(default)]
     pub handlers: BTreeMap<String, HandlerConfig>,
@@ -134,6 +140,58 @@ impl HealthConfig {
     }
     pub fn interval(&self) -> Duration {
         Duration::from_secs(self.interval_secs.unwrap_or(2))
+    }
+}
+
+/// What the agent forwards to `POST /device/v1/telemetry` every
+/// `interval_secs`: the `metrics` named, scraped from `scrape_url` (a
+/// Prometheus text endpoint), and the agent's own measurements (install
+/// durations and health check results, see `crate::telemetry`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An `http://` or `https://` URL answering the Prometheus text format.
+    pub scrape_url: Option<String>,
+    /// Names of the scraped series to forward (every series of each name,
+    /// with its labels). Required with `scrape_url`.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// Seconds between two scrapes and sends (default 10, at least 1).
+    #[serde(default = "default_telemetry_interval")]
+    pub interval_secs: u64,
+    /// Forward the agent's own measurements (default true).
+    #[serde(default = "default_true")]
+    pub own: bool,
+}
+
+fn default_telemetry_interval() -> u64 {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+
+impl TelemetryConfig {
+    fn check(&self) -> Result<()> {
+        if let Some(u) = &self.scrape_url {
+            let url = reqwest::Url::parse(u).map_err(|e| anyhow::anyhow!("telemetry.scrape_url '{u}': {e}"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                bail!("telemetry.scrape_url must be an http:// or https:// URL, got '{u}'");
+            }
+            if self.metrics.is_empty() {
+                bail!("telemetry.metrics: name the scraped metrics to forward");
+            }
+        } else if !self.metrics.is_empty() {
+            bail!("telemetry.metrics needs telemetry.scrape_url to scrape them from");
+        }
+        for m in &self.metrics {
+            otafleet_core::telemetry::validate_metric_name(m)
+                .map_err(|e| anyhow::anyhow!("telemetry.metrics: '{m}': {e}"))?;
+        }
+        if self.interval_secs == 0 {
+            bail!("telemetry.interval_secs must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -245,6 +303,9 @@ impl AgentConfig {
                 bail!("mqtt_ca_file is only used with an mqtts:// mqtt_url");
             }
         }
+        if let Some(t) = &c.telemetry {
+            t.check()?;
+        }
         if c.health.url.is_some() && c.health.command.is_some() {
             bail!("health: give url or command, not both");
         }
@@ -300,6 +361,32 @@ mod tests {
         assert!(matches!(&c.handlers["file"], HandlerConfig::File { dir } if dir == Path::new("/etc/ota/app")));
         assert!(matches!(&c.handlers["firmware"], HandlerConfig::Command { timeout_secs: 600, .. }));
         assert_eq!(c.health.attempts(), 2);
+    }
+
+    #[test]
+    fn telemetry_is_checked_at_start() {
+        let base = format!("server = \"http://h\"\nallow_http = true\nstate_dir = \"s\"\npublic_key = \"{KEY}\"\n");
+        let ok =
+            format!("{base}[telemetry]\nscrape_url = \"http://127.0.0.1:9100/metrics\"\nmetrics = [\"cpu_temp_c\"]\n");
+        let t = AgentConfig::parse(&ok, Path::new("/")).unwrap().telemetry.unwrap();
+        assert_eq!((t.interval_secs, t.own, t.metrics.len()), (10, true, 1));
+        // Own measurements only.
+        let own = format!("{base}[telemetry]\ninterval_secs = 5\n");
+        assert!(AgentConfig::parse(&own, Path::new("/")).unwrap().telemetry.unwrap().scrape_url.is_none());
+        for (bad, says) in [
+            ("scrape_url = \"ftp://x/m\"\nmetrics = [\"a\"]", "http:// or https://"),
+            ("scrape_url = \"http://x/m\"", "name the scraped metrics"),
+            ("metrics = [\"a\"]", "needs telemetry.scrape_url"),
+            ("scrape_url = \"http://x/m\"\nmetrics = [\"9a\"]", "telemetry.metrics: '9a'"),
+            ("interval_secs = 0", "at least 1"),
+            ("scrape = 1", "unknown field"),
+        ] {
+            let e = format!(
+                "{:#}",
+                AgentConfig::parse(&format!("{base}[telemetry]\n{bad}\n"), Path::new("/")).unwrap_err()
+            );
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! one place. The agent's pieces: [`config`] (TOML), [`state`] (identity,
 //! state and offline queue, written atomically), [`verify`] (signatures and
 //! release checks), [`install`] (handlers and health check), [`push`] (MQTT
-//! wake-ups).
+//! wake-ups), [`telemetry`] (scraped and own measurements, forwarded).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -17,4 +17,5 @@ pub mod install;
 pub mod push;
 pub mod sim;
 pub mod state;
+pub mod telemetry;
 pub mod verify;

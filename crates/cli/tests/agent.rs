@@ -566,6 +566,89 @@ fn agent_refuses_unsigned_releases_and_bad_configs() {
     assert!(err.contains("plain http://") && err.contains("allow_http = true"), "{err}");
 }
 
+/// A robot application's Prometheus endpoint: answers `/metrics` with
+/// whatever `body` holds (or 500 while it holds None).
+fn exporter(body: Arc<Mutex<Option<String>>>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let answer = match body.lock().unwrap().clone() {
+                Some(b) => format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len()),
+                None => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
+            };
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    url
+}
+
+/// The samples the server holds of one device's metric over the last hour: (count, max).
+fn measured(env: &Env, device: &str, metric: &str) -> (u64, Option<f64>) {
+    let r = env.h.get(&format!("/api/v1/telemetry/query?metric={metric}&agg=max&step=1h&by=device"), Some(ADMIN));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let series = r.body["series"].as_array().unwrap();
+    let mine = series.iter().find(|s| s["group"]["device"] == device);
+    let points = mine.map(|s| s["points"].as_array().unwrap().clone()).unwrap_or_default();
+    let count = points.iter().map(|p| p["samples"].as_u64().unwrap()).sum();
+    let max = points.iter().filter_map(|p| p["value"].as_f64()).reduce(f64::max);
+    (count, max)
+}
+
+#[test]
+fn the_agent_forwards_scraped_and_its_own_measurements() {
+    let env = Env::start(&["--telemetry-flush", "100ms", "--telemetry-hold", "200ms"]);
+    let body = Arc::new(Mutex::new(Some(
+        "# TYPE cpu_temp_c gauge\ncpu_temp_c{core=\"0\"} 61.5\ncpu_temp_c{core=\"1\"} 64\nnot_forwarded 7\n"
+            .to_string(),
+    )));
+    let url = exporter(body.clone());
+    let token = env.enrollment_token("device_type=esp32");
+    let extra = format!("[telemetry]\nscrape_url = \"{url}\"\nmetrics = [\"cpu_temp_c\"]\ninterval_secs = 1\n");
+    let agent = Agent::start(&env, "measured", &token, &extra);
+    let id = agent.device_id();
+
+    // The named series arrive with their values; the others do not.
+    let (n, max) = eventually(Duration::from_secs(30), || {
+        let (n, max) = measured(&env, &id, "cpu_temp_c");
+        (n >= 4).then_some((n, max))
+    });
+    assert_eq!(max, Some(64.0), "{n} samples");
+    assert_eq!(measured(&env, &id, "not_forwarded").0, 0);
+    assert_eq!(measured(&env, &id, "otafleet_agent_scrape_up").1, Some(1.0));
+
+    // The exporter fails: the agent says so (up = 0) and keeps going.
+    *body.lock().unwrap() = None;
+    eventually(Duration::from_secs(30), || {
+        let r = env.h.get("/api/v1/telemetry/query?metric=otafleet_agent_scrape_up&agg=min&step=1h", Some(ADMIN));
+        (r.body["series"][0]["points"][0]["value"].as_f64() == Some(0.0)).then_some(())
+    });
+    *body.lock().unwrap() = Some("cpu_temp_c 70\n".into());
+
+    // An update: the agent measures its install and its health check.
+    env.release("2.0.0", b"version two\n");
+    let rollout = env.rollout("2.0.0", json!({"steps": ["100%"]}));
+    let r = env.wait_rollout(rollout, &["succeeded", "failed", "rolled_back"], 60);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let (n, secs) = eventually(Duration::from_secs(30), || {
+        let m = measured(&env, &id, "otafleet_agent_install_seconds");
+        (m.0 >= 1).then_some(m)
+    });
+    assert!(n == 1 && secs.is_some_and(|s| s > 0.0 && s < 60.0), "{n} {secs:?}");
+    let (n, passed) = measured(&env, &id, "otafleet_agent_health_check");
+    assert_eq!((n, passed), (1, Some(1.0)));
+    // What the device measured on the new version is grouped under it.
+    eventually(Duration::from_secs(30), || {
+        let r = env.h.get("/api/v1/telemetry/query?metric=cpu_temp_c&agg=max&step=1h&by=version", Some(ADMIN));
+        let series = r.body["series"].as_array()?.clone();
+        series.iter().any(|s| s["group"]["version"] == "2.0.0" && s["points"][0]["value"] == 70.0).then_some(())
+    });
+}
+
 #[test]
 fn mqtt_push_starts_the_update_within_a_second() {
     let Some(mqtt) = std::env::var("OTAFLEET_TEST_MQTT_URL").ok().filter(|s| !s.is_empty()) else {

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod duration;
 pub mod effects;
 pub mod engine;
+pub mod exposition;
 pub mod lease;
 pub mod model;
 pub mod plan;

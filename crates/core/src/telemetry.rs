@@ -146,17 +146,24 @@ pub fn validate_sample(sample: &Sample, now: Millis) -> Result<(), SampleError> 
         return Err(SampleError::new("labels", format!("at most {MAX_SAMPLE_LABELS} labels")));
     }
     for (name, value) in &sample.labels {
-        validate_label_name(name).map_err(|m| SampleError::new("labels", m))?;
-        let field = || format!("labels.{name}");
-        if value.is_empty() {
-            return Err(SampleError::new(field(), "must not be empty (leave the label out instead)"));
-        }
-        if value.chars().count() > MAX_LABEL_VALUE {
-            return Err(SampleError::new(field(), format!("must be at most {MAX_LABEL_VALUE} characters")));
-        }
-        if value.chars().any(is_deceptive) {
-            return Err(SampleError::new(field(), "must not contain control, bidi or zero-width characters"));
-        }
+        validate_label(name, value)?;
+    }
+    Ok(())
+}
+
+/// Checks one label of a sample: a valid name, and a value of 1 to
+/// [`MAX_LABEL_VALUE`] characters without control, bidi or zero-width characters.
+pub fn validate_label(name: &str, value: &str) -> Result<(), SampleError> {
+    validate_label_name(name).map_err(|m| SampleError::new("labels", m))?;
+    let field = || format!("labels.{name}");
+    if value.is_empty() {
+        return Err(SampleError::new(field(), "must not be empty (leave the label out instead)"));
+    }
+    if value.chars().count() > MAX_LABEL_VALUE {
+        return Err(SampleError::new(field(), format!("must be at most {MAX_LABEL_VALUE} characters")));
+    }
+    if value.chars().any(is_deceptive) {
+        return Err(SampleError::new(field(), "must not contain control, bidi or zero-width characters"));
     }
     Ok(())
 }
