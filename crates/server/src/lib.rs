@@ -281,7 +281,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c).await;
         }
         // Samples taken while the last requests drained.
-        service::telemetry::flush_once(&state, true).await;
+        service::telemetry::flush_once(&state, service::telemetry::Held::All).await;
         if let Err(e) = state.caches.flush_seen(&state.store).await {
             tracing::warn!(error = %e, "could not record the last check-ins");
         }

@@ -128,7 +128,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 14] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 15] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -144,6 +144,7 @@ fn migrator(backend: Backend) -> Migrator {
             (14, "analysis", include_str!("../migrations/sqlite/0014_analysis.sql")),
             (15, "alerts", include_str!("../migrations/sqlite/0015_alerts.sql")),
             (16, "telemetry_age_index", include_str!("../migrations/sqlite/0016_telemetry_age_index.sql")),
+            (17, "telemetry_extremes", include_str!("../migrations/sqlite/0017_telemetry_extremes.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -160,6 +161,7 @@ fn migrator(backend: Backend) -> Migrator {
             (14, "analysis", include_str!("../migrations/postgres/0014_analysis.sql")),
             (15, "alerts", include_str!("../migrations/postgres/0015_alerts.sql")),
             (16, "telemetry_age_index", include_str!("../migrations/postgres/0016_telemetry_age_index.sql")),
+            (17, "telemetry_extremes", include_str!("../migrations/postgres/0017_telemetry_extremes.sql")),
         ],
     };
     Migrator {

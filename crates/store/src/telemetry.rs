@@ -154,20 +154,25 @@ impl Store {
                     None => merged[k].clone(),
                 };
                 let json = serde_json::to_string(&agg).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                rows.push(serde_json::json!([k.0, k.1, k.2, k.3, k.4, json]));
+                // (A non-finite extreme is written as null: its window is never a candidate by it.)
+                rows.push(serde_json::json!([k.0, k.1, k.2, k.3, k.4, json, agg.max, agg.min, agg.last_ts]));
             }
             written += rows.len();
             // (`WHERE true`: SQLite's parser needs it between an INSERT's SELECT and its ON CONFLICT.)
             sqlx::query(&format!(
-                "INSERT INTO telemetry_windows (metric, width_ms, bucket, device_id, version, agg) \
-                 SELECT {}, {}, {}, {}, {}, {} FROM {} WHERE true \
-                 ON CONFLICT (metric, width_ms, bucket, device_id, version) DO UPDATE SET agg = excluded.agg",
+                "INSERT INTO telemetry_windows (metric, width_ms, bucket, device_id, version, agg, max_value, \
+                 min_value, last_ts) SELECT {}, {}, {}, {}, {}, {}, {}, {}, {} FROM {} WHERE true \
+                 ON CONFLICT (metric, width_ms, bucket, device_id, version) DO UPDATE SET agg = excluded.agg, \
+                 max_value = excluded.max_value, min_value = excluded.min_value, last_ts = excluded.last_ts",
                 json_col(b, 0, None),
                 json_col(b, 1, Some("bigint")),
                 json_col(b, 2, Some("bigint")),
                 json_col(b, 3, None),
                 json_col(b, 4, None),
                 json_col(b, 5, None),
+                json_col(b, 6, Some("double precision")),
+                json_col(b, 7, Some("double precision")),
+                json_col(b, 8, Some("bigint")),
                 json_rows(b, 1),
             ))
             .bind(serde_json::Value::Array(rows).to_string())
@@ -318,10 +323,6 @@ impl Store {
         silent_before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Uuid>> {
-        let extract = |key: &str| match self.backend {
-            Backend::Sqlite => format!("json_extract(t.agg, '$.{key}')"),
-            Backend::Postgres => format!("CAST(t.agg::jsonb ->> '{key}' AS DOUBLE PRECISION)"),
-        };
         let margin = threshold.abs() * 1e-9 + 1e-9;
         // Row by row: a device's largest max is at least the threshold when
         // one of its windows' is (and so for the smallest min).
@@ -329,8 +330,9 @@ impl Store {
         span.push_to(&mut sql);
         sql.push(" AND t.bucket >= ").bind_i64(window_from);
         match field {
-            CandidateField::MaxAbove => sql.push(&format!(" AND {} >= ", extract("max"))).bind_f64(threshold - margin),
-            CandidateField::MinBelow => sql.push(&format!(" AND {} <= ", extract("min"))).bind_f64(threshold + margin),
+            // The extremes migration 0017 keeps beside the aggregate.
+            CandidateField::MaxAbove => sql.push(" AND t.max_value >= ").bind_f64(threshold - margin),
+            CandidateField::MinBelow => sql.push(" AND t.min_value <= ").bind_f64(threshold + margin),
         };
         sql.push(" LIMIT ").bind_i64(limit);
         let mut ids: Vec<Uuid> =
@@ -338,7 +340,7 @@ impl Store {
         if let Some(before) = silent_before {
             let mut sql = Sql::new("SELECT t.device_id FROM telemetry_windows t WHERE 1=1");
             span.push_to(&mut sql);
-            sql.push(&format!(" GROUP BY t.device_id HAVING MAX({}) < ", extract("last_ts"))).bind_i64(before);
+            sql.push(" GROUP BY t.device_id HAVING MAX(t.last_ts) < ").bind_i64(before);
             sql.push(" LIMIT ").bind_i64(limit);
             for r in sql.query().fetch_all(&self.pool).await? {
                 ids.push(r.parsed("device_id")?);

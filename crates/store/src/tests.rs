@@ -249,6 +249,24 @@ async fn telemetry_windows_merge_and_are_read_by_selector(s: Store) {
         .unwrap()
         .is_empty());
     assert!(s.telemetry_windows("other", 60_000, 0, 120_000, &Selector::default(), 100).await.unwrap().is_empty());
+    // Alert candidates compare the extremes kept beside the aggregate, as
+    // merged: device 1's window 0 has max 80 and min 50 after both flushes.
+    use crate::telemetry::{CandidateField, WindowRange};
+    let span = WindowRange { metric: "cpu_temp_c", width_ms: 60_000, from: 0, to: 120_000 };
+    let all = Selector::default();
+    let (d1, d2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let hot = |t| s.alert_candidates(&all, &span, 0, CandidateField::MaxAbove, t, None, 100);
+    assert_eq!(hot(75.0).await.unwrap(), vec![d1]);
+    assert_eq!(hot(65.0).await.unwrap(), vec![d1, d2]);
+    assert_eq!(hot(80.0).await.unwrap(), vec![d1], "at the threshold is a candidate");
+    assert!(hot(81.0).await.unwrap().is_empty());
+    let cold = s.alert_candidates(&all, &span, 0, CandidateField::MinBelow, 2.0, None, 100).await.unwrap();
+    assert_eq!(cold, vec![d1], "device 1's second window has min 1");
+    let site_b = Selector::parse("site=b").unwrap();
+    assert!(s.alert_candidates(&site_b, &span, 0, CandidateField::MaxAbove, 75.0, None, 100).await.unwrap().is_empty());
+    // Silent: the latest sample of device 2 is at 0 ms, of device 1 at 60,001 ms.
+    let silent = s.alert_candidates(&all, &span, 0, CandidateField::MaxAbove, 1e9, Some(60_000), 100).await.unwrap();
+    assert_eq!(silent, vec![d2]);
     assert_eq!(s.prune_telemetry(60_000, 60_000).await.unwrap(), 2);
     assert_eq!(
         s.telemetry_windows("cpu_temp_c", 60_000, 0, 120_000, &Selector::default(), 100).await.unwrap().len(),

@@ -54,18 +54,19 @@ pub fn unsupported(settings: &Settings, specs: &[AnalysisSpec]) -> Option<(Strin
 /// rollout `r`'s current wave at `now` and judges each.
 pub async fn gather(state: &AppState, r: &Rollout, checks: &[usize], now: Millis) -> Vec<(usize, Measured)> {
     let mut out = Vec::with_capacity(checks.len());
-    let mut flushed = false;
+    let mut flushed: Vec<&str> = Vec::new();
     for &i in checks {
         let Some(spec) = r.strategy.analysis.get(i) else { continue };
         let mut rendered = None;
         let m: Result<Measurement, String> = match &spec.kind {
             AnalysisKind::Metric { metric, agg, window_secs, condition } => {
-                if !flushed {
-                    // What this replica holds of the open windows is written
-                    // first (merging is additive), so the measurement sees the
-                    // samples received up to now, not a minute ago.
-                    crate::service::telemetry::flush_once(state, true).await;
-                    flushed = true;
+                if !flushed.contains(&metric.as_str()) {
+                    // What this replica holds of the metric's open windows is
+                    // written first (merging is additive), so the measurement
+                    // sees the samples received up to now, not a minute ago.
+                    let held = crate::service::telemetry::Held::Metric(metric);
+                    crate::service::telemetry::flush_once(state, held).await;
+                    flushed.push(metric);
                 }
                 let relative = matches!(condition, analysis::Condition::Baseline { .. });
                 metric_measurement(state, r, metric, *agg, *window_secs, relative, now)

@@ -136,14 +136,14 @@ impl Telemetry {
         Ok(samples.len())
     }
 
-    /// Writes the due windows (all of them with `all`) into the database.
-    /// On failure they are kept for the next flush. Returns the rows written.
+    /// Writes the held windows `which` picks into the database. On failure
+    /// they are kept for the next flush. Returns the rows written.
     pub async fn flush(
         &self,
         settings: &Settings,
         store: &Store,
         now: Millis,
-        all: bool,
+        which: Held<'_>,
     ) -> Result<usize, otafleet_store::StoreError> {
         let grace = settings.grace.as_millis() as i64;
         let hold = settings.max_hold.as_millis() as i64;
@@ -152,7 +152,11 @@ impl Telemetry {
             let mut pending = lock(&self.pending);
             let due: Vec<Key> = pending
                 .iter()
-                .filter(|((_, _, _, bucket), (_, since))| all || due(width, *bucket, *since, now, grace, hold))
+                .filter(|((_, metric, _, bucket), (_, since))| match which {
+                    Held::Due => due(width, *bucket, *since, now, grace, hold),
+                    Held::All => true,
+                    Held::Metric(m) => metric == m || due(width, *bucket, *since, now, grace, hold),
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             due.into_iter().filter_map(|k| pending.remove_entry(&k)).collect()
@@ -209,6 +213,18 @@ impl Telemetry {
     }
 }
 
+/// Which held windows a flush writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held<'a> {
+    /// The due ones ([`due`]): the periodic flush.
+    Due,
+    /// Every one: at shutdown.
+    All,
+    /// Every one of this metric, and the due ones: before an analysis
+    /// measures the metric, so it sees the samples received up to now.
+    Metric(&'a str),
+}
+
 /// Whether a held window is written now: it closed `grace` ago, or it has
 /// been held `hold`.
 fn due(width: i64, bucket: Millis, since: Millis, now: Millis, grace: i64, hold: i64) -> bool {
@@ -254,7 +270,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        flush_once(&state, false).await;
+        flush_once(&state, Held::Due).await;
         if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             last_prune = Some(std::time::Instant::now());
             let now = otafleet_store::now_ms();
@@ -265,13 +281,13 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             }
         }
     }
-    flush_once(&state, true).await;
+    flush_once(&state, Held::All).await;
 }
 
 /// Writes the due windows (every held one with `all`), logged, not returned, on failure.
-pub async fn flush_once(state: &AppState, all: bool) {
+pub async fn flush_once(state: &AppState, which: Held<'_>) {
     let now = otafleet_store::now_ms();
-    match state.telemetry.flush(&state.config.telemetry, &state.store, now, all).await {
+    match state.telemetry.flush(&state.config.telemetry, &state.store, now, which).await {
         Ok(n) => {
             state.metrics.telemetry_rows.inc_by(n as u64);
         }
