@@ -430,6 +430,9 @@ impl Agent {
                 let _ = handler.roll_back_to(&from, &env).await;
                 return self.finish(&order, ActionState::Failed, Some(format!("install failed: {e:#}"))).await;
             }
+        } else if let Err(e) = handler.reactivate(&env).await {
+            let _ = handler.roll_back_to(&from, &env).await;
+            return self.finish(&order, ActionState::Failed, Some(format!("install failed: {e:#}"))).await;
         }
         self.progress(&order, ActionState::Verifying).await?;
         let health = health_check(&self.cfg.health, &env, &self.http).await;

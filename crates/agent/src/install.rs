@@ -208,6 +208,18 @@ impl Handler {
         }
     }
 
+    /// On resuming an action recorded as activated: makes `env.version` the
+    /// running one where doing so again is harmless. The agent records the
+    /// phase before it switches (so a crash in between rolls back), and may
+    /// have stopped in between: a slot switch is repeated (it is idempotent);
+    /// an install command is not run twice.
+    pub async fn reactivate(&self, env: &InstallEnv) -> Result<()> {
+        match self {
+            Handler::File(s) => s.activate(&env.version),
+            Handler::Command { .. } => Ok(()),
+        }
+    }
+
     /// Puts `version` back after a failed health check.
     pub async fn roll_back_to(&self, version: &str, env: &InstallEnv) -> Result<()> {
         match self {
@@ -295,6 +307,30 @@ mod tests {
         s.write_inactive("3.0.0", &[file(dir.path(), "fw.bin", "three")]).unwrap();
         assert!(!s.has("2.0.0") && s.has("1.0.0") && s.has("3.0.0"));
         assert!(s.activate("9.9.9").unwrap_err().to_string().contains("no slot holds"));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_activation_switches_a_slot_again_and_runs_no_command_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Slots::new(&dir.path().join("app"));
+        s.write_inactive("1.0.0", &[file(dir.path(), "fw.bin", "one")]).unwrap();
+        s.activate("1.0.0").unwrap();
+        // Stopped after recording "activated", before the switch.
+        s.write_inactive("2.0.0", &[file(dir.path(), "fw.bin", "two")]).unwrap();
+        let env = InstallEnv { version: "2.0.0".into(), previous_version: "1.0.0".into(), ..Default::default() };
+        let h = Handler::File(s.clone());
+        h.reactivate(&env).await.unwrap();
+        assert_eq!(s.running().as_deref(), Some("2.0.0"));
+        h.reactivate(&env).await.unwrap();
+        assert_eq!(s.running().as_deref(), Some("2.0.0"), "again: nothing changes");
+        let out = dir.path().join("ran");
+        let cmd = Handler::Command {
+            command: vec!["sh".into(), "-c".into(), format!("echo x >> {}", out.display())],
+            rollback: None,
+            timeout: Duration::from_secs(5),
+        };
+        cmd.reactivate(&env).await.unwrap();
+        assert!(!out.exists(), "an install command is not run again");
     }
 
     #[tokio::test]

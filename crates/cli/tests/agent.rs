@@ -388,8 +388,11 @@ fn a_restart_during_the_health_check_checks_again_without_reinstalling() {
     let id = env.rollout("4.0.0", json!({"steps": ["100%"], "timeout_secs": 120}));
     // Killed after the switch, while the health check runs.
     let state = agent.dir.join("state/state.json");
+    // (The phase is recorded just before the switch: wait for both. A kill
+    // between the two is resumed by switching again, `Handler::reactivate`.)
     eventually(Duration::from_secs(60), || {
-        std::fs::read_to_string(&state).ok().filter(|s| s.contains("\"activated\"")).map(|_| ())
+        let activated = std::fs::read_to_string(&state).ok().is_some_and(|s| s.contains("\"activated\""));
+        (activated && agent.running().as_deref() == Some("version four\n")).then_some(())
     });
     agent.kill9();
     assert_eq!(agent.running().as_deref(), Some("version four\n"), "the new slot is active, not yet confirmed");
