@@ -63,6 +63,11 @@ pub struct SimArgs {
     /// balancer (devices are registered through the server).
     #[arg(long, value_delimiter = ',')]
     pub also_via: Vec<String>,
+    /// With `--also-via`: each device keeps to one server (device i to server
+    /// i mod n), as behind a load balancer that keeps a device's connection or
+    /// hashes its address, instead of picking one at random per request.
+    #[arg(long)]
+    pub sticky: bool,
     /// Telemetry each device sends, NAME=DIST, repeatable: DIST is normal(MEAN,SD), uniform(LOW,HIGH) or
     /// const(X), e.g. --metric 'cpu_temp_c=normal(60,3)'.
     #[arg(long = "metric")]
@@ -100,6 +105,7 @@ impl Default for SimArgs {
             seed: 1,
             max_connections: 256,
             also_via: Vec::new(),
+            sticky: false,
             metrics: Vec::new(),
             metric_versions: Vec::new(),
             metric_interval_ms: 10_000,
@@ -340,6 +346,7 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
             .map(|b| DeviceClient::new(b, &tok, http.clone()))
             .collect();
         let dev = SimDevice {
+            home: i % (1 + args.also_via.len()),
             clients,
             version: args.initial_version.clone(),
             previous: None,
@@ -358,8 +365,10 @@ pub async fn spawn(server: &str, token: Option<&str>, args: &SimArgs) -> Result<
 }
 
 struct SimDevice {
-    /// The server, then `--also-via`: each request goes to one at random.
+    /// The server, then `--also-via`: each request goes to one at random
+    /// (to `home` with `--sticky`).
     clients: Vec<DeviceClient>,
+    home: usize,
     version: String,
     previous: Option<String>,
     args: SimArgs,
@@ -414,6 +423,7 @@ impl SimDevice {
     fn next_client(&mut self) -> usize {
         match self.clients.len() {
             1 => 0,
+            _ if self.args.sticky => self.home,
             n => self.rng.gen_range(0..n),
         }
     }

@@ -62,6 +62,10 @@ pub enum BenchCmd {
         /// Server replicas on the one database (PostgreSQL only); the fleet's requests go to any of them.
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// With replicas: each device keeps to one of them (as behind a load balancer that keeps
+        /// its connection) instead of each request going to one at random.
+        #[arg(long)]
+        sticky: bool,
     },
     /// The dashboard under load: the `rollout` benchmark run twice, without and then with CLIENTS
     /// dashboards open on the rollout page (each: the event stream in summary mode and a re-render of
@@ -439,6 +443,13 @@ struct BenchServer {
     admin: String,
 }
 
+/// How `bench rollout` spreads the fleet over server replicas.
+struct Spread {
+    replicas: usize,
+    /// Each device keeps to one replica.
+    sticky: bool,
+}
+
 /// What one rollout over the simulated fleet came to.
 struct RolloutRun {
     id: i64,
@@ -454,10 +465,12 @@ async fn bench_fleet(
     poll_ms: u64,
     max_connections: usize,
     also_via: Vec<String>,
+    sticky: bool,
 ) -> Result<sim::SimFleet> {
     let t_reg = Instant::now();
     let args = SimArgs {
         also_via,
+        sticky,
         devices,
         latency: 50,
         poll_ms,
@@ -565,7 +578,7 @@ async fn bench_rollout(
     database_url: Option<String>,
     seconds: u64,
     concurrency: usize,
-    replicas: usize,
+    Spread { replicas, sticky }: Spread,
 ) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let s = bench_server(&dir, database_url.as_deref(), poll_ms).await?;
@@ -580,13 +593,21 @@ async fn bench_rollout(
             others.push(bench_replica(&db, &s.admin, poll_ms, &format!("bench-{i}")).await?);
         }
     }
-    println!("rollout: {replicas} replica(s), each device's requests spread over them at random");
+    match sticky {
+        true => println!("rollout: {replicas} replica(s), each device keeping to one of them"),
+        false => println!("rollout: {replicas} replica(s), each device's requests spread over them at random"),
+    }
     let via = others.iter().map(|o| o.base.clone()).collect();
-    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, via).await?;
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, via, sticky).await?;
     let run = run_rollout(&s, &fleet, |_| {}).await?;
     let (id, state) = (run.id, run.state);
     let mut server = s.child;
-    let tokens = Arc::new(fleet.device_tokens.clone());
+    // Sticky: the saturated check-ins go to the first replica from its own devices.
+    let tokens: Vec<String> = match sticky {
+        true => fleet.device_tokens.iter().step_by(replicas.max(1)).cloned().collect(),
+        false => fleet.device_tokens.clone(),
+    };
+    let tokens = Arc::new(tokens);
     fleet.stop().await;
     if state != "succeeded" {
         bail!("rollout {id} ended {state}");
@@ -693,6 +714,15 @@ async fn bench_registry(
             b as f64 / 1024.0,
             (b.saturating_sub(a) * 1024) as f64 / devices as f64
         );
+    }
+    if let Some(url) = database_url.as_deref().filter(|u| u.starts_with("postgres")) {
+        // As autovacuum would have after a million inserts (it may be off, as
+        // on the development machine): the planner needs the tables' statistics.
+        let t = Instant::now();
+        let store = otafleet_store::Store::connect(url).await?;
+        store.analyze().await?;
+        store.close().await;
+        println!("  ANALYZE (PostgreSQL) in {:.1} s", t.elapsed().as_secs_f64());
     }
     // A selector page, as the devices page or a script asks for it.
     let mut ms = Vec::new();
@@ -1066,7 +1096,7 @@ async fn bench_dashboard(
     println!("dashboard: the rollout benchmark without dashboards");
     let dir = tempfile::tempdir()?;
     let s = bench_server(&dir, None, poll_ms).await?;
-    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, Vec::new()).await?;
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, Vec::new(), false).await?;
     let without = run_rollout(&s, &fleet, |_| {}).await?;
     fleet.stop().await;
     drop(s);
@@ -1077,7 +1107,7 @@ async fn bench_dashboard(
     println!("dashboard: the same with {clients} dashboards on the rollout page");
     let dir = tempfile::tempdir()?;
     let s = bench_server(&dir, None, poll_ms).await?;
-    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, Vec::new()).await?;
+    let fleet = bench_fleet(&s, devices, poll_ms, max_connections, Vec::new(), false).await?;
     let stats = Arc::new(DashStats::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tabs = Vec::new();
@@ -1134,8 +1164,18 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Plan { devices } => bench_plan(devices),
         BenchCmd::Http { seconds, concurrency, jobs } => bench_http(seconds, concurrency, jobs).await,
-        BenchCmd::Rollout { devices, poll_ms, max_connections, database_url, seconds, concurrency, replicas } => {
-            bench_rollout(devices, poll_ms, max_connections, database_url, seconds, concurrency, replicas).await
+        BenchCmd::Rollout {
+            devices,
+            poll_ms,
+            max_connections,
+            database_url,
+            seconds,
+            concurrency,
+            replicas,
+            sticky,
+        } => {
+            let spread = Spread { replicas, sticky };
+            bench_rollout(devices, poll_ms, max_connections, database_url, seconds, concurrency, spread).await
         }
         BenchCmd::Dashboard { devices, clients, poll_ms, max_connections, renders } => {
             bench_dashboard(devices, clients, poll_ms, max_connections, renders).await

@@ -173,7 +173,7 @@ pub(crate) fn from_row(r: &AnyRow) -> Result<Device> {
 /// requirements are probes on `device_labels`' primary key. Without one, the
 /// devices are scanned in id order.
 pub(crate) fn selector_from(sql: &mut Sql, selector: &Selector) -> &'static str {
-    let driver = selector.requirements.iter().position(|r| matches!(r, Requirement::Eq { .. }));
+    let driver = driving(selector);
     let id_col = match driver.map(|i| &selector.requirements[i]) {
         Some(Requirement::Eq { key, value }) => {
             // CROSS JOIN keeps SQLite's planner to this order (PostgreSQL plans it on its statistics).
@@ -187,34 +187,60 @@ pub(crate) fn selector_from(sql: &mut Sql, selector: &Selector) -> &'static str 
             "d.id"
         }
     };
-    const EXISTS: &str = " AND EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ";
-    const NOT_EXISTS: &str = " AND NOT EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ";
+    label_conditions(sql, selector, driver, id_col);
+    id_col
+}
+
+/// The `FROM … WHERE` of the ids a selector with an equality requirement
+/// matches, over `device_labels` alone (aliased `s`), ready for more `AND …`
+/// clauses on `s.device_id`; `None` for a selector without one (which needs
+/// the devices scanned, [`selector_from`]). A page of devices reads its ids so
+/// and then only those devices: with the tables' statistics PostgreSQL joined
+/// the label's entries to the devices by merging along the whole devices
+/// index (17 ms a page at a million devices, against 4 ms so).
+pub(crate) fn selector_ids_from(sql: &mut Sql, selector: &Selector) -> Option<&'static str> {
+    let driver = driving(selector)?;
+    let Requirement::Eq { key, value } = &selector.requirements[driver] else { return None };
+    sql.push(" FROM device_labels s WHERE s.key = ").bind_str(key).push(" AND s.value = ").bind_str(value);
+    label_conditions(sql, selector, Some(driver), "s.device_id");
+    Some("s.device_id")
+}
+
+/// The requirement whose label index drives the query: the first equality.
+fn driving(selector: &Selector) -> Option<usize> {
+    selector.requirements.iter().position(|r| matches!(r, Requirement::Eq { .. }))
+}
+
+/// Every requirement but the driving one, as probes of `device_labels`' primary key for `id_col`.
+fn label_conditions(sql: &mut Sql, selector: &Selector, driver: Option<usize>, id_col: &str) {
+    let exists = format!(" AND EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = {id_col} AND l.key = ");
+    let not_exists =
+        format!(" AND NOT EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = {id_col} AND l.key = ");
     for (i, r) in selector.requirements.iter().enumerate() {
         if Some(i) == driver {
             continue;
         }
         match r {
             Requirement::Eq { key, value } => {
-                sql.push(EXISTS).bind_str(key).push(" AND l.value = ").bind_str(value).push(")");
+                sql.push(&exists).bind_str(key).push(" AND l.value = ").bind_str(value).push(")");
             }
             Requirement::NotEq { key, value } => {
-                sql.push(NOT_EXISTS).bind_str(key).push(" AND l.value = ").bind_str(value).push(")");
+                sql.push(&not_exists).bind_str(key).push(" AND l.value = ").bind_str(value).push(")");
             }
             Requirement::In { key, values } => {
-                sql.push(EXISTS).bind_str(key).push(" AND l.value IN ").bind_list(values).push(")");
+                sql.push(&exists).bind_str(key).push(" AND l.value IN ").bind_list(values).push(")");
             }
             Requirement::NotIn { key, values } => {
-                sql.push(NOT_EXISTS).bind_str(key).push(" AND l.value IN ").bind_list(values).push(")");
+                sql.push(&not_exists).bind_str(key).push(" AND l.value IN ").bind_list(values).push(")");
             }
             Requirement::Exists { key } => {
-                sql.push(EXISTS).bind_str(key).push(")");
+                sql.push(&exists).bind_str(key).push(")");
             }
             Requirement::NotExists { key } => {
-                sql.push(NOT_EXISTS).bind_str(key).push(")");
+                sql.push(&not_exists).bind_str(key).push(")");
             }
         }
     }
-    id_col
 }
 
 async fn write_labels(conn: &mut sqlx::AnyConnection, id: &str, labels: &Labels) -> Result<()> {
@@ -337,6 +363,24 @@ impl Store {
 
     /// Devices matching a selector, ordered by id, one page.
     pub async fn list_devices(&self, q: &DeviceQuery) -> Result<Vec<Device>> {
+        let plain = q.sort == DeviceSort::Id && q.search.as_deref().is_none_or(str::is_empty);
+        if plain {
+            // A page in id order: its ids from the labels, then those devices.
+            let dir = if q.descending { " DESC" } else { "" };
+            let mut sql = Sql::new(&format!("SELECT {DEVICE_COLS} FROM devices d WHERE d.id IN (SELECT s.device_id"));
+            if selector_ids_from(&mut sql, &q.selector).is_some() {
+                if let Some(after) = q.after {
+                    sql.push(" AND s.device_id > ").bind_str(&after.to_string());
+                }
+                sql.push(&format!(" ORDER BY s.device_id{dir} LIMIT ")).bind_i64(q.limit.clamp(1, 10_000));
+                if q.offset > 0 {
+                    sql.push(" OFFSET ").bind_i64(q.offset);
+                }
+                sql.push(&format!(") ORDER BY d.id{dir}"));
+                let rows = sql.query().fetch_all(&self.pool).await?;
+                return rows.iter().map(from_row).collect();
+            }
+        }
         let mut sql = Sql::new(&format!("SELECT {DEVICE_COLS}"));
         let id_col = selector_from(&mut sql, &q.selector);
         if let Some(after) = q.after {

@@ -128,7 +128,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 15] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 16] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -145,6 +145,11 @@ fn migrator(backend: Backend) -> Migrator {
             (15, "alerts", include_str!("../migrations/sqlite/0015_alerts.sql")),
             (16, "telemetry_age_index", include_str!("../migrations/sqlite/0016_telemetry_age_index.sql")),
             (17, "telemetry_extremes", include_str!("../migrations/sqlite/0017_telemetry_extremes.sql")),
+            (
+                18,
+                "actions_without_rollout_fk",
+                include_str!("../migrations/sqlite/0018_actions_without_rollout_fk.sql"),
+            ),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -162,6 +167,11 @@ fn migrator(backend: Backend) -> Migrator {
             (15, "alerts", include_str!("../migrations/postgres/0015_alerts.sql")),
             (16, "telemetry_age_index", include_str!("../migrations/postgres/0016_telemetry_age_index.sql")),
             (17, "telemetry_extremes", include_str!("../migrations/postgres/0017_telemetry_extremes.sql")),
+            (
+                18,
+                "actions_without_rollout_fk",
+                include_str!("../migrations/postgres/0018_actions_without_rollout_fk.sql"),
+            ),
         ],
     };
     Migrator {

@@ -159,6 +159,13 @@ async fn selectors_read_what_the_core_matches(s: Store) {
             }
         }
         assert_eq!(got, want, "paged by cursor: {sel}");
+        let q = DeviceQuery { selector: selector.clone(), limit: 5, offset: 2, descending: true, ..Default::default() };
+        let page: Vec<u128> = s.list_devices(&q).await.unwrap().iter().map(|d| d.id.as_u128()).collect();
+        assert_eq!(
+            page,
+            want.iter().rev().skip(2).take(5).copied().collect::<Vec<_>>(),
+            "id descending, offset: {sel}"
+        );
         let q = DeviceQuery {
             selector: selector.clone(),
             limit: 1000,

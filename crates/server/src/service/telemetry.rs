@@ -233,21 +233,7 @@ fn due(width: i64, bucket: Millis, since: Millis, now: Millis, grace: i64, hold:
 
 /// Takes a device's batch: the version it runs is the registry's (cached).
 pub async fn ingest(state: &AppState, device: Uuid, samples: &[Sample]) -> Result<usize, IngestError> {
-    let version = match state.caches.live(device) {
-        Some(l) => l.version,
-        // Read once, then cached as a check-in caches it (a device that only
-        // sends telemetry cost a registry read per batch: on PostgreSQL, 100,000
-        // such devices fell behind their schedule).
-        None => match state.store.get_device(device).await? {
-            Some(d) => {
-                state.caches.set_live(device, d.current_version.clone());
-                // As in `delivery::checkin`: the cache was behind the registry, so may be its inbox.
-                state.caches.inbox_unknown(&[device]);
-                d.current_version
-            }
-            None => None,
-        },
-    };
+    let version = super::delivery::running_version(state, device).await?;
     let now = otafleet_store::now_ms();
     let n = state
         .telemetry
