@@ -497,11 +497,27 @@ pub(crate) fn conflict_or(e: sqlx::Error, message: impl FnOnce() -> String) -> S
 mod tests;
 
 /// Creates an empty PostgreSQL database next to the one in `base_url` and
-/// returns its URL, so every test run gets its own schema.
+/// returns its URL, so every test run gets its own schema. Its name carries
+/// its creation time; test databases more than [`TEST_DATABASE_HOURS`] old
+/// (and ones named before names carried a time) are dropped first, so runs on
+/// one machine do not fill its disk.
 pub async fn fresh_postgres_database(base_url: &str) -> Result<String> {
     sqlx::any::install_default_drivers();
-    let name = format!("otafleet_test_{}", uuid::Uuid::new_v4().simple());
+    let now = now_ms() / 1000;
+    let name = format!("otafleet_test_{now}_{}", uuid::Uuid::new_v4().simple());
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(base_url).await?;
+    let names = sqlx::query(
+        "SELECT CAST(datname AS TEXT) AS datname FROM pg_database WHERE datname LIKE 'otafleet\\_test\\_%'",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    for row in names {
+        let old: String = row.string("datname")?;
+        if stale_test_database(&old, now) {
+            // One in use (a run still going) refuses: left for a later run.
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {old}")).execute(&mut conn).await;
+        }
+    }
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
     let (head, tail) = base_url.split_once("://").ok_or_else(|| StoreError::BadUrl(base_url.to_string()))?;
     let (hostpart, query) = match tail.split_once('?') {
@@ -515,4 +531,18 @@ pub async fn fresh_postgres_database(base_url: &str) -> Result<String> {
         url.push_str(q);
     }
     Ok(url)
+}
+
+/// How long a test database is kept (a test run takes minutes).
+pub const TEST_DATABASE_HOURS: i64 = 6;
+
+/// Whether a database named by [`fresh_postgres_database`] is old enough to drop at `now` (Unix s).
+fn stale_test_database(name: &str, now: i64) -> bool {
+    let Some(rest) = name.strip_prefix("otafleet_test_") else { return false };
+    match rest.split_once('_').and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id))) {
+        Some((created, id)) if id.len() == 32 => created < now - TEST_DATABASE_HOURS * 3600,
+        Some(_) => false,
+        // Named before names carried a time: a uuid alone.
+        None => rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()),
+    }
 }

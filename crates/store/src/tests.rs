@@ -1163,3 +1163,17 @@ async fn next_notice(l: &mut notify::Listener, touched: &mut Vec<Vec<i64>>) -> n
         }
     }
 }
+
+#[test]
+fn only_old_test_databases_are_dropped() {
+    let now = 1_800_000_000;
+    let id = "0123456789abcdef0123456789abcdef";
+    let fresh = format!("otafleet_test_{}_{id}", now - 60);
+    let old = format!("otafleet_test_{}_{id}", now - crate::TEST_DATABASE_HOURS * 3600 - 1);
+    assert!(!crate::stale_test_database(&fresh, now));
+    assert!(crate::stale_test_database(&old, now));
+    assert!(crate::stale_test_database(&format!("otafleet_test_{id}"), now), "named before names carried a time");
+    for other in ["test", "postgres", "bench_fleet", "otafleet_test_", "otafleet_test_x", "otafleet_production"] {
+        assert!(!crate::stale_test_database(other, now), "{other}");
+    }
+}
