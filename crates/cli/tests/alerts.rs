@@ -3,7 +3,8 @@
 //! after `for`), shows in the API, the CLI, `/metrics` and a real
 //! Alertmanager (Debian's `prometheus-alertmanager`, started by the test),
 //! and resolves once the value is back below `clear`; a no-data rule fires
-//! for a device that went silent; every transition is an `alert.*` event;
+//! for a device that went silent; every transition is an `alert.*` event,
+//! delivered to a webhook subscribed to `alert.*` (a receiver in this test);
 //! bad rules are refused naming the field. On SQLite and PostgreSQL.
 
 mod common;
@@ -11,6 +12,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 struct Alertmanager {
@@ -24,6 +26,34 @@ impl Drop for Alertmanager {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A webhook receiver on a free port, in a thread of its own: the events POSTed to it.
+fn receiver() -> (Arc<Mutex<Vec<Value>>>, String) {
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let (tx, addr) = std::sync::mpsc::channel();
+    let state = got.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        if let Ok(v) = serde_json::from_slice(&body) {
+                            state.lock().unwrap().push(v);
+                        }
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }),
+            );
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (got, format!("http://{}/hook", addr.recv().unwrap()))
 }
 
 fn free_port() -> u16 {
@@ -234,6 +264,10 @@ fn run(db: &str) {
     let r = h.post("/api/v1/alerts/rules", Some(ADMIN), Some(&silent.to_string()));
     assert_eq!(r.status, 201, "{}", r.text);
 
+    let (hooked, hook) = receiver();
+    let r = h.post("/api/v1/webhooks", Some(ADMIN), Some(&json!({"url": hook, "events": ["alert.*"]}).to_string()));
+    assert_eq!(r.status, 201, "{}", r.text);
+
     // Hot: pending, then firing after `for`, for that device only.
     pump(&h, &devs, 90.0, true, Duration::from_secs(3));
     let firing = eventually(Duration::from_secs(20), || {
@@ -254,6 +288,13 @@ fn run(db: &str) {
     let events = alert_events(&h);
     let hot: Vec<&str> = events.iter().filter(|(_, r)| r == "cpu_temp_c-max-gt-80").map(|(k, _)| k.as_str()).collect();
     assert_eq!(hot, vec!["alert.pending", "alert.firing"], "{events:?}");
+    let delivered = eventually(Duration::from_secs(20), || {
+        let got = hooked.lock().unwrap().clone();
+        got.iter().any(|e| e["kind"] == "alert.firing").then_some(got)
+    });
+    let fired = delivered.iter().find(|e| e["kind"] == "alert.firing").unwrap();
+    assert_eq!(fired["data"]["rule"], "cpu_temp_c-max-gt-80", "{fired}");
+    assert!(delivered.iter().all(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("alert."))), "{delivered:?}");
     if let Some(am) = &am {
         let a = Http::new(&am.url);
         let active = eventually(Duration::from_secs(10), || {
