@@ -20,17 +20,11 @@ use std::time::Duration;
 const DEVICES: usize = 10;
 
 fn sim(server: &str) -> std::process::Child {
-    std::process::Command::new(bin())
-        .args(["sim", "--devices", &DEVICES.to_string(), "--poll-ms", "200", "--latency", "20"])
-        .args(["--labels", "device_type=robot,site=lab"])
-        .args(["--metric", "cpu_temp_c=normal(60,1.5)", "--metric-version", "2.2.0:cpu_temp_c=normal(85,1.5)"])
-        .args(["--metric-interval-ms", "300"])
-        .env("OTAFLEET_URL", server)
-        .env("OTAFLEET_TOKEN", ADMIN)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+    let fleet = format!(
+        "--devices {DEVICES} --poll-ms 200 --latency 20 --labels device_type=robot,site=lab \
+         --metric cpu_temp_c=normal(60,1.5) --metric-version 2.2.0:cpu_temp_c=normal(85,1.5) --metric-interval-ms 300"
+    );
+    spawn_sim(server, &fleet.split_whitespace().collect::<Vec<_>>())
 }
 
 struct Guard(std::process::Child);
@@ -100,23 +94,7 @@ fn versions(h: &Http) -> Vec<String> {
 }
 
 fn run(db: &str) {
-    let server = Server::start(
-        db,
-        &[
-            "--poll-interval-secs",
-            "1",
-            "--telemetry-resolutions",
-            "1s:1h,1m:1d",
-            "--telemetry-flush",
-            "200ms",
-            "--telemetry-grace",
-            "500ms",
-            "--telemetry-hold",
-            "1s",
-            "--alert-interval",
-            "300ms",
-        ],
-    );
+    let server = Server::start(db, &[&["--poll-interval-secs", "1"][..], &QUICK_TELEMETRY].concat());
     let h = Http::new(&server.url);
     let _sim = Guard(sim(&server.url));
     eventually(Duration::from_secs(30), || (versions(&h).len() == DEVICES).then_some(()));

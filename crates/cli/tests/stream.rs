@@ -158,15 +158,7 @@ fn event_stream_on_postgres() {
 }
 
 fn sim(server: &str, n: &str, extra: &[&str]) -> std::process::Child {
-    std::process::Command::new(bin())
-        .args(["sim", "--devices", n, "--poll-ms", "200", "--latency", "100", "--labels"])
-        .args(extra)
-        .env("OTAFLEET_URL", server)
-        .env("OTAFLEET_TOKEN", ADMIN)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_sim(server, &[&["--devices", n, "--poll-ms", "200", "--latency", "100", "--labels"][..], extra].concat())
 }
 
 /// `otafleet rollouts watch ID` follows a rollout through the stream to its

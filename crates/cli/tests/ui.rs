@@ -11,7 +11,6 @@ mod common;
 use common::browser::Browser;
 use common::*;
 use serde_json::json;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const XSS: &str = "<script>alert(1)</script>";
@@ -25,14 +24,10 @@ fn dashboard_in_a_real_browser() {
     let h = Http::new(&s.url);
 
     // A fleet: 12 simulated devices, and one with a hostile name.
-    let mut sim = Command::new(bin())
-        .args(["sim", "--devices", "12", "--poll-ms", "200", "--latency", "400", "--labels", "device_type=robot"])
-        .env("OTAFLEET_URL", &s.url)
-        .env("OTAFLEET_TOKEN", ADMIN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sim = spawn_sim(
+        &s.url,
+        &["--devices", "12", "--poll-ms", "200", "--latency", "400", "--labels", "device_type=robot"],
+    );
     let body = json!({"name": XSS, "labels": {"device_type": "esp32"}}).to_string();
     assert_eq!(h.post("/api/v1/devices", Some(ADMIN), Some(&body)).status, 201);
     assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
@@ -199,34 +194,11 @@ fn analysis_and_alerts_in_a_real_browser() {
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     let Some(b) = Browser::start(&shots) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(
-        &sqlite_url(&dir),
-        &[
-            "--poll-interval-secs",
-            "1",
-            "--telemetry-resolutions",
-            "1s:1h,1m:1d",
-            "--telemetry-flush",
-            "200ms",
-            "--telemetry-grace",
-            "500ms",
-            "--telemetry-hold",
-            "1s",
-            "--alert-interval",
-            "300ms",
-        ],
-    );
+    let s = Server::start(&sqlite_url(&dir), &[&["--poll-interval-secs", "1"][..], &QUICK_TELEMETRY].concat());
     let h = Http::new(&s.url);
-    let mut sim = Command::new(bin())
-        .args(["sim", "--devices", "8", "--poll-ms", "200", "--latency", "20", "--labels", "device_type=robot"])
-        .args(["--metric", "cpu_temp_c=normal(60,1.5)", "--metric-version", "2.2.0:cpu_temp_c=normal(85,1.5)"])
-        .args(["--metric-interval-ms", "300"])
-        .env("OTAFLEET_URL", &s.url)
-        .env("OTAFLEET_TOKEN", ADMIN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let fleet = "--devices 8 --poll-ms 200 --latency 20 --labels device_type=robot --metric cpu_temp_c=normal(60,1.5) \
+                 --metric-version 2.2.0:cpu_temp_c=normal(85,1.5) --metric-interval-ms 300";
+    let mut sim = spawn_sim(&s.url, &fleet.split_whitespace().collect::<Vec<_>>());
     let rule = json!({"name": "robot-hot", "metric": "cpu_temp_c", "agg": "max", "window_secs": 60, "op": ">",
                       "threshold": 80, "selector": "device_type=robot", "severity": "critical"});
     assert_eq!(h.post("/api/v1/alerts/rules", Some(ADMIN), Some(&rule.to_string())).status, 201);

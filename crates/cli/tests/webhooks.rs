@@ -15,7 +15,6 @@ use common::*;
 use otafleet_core::webhook;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,14 +122,7 @@ fn signed_retried_logged(db_url: &str) {
     // A release (release.created), then a rollout on a fleet whose installs
     // fail: rollout.* and action.failed events.
     assert_eq!(h.post("/api/v1/releases", Some(ADMIN), Some(r#"{"version":"2.0.0"}"#)).status, 201);
-    let mut sim = Command::new(bin())
-        .args(["sim", "--devices", "4", "--poll-ms", "200", "--latency", "50", "--fail-rate", "1.0"])
-        .env("OTAFLEET_URL", &s.url)
-        .env("OTAFLEET_TOKEN", ADMIN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sim = spawn_sim(&s.url, &["--devices", "4", "--poll-ms", "200", "--latency", "50", "--fail-rate", "1.0"]);
     eventually(Duration::from_secs(30), || {
         (h.get("/api/v1/devices?limit=100", Some(ADMIN)).body["items"].as_array()?.len() == 4).then_some(())
     });

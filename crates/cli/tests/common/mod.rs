@@ -12,6 +12,35 @@ use std::time::Duration;
 
 pub const ADMIN: &str = "ota_test_admin_secret_0123456789";
 
+/// `serve` flags for tests that watch telemetry: 1 s windows, written within a
+/// second of closing, alerts evaluated every 300 ms.
+pub const QUICK_TELEMETRY: [&str; 10] = [
+    "--telemetry-resolutions",
+    "1s:1h,1m:1d",
+    "--telemetry-flush",
+    "200ms",
+    "--telemetry-grace",
+    "500ms",
+    "--telemetry-hold",
+    "1s",
+    "--alert-interval",
+    "300ms",
+];
+
+/// A simulated fleet against `server` (`otafleet sim` with the admin token,
+/// then `args`), its output discarded; kill it when done.
+pub fn spawn_sim(server: &str, args: &[&str]) -> Child {
+    Command::new(bin())
+        .arg("sim")
+        .args(args)
+        .env("OTAFLEET_URL", server)
+        .env("OTAFLEET_TOKEN", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_otafleet"))
 }
