@@ -53,6 +53,8 @@ pub struct Snapshot<'a> {
     pub wave: usize,
     /// Number of planned waves (0: nothing to do, an external executor owns the job).
     pub waves: usize,
+    /// The plan's waves reach every device of the target (`Plan::covers_target`).
+    pub covers_target: bool,
     pub start_at: Option<Millis>,
     pub gate_passed_at: Option<Millis>,
     pub last_release_at: Option<Millis>,
@@ -292,12 +294,18 @@ fn running(s: &Snapshot<'_>, now: Millis) -> Decision {
 
 /// Whether analysis check `spec` is measured on the current wave. Every
 /// check is, but one relative to the baseline (the devices of the rollout's
-/// target still on the previous version) is not measured on a last wave of
-/// 100%: once it is done no baseline is left, and waiting for one would pause
-/// every such rollout at its end.
-pub fn check_applies(strategy: &Strategy, wave: usize, waves: usize, spec: &AnalysisSpec) -> bool {
-    let last_covers_all = wave + 1 >= waves && matches!(strategy.steps.last(), Some(Step::Percent(p)) if *p >= 100.0);
-    !(spec.is_relative() && last_covers_all)
+/// target still on the previous version) is not measured on the last wave of
+/// a plan that `covers_target` (`Plan::covers_target`: a last step of 100%, or
+/// a count at least the target's size): once it is done no baseline is left,
+/// and waiting for one would pause every such rollout at its end.
+pub fn check_applies(wave: usize, waves: usize, covers_target: bool, spec: &AnalysisSpec) -> bool {
+    !(spec.is_relative() && covers_target && wave + 1 >= waves)
+}
+
+/// What a rollout planned before `Plan::covers_target` was stored is taken to
+/// have planned: its steps reach everyone when the last is 100%.
+pub fn covers_target_by_steps(strategy: &Strategy) -> bool {
+    matches!(strategy.steps.last(), Some(Step::Percent(p)) if *p >= 100.0)
 }
 
 /// The runs of the current wave's checks that apply, by index: stored, or
@@ -310,7 +318,7 @@ pub fn analysis_runs<'s>(
         .analysis
         .iter()
         .enumerate()
-        .filter(move |(_, spec)| check_applies(s.strategy, s.wave, s.waves, spec))
+        .filter(move |(_, spec)| check_applies(s.wave, s.waves, s.covers_target, spec))
         .map(move |(i, spec)| {
             let run = s.analysis.get(i).cloned().unwrap_or_else(|| AnalysisRun::start(spec, gate_passed_at));
             (i, spec, run)
@@ -369,6 +377,7 @@ mod tests {
             strategy: st,
             wave: 0,
             waves: st.steps.len(),
+            covers_target: covers_target_by_steps(st),
             start_at: None,
             gate_passed_at: None,
             last_release_at: None,
@@ -586,11 +595,14 @@ mod tests {
         s.wave = 1;
         s.gate_passed_at = Some(0);
         assert_eq!(decide(&s, 10_000), Decision::Measure { checks: vec![0] });
-        assert!(!check_applies(&st, 1, 2, &st.analysis[1]) && check_applies(&st, 0, 2, &st.analysis[1]));
-        assert!(check_applies(&st, 1, 2, &st.analysis[0]));
-        // A canary (one wave of one device) keeps its baseline: the rest of the target.
+        assert!(!check_applies(1, 2, true, &st.analysis[1]) && check_applies(0, 2, true, &st.analysis[1]));
+        assert!(check_applies(1, 2, true, &st.analysis[0]));
+        // A plan that leaves devices out keeps its baseline on the last wave.
+        assert!(check_applies(1, 2, false, &st.analysis[1]));
+        // What a rollout stored before the plan said so is taken to have planned.
+        assert!(covers_target_by_steps(&st));
         let canary = with_analysis(&CHECKS.replace(r#""steps":[1,"100%"]"#, r#""wave":"canary""#));
-        assert!(check_applies(&canary, 0, 1, &canary.analysis[1]));
+        assert!(!covers_target_by_steps(&canary));
     }
 
     #[test]

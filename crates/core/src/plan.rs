@@ -34,6 +34,9 @@ impl Candidate {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     pub waves: Vec<Vec<Uuid>>,
+    /// Whether the steps reach every candidate: the last wave leaves none of
+    /// them on the previous version (no baseline for a relative check then).
+    pub covers_target: bool,
 }
 
 impl Plan {
@@ -134,7 +137,7 @@ pub fn plan(mut candidates: Vec<Candidate>, strategy: &Strategy) -> Plan {
             done = upto;
         }
     }
-    Plan { waves }
+    Plan { waves, covers_target: done == total }
 }
 
 #[cfg(test)]
@@ -156,6 +159,18 @@ mod tests {
     fn custom(steps: &str, seed: u64) -> Strategy {
         let spec: StrategySpec = serde_json::from_str(&format!(r#"{{"steps":{steps},"seed":{seed}}}"#)).unwrap();
         spec.resolve(0).unwrap()
+    }
+
+    #[test]
+    fn a_plan_covers_its_target_when_its_steps_reach_every_candidate() {
+        let covers = |steps: &str, n: u128| plan(fleet(n, 0), &custom(steps, 1)).covers_target;
+        assert!(covers(r#"[1,"100%"]"#, 20));
+        assert!(covers("[1,20]", 20), "a last count of the target's size");
+        assert!(covers("[1,50]", 20), "or more");
+        assert!(!covers("[1,5]", 20), "15 devices stay on the previous version");
+        assert!(!covers(r#"[1,"50%"]"#, 20));
+        assert!(covers(r#"[1,"10%","100%"]"#, 1), "one device: its only wave is everyone");
+        assert!(!covers("[1]", 20), "a canary alone");
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 16] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 17] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -150,6 +150,7 @@ fn migrator(backend: Backend) -> Migrator {
                 "actions_without_rollout_fk",
                 include_str!("../migrations/sqlite/0018_actions_without_rollout_fk.sql"),
             ),
+            (19, "rollout_covers_target", include_str!("../migrations/sqlite/0019_rollout_covers_target.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -172,6 +173,7 @@ fn migrator(backend: Backend) -> Migrator {
                 "actions_without_rollout_fk",
                 include_str!("../migrations/postgres/0018_actions_without_rollout_fk.sql"),
             ),
+            (19, "rollout_covers_target", include_str!("../migrations/postgres/0019_rollout_covers_target.sql")),
         ],
     };
     Migrator {

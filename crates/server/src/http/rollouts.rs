@@ -77,7 +77,7 @@ fn analysis_view(r: &Rollout) -> Vec<api::AnalysisCheck> {
         .map(|(i, spec)| {
             let run =
                 r.gate_passed_at.map(|p| r.analysis.get(i).cloned().unwrap_or_else(|| AnalysisRun::start(spec, p)));
-            let applies = otafleet_core::engine::check_applies(&r.strategy, wave, waves, spec);
+            let applies = otafleet_core::engine::check_applies(wave, waves, r.covers_target, spec);
             let (verdict, next_at) = match run.as_ref().map(|run| run.verdict(spec)) {
                 _ if !applies => ("not_applicable", None),
                 None => ("waiting", None),

@@ -17,8 +17,8 @@ impl Store {
         let waves = new.plan.waves.len() as i64;
         let row = sqlx::query(
             "INSERT INTO rollouts (release_id, version, kind, preset, target, strategy, state, current_wave, waves, start_at, \
-             promote, rollback_requested, created_by, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, 0, 0, $9, $10, $10) RETURNING id",
+             promote, rollback_requested, created_by, created_at, updated_at, covers_target) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, 0, 0, $9, $10, $10, $11) RETURNING id",
         )
         .bind(new.release.id)
         .bind(new.release.version.as_str())
@@ -30,6 +30,7 @@ impl Store {
         .bind(new.start_at)
         .bind(new.actor)
         .bind(now)
+        .bind(new.plan.covers_target as i64)
         .fetch_one(&mut *tx)
         .await?;
         let id = row.i64("id")?;

@@ -31,6 +31,7 @@ impl Parts {
             strategy: &r.strategy,
             wave: r.current_wave as usize,
             waves: r.waves as usize,
+            covers_target: r.covers_target,
             start_at: r.start_at,
             gate_passed_at: r.gate_passed_at,
             last_release_at: r.last_release_at,

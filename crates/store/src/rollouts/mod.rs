@@ -68,6 +68,9 @@ pub struct Rollout {
     pub state: RolloutState,
     pub current_wave: i64,
     pub waves: i64,
+    /// The plan's waves reach every eligible device of the target
+    /// (`core::plan::Plan::covers_target`).
+    pub covers_target: bool,
     pub start_at: Option<i64>,
     pub gate_passed_at: Option<i64>,
     pub last_release_at: Option<i64>,
@@ -175,7 +178,7 @@ pub enum ReportOutcome {
 
 pub(crate) const ROLLOUT_COLS: &str = "id, release_id, version, kind, preset, target, strategy, state, current_wave, waves, start_at, \
      gate_passed_at, last_release_at, promote, rollback_requested, reason, created_by, created_at, updated_at, finished_at, \
-     analysis";
+     analysis, covers_target";
 pub(crate) const ACTION_COLS: &str =
     "id, rollout_id, device_id, wave, position, kind, state, from_version, to_version, attempts, \
      last_seq, not_before, deadline, error, created_at, updated_at";
@@ -203,6 +206,11 @@ pub(crate) const MISSING_ROLLBACK: &str = "FROM actions a WHERE a.rollout_id = $
      AND NOT EXISTS (SELECT 1 FROM actions b WHERE b.rollout_id = a.rollout_id AND b.kind = 'rollback' AND b.device_id = a.device_id)";
 
 pub(crate) fn rollout_from_row(r: &AnyRow) -> Result<Rollout> {
+    let strategy: Strategy = r.json("strategy")?;
+    let covers_target = match r.opt_i64("covers_target")? {
+        Some(v) => v != 0,
+        None => otafleet_core::engine::covers_target_by_steps(&strategy),
+    };
     Ok(Rollout {
         id: r.i64("id")?,
         release_id: r.i64("release_id")?,
@@ -210,10 +218,11 @@ pub(crate) fn rollout_from_row(r: &AnyRow) -> Result<Rollout> {
         kind: r.parsed("kind")?,
         preset: r.parsed("preset")?,
         target: r.json("target")?,
-        strategy: r.json("strategy")?,
+        strategy,
         state: r.parsed("state")?,
         current_wave: r.i64("current_wave")?,
         waves: r.i64("waves")?,
+        covers_target,
         start_at: r.opt_i64("start_at")?,
         gate_passed_at: r.opt_i64("gate_passed_at")?,
         last_release_at: r.opt_i64("last_release_at")?,
