@@ -624,15 +624,8 @@ async fn bench_rollout(
     })
     .await?;
     let _ = bare.kill().await;
-    let (chk, chk_cpu) = load_child("POST /device/v1/checkin", seconds, concurrency, server.id(), {
-        let (u, tokens) = (format!("{base}/device/v1/checkin"), tokens.clone());
-        move |c, i| {
-            c.post(&u)
-                .bearer_auth(&tokens[i as usize % tokens.len()])
-                .json(&json!({"current_version": "2.0.0", "health": "healthy"}))
-        }
-    })
-    .await?;
+    let (chk, chk_cpu) =
+        load_child("POST /device/v1/checkin", seconds, concurrency, server.id(), checkins(&base, &tokens)).await?;
     println!("  ratio check-ins / bare axum: {:.3} in req/s", chk / b);
     if let (Some(b), Some(c)) = (b_cpu, chk_cpu) {
         // The load generator shares the machine: CPU per request is the fairer measure.
@@ -645,15 +638,8 @@ async fn bench_rollout(
         let t = Instant::now();
         checkin_each(&format!("{base}/device/v1/checkin"), &tokens, concurrency).await?;
         println!("  every device checked in once more ({:.1} s); again, the caches warm:", t.elapsed().as_secs_f64());
-        let (warm, warm_cpu) = load_child("POST /device/v1/checkin", seconds, concurrency, server.id(), {
-            let (u, tokens) = (format!("{base}/device/v1/checkin"), tokens.clone());
-            move |c, i| {
-                c.post(&u)
-                    .bearer_auth(&tokens[i as usize % tokens.len()])
-                    .json(&json!({"current_version": "2.0.0", "health": "healthy"}))
-            }
-        })
-        .await?;
+        let (warm, warm_cpu) =
+            load_child("POST /device/v1/checkin", seconds, concurrency, server.id(), checkins(&base, &tokens)).await?;
         println!("  ratio check-ins / bare axum: {:.3} in req/s", warm / b);
         if let (Some(b), Some(c)) = (b_cpu, warm_cpu) {
             println!("                               {:.3} in requests per server CPU second", b / c);
@@ -661,6 +647,16 @@ async fn bench_rollout(
     }
     let _ = server.kill().await;
     Ok(())
+}
+
+/// Check-ins for a saturated load: request `i` from device `i` mod the fleet.
+fn checkins(base: &str, tokens: &Arc<Vec<String>>) -> impl Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder {
+    let (u, tokens) = (format!("{base}/device/v1/checkin"), tokens.clone());
+    move |c, i| {
+        c.post(&u)
+            .bearer_auth(&tokens[i as usize % tokens.len()])
+            .json(&json!({"current_version": "2.0.0", "health": "healthy"}))
+    }
 }
 
 /// One check-in from each device, `concurrency` at a time.
