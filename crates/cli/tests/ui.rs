@@ -97,6 +97,8 @@ fn dashboard_in_a_real_browser() {
         panic!("the page says paused, the API says {state}; the rollout's events: {kinds:#?}");
     }
     b.screenshot("07-rollout-paused");
+    assert_eq!(b.count("button[data-command=pause]"), 0, "paused: no pause button");
+    assert_eq!(b.count("button[data-command=resume]"), 1, "paused: a resume button");
 
     // A post without the CSRF token is refused, and changes nothing.
     let status = b.script_async(
@@ -264,6 +266,13 @@ fn analysis_and_alerts_in_a_real_browser() {
     b.screenshot("14-rollout-analysis");
     let overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth";
     assert_eq!(b.script(overflow, json!([])), 0, "the rollout page fits its width");
+    // Loaded again once it ended: only the commands the core still accepts
+    // (an ended rollout is not paused, resumed, promoted or aborted).
+    b.goto(&format!("{}/ui/rollouts/{id}", s.url));
+    b.find("#live");
+    for cmd in ["pause", "resume", "promote", "abort"] {
+        assert_eq!(b.count(&format!("button[data-command={cmd}]")), 0, "{cmd} on an ended rollout");
+    }
 
     // The canary's temperature fires the rule: the alerts page and the fleet page say so.
     b.wait_for("the alert to fire", Duration::from_secs(30), || {

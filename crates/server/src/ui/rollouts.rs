@@ -90,6 +90,32 @@ pub struct PageParams {
     after: Option<i64>,
 }
 
+/// The buttons of the commands the core would accept in the rollout's state
+/// (`effects::command`): a failed rollout offers only a rollback, say. (The
+/// state may move on while the page is open: a refused command's answer says why.)
+fn applicable_commands(r: &api::Rollout) -> Vec<(&'static str, &'static str, &'static str)> {
+    use otafleet_core::effects::{command, Command, RolloutFacts};
+    use otafleet_core::RolloutState;
+    let facts = RolloutFacts {
+        state: r.state,
+        current_wave: r.current_wave.max(0) as usize,
+        rollback_requested: r.rollback_requested,
+        auto_rollback: r.strategy.auto_rollback,
+    };
+    let set = |to| Command::SetState { to, reason: None };
+    [
+        ("pause", "Pause", "", set(RolloutState::Paused)),
+        ("resume", "Resume", "", set(RolloutState::Running)),
+        ("promote", "Promote", "", Command::Promote),
+        ("abort", "Abort", "danger", set(RolloutState::Aborted)),
+        ("rollback", "Roll back", "danger", Command::Rollback),
+    ]
+    .into_iter()
+    .filter(|(.., c)| command(facts, *c, 0).is_ok())
+    .map(|(cmd, label, class, _)| (cmd, label, class))
+    .collect()
+}
+
 /// The rollout page; the part under `#live` is re-rendered by [`live`] as
 /// the event stream says the rollout moved.
 pub async fn render(state: &AppState, session: &Session, id: String, p: PageParams) -> UiResult<Response> {
@@ -103,6 +129,7 @@ pub async fn render(state: &AppState, session: &Session, id: String, p: PagePara
     let actions = http::rollouts::actions(State(state.clone()), session.caller(), Path(id), ApiQuery(aq)).await;
     let live_part = live_fragment(&live);
     let can = session.can(Role::Operator);
+    let commands = applicable_commands(r);
     let (actions_error, actions, next) = match actions {
         Ok(axum::Json(Page { items, next })) => (None, items, next),
         Err(e) => (Some(e), Vec::new(), None),
@@ -117,9 +144,9 @@ pub async fn render(state: &AppState, session: &Session, id: String, p: PagePara
             dt { "Created" } dd { (time(&r.created_at)) " by " (r.created_by) }
             @if let Some(s) = &r.start_at { dt { "Starts" } dd { (time(s)) } }
         }
-        @if can {
+        @if can && !commands.is_empty() {
             div.buttons role="group" aria-label="steer the rollout" {
-                @for (cmd, label, class) in [("pause", "Pause", ""), ("resume", "Resume", ""), ("promote", "Promote", ""), ("abort", "Abort", "danger"), ("rollback", "Roll back", "danger")] {
+                @for (cmd, label, class) in commands {
                     form method="post" action={ "/ui/rollouts/" (r.id) "/" (cmd) } {
                         (csrf_field(session))
                         button type="submit" class=(class) data-command=(cmd) { (label) }
