@@ -47,12 +47,7 @@ pub async fn checkin(
         // Not cached (or another version): what does the registry say?
         match state.store.get_device(device).await? {
             Some(d) if reported.is_none() || d.current_version.as_deref() == reported => {
-                caches.set_live(device, d.current_version);
-                // What this process cached about the device was behind the
-                // registry (another replica applied its report, say, and its
-                // notice has not arrived): so may be its inbox, which could
-                // still hold the action that report finished. Read it again.
-                caches.inbox_unknown(&[device]);
+                cache_registry_version(state, device, d.current_version);
                 known = true;
             }
             Some(_) => {}
@@ -97,15 +92,22 @@ pub async fn checkin(
 /// sends telemetry cost a registry read per batch: on PostgreSQL, 100,000 of
 /// them fell behind their schedule). `None` for an unknown device or version.
 pub async fn running_version(state: &AppState, device: Uuid) -> Result<Option<String>, StoreError> {
-    let caches = &state.caches;
-    if let Some(l) = caches.live(device) {
+    if let Some(l) = state.caches.live(device) {
         return Ok(l.version);
     }
     let Some(d) = state.store.get_device(device).await? else { return Ok(None) };
-    caches.set_live(device, d.current_version.clone());
-    // As in `checkin`: the cache was behind the registry, so may be its inbox.
-    caches.inbox_unknown(&[device]);
+    cache_registry_version(state, device, d.current_version.clone());
     Ok(d.current_version)
+}
+
+/// Caches the version the registry gave for a device whose cached one was
+/// missing or stale. What this process cached about the device was behind
+/// the registry (another replica applied its report, say, and its notice has
+/// not arrived): so may be its inbox, which could still hold the action that
+/// report finished. It is read again.
+fn cache_registry_version(state: &AppState, device: Uuid, version: Option<String>) {
+    state.caches.set_live(device, version);
+    state.caches.inbox_unknown(&[device]);
 }
 
 /// A device reports progress on one of its actions (group-committed by

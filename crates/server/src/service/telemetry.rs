@@ -153,9 +153,9 @@ impl Telemetry {
             let due: Vec<Key> = pending
                 .iter()
                 .filter(|((_, metric, _, bucket), (_, since))| match which {
-                    Held::Due => due(width, *bucket, *since, now, grace, hold),
                     Held::All => true,
-                    Held::Metric(m) => metric == m || due(width, *bucket, *since, now, grace, hold),
+                    Held::Metric(m) if metric == m => true,
+                    Held::Metric(_) | Held::Due => due(width, *bucket, *since, now, grace, hold),
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -281,7 +281,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     flush_once(&state, Held::All).await;
 }
 
-/// Writes the due windows (every held one with `all`), logged, not returned, on failure.
+/// Writes the held windows `which` picks; a failure is logged, not returned.
 pub async fn flush_once(state: &AppState, which: Held<'_>) {
     let now = otafleet_store::now_ms();
     match state.telemetry.flush(&state.config.telemetry, &state.store, now, which).await {
