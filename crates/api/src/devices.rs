@@ -19,6 +19,13 @@ pub struct Device {
     #[schema(value_type = String)]
     pub health: DeviceHealth,
     pub last_seen: Option<String>,
+    /// The delegate (cluster agent, gateway) that speaks for the device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate_id: Option<Uuid>,
+    /// RFC 3339: when its delegate last found it missing; a gone device is
+    /// no rollout's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }

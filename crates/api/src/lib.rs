@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alerts;
+pub mod delegates;
 pub mod devices;
 pub mod enroll;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod tracker;
 pub mod webhooks;
 
 pub use alerts::{Alert, AlertListQuery, AlertRule, CreateAlertRule};
+pub use delegates::{CreateDelegate, CreatedDelegate, Delegate};
 pub use devices::{
     BulkRegister, BulkRegistered, Device, DeviceListQuery, RegisterDevice, RegisteredDevice, UpdateDevice,
 };

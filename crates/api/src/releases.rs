@@ -27,6 +27,15 @@ pub struct Release {
     pub compatible: Vec<String>,
     pub signature: Option<String>,
     pub artifacts: Vec<Artifact>,
+    /// A `container` release's image, which a cluster agent sets on its workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A `firmware` release's firmware image, which FlashJob boards are flashed with…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    /// …by pods of this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flash_pod_image: Option<String>,
     pub created_at: String,
 }
 
@@ -48,6 +57,15 @@ pub struct CreateRelease {
     pub signature: Option<String>,
     #[serde(default)]
     pub artifacts: Vec<Artifact>,
+    /// `container` releases for cluster agents: the image reference to set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `firmware` releases for FlashJob boards: the firmware image…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    /// …and the flasher pod's image (both or neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flash_pod_image: Option<String>,
 }
 
 /// `GET /api/v1/releases` query.

@@ -27,7 +27,8 @@ pub mod webhook;
 pub mod window;
 
 pub use model::{
-    ActionKind, ActionState, DeviceHealth, EventKind, Executor, ReleaseKind, RolloutKind, RolloutState, TransitionError,
+    ActionKind, ActionState, DelegateKind, DeviceHealth, EventKind, Executor, ReleaseKind, RolloutKind, RolloutState,
+    TransitionError,
 };
 pub use selector::Selector;
 pub use strategy::{Gate, Preset, Step, Strategy, StrategySpec};

@@ -308,6 +308,18 @@ str_enum!(
     AlertFiring => "alert.firing",
     AlertResolved => "alert.resolved",
     AlertCancelled => "alert.cancelled",
+    DelegateCreated => "delegate.created",
+    DelegateRevoked => "delegate.revoked",
+    DeviceGone => "device.gone",
+    DeviceReturned => "device.returned",
+});
+
+str_enum!(
+    /// What speaks for a delegate's devices: a `cluster` agent (pods,
+    /// workloads, FlashJob boards) or a site `gateway`.
+    DelegateKind, "delegate kind", {
+    Cluster => "cluster",
+    Gateway => "gateway",
 });
 
 impl EventKind {

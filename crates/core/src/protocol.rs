@@ -55,6 +55,16 @@ pub struct ActionOrder {
     pub artifacts: Vec<ArtifactRef>,
     /// Detached ed25519 signature of the release manifest, hex, if signed.
     pub signature: Option<String>,
+    /// What a delegate applies (the release's, see `releases.image`): the
+    /// container image of a `container` release…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// …or the firmware image of a `firmware` release for FlashJob boards,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<String>,
+    /// and the image of the pod that flashes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flash_pod_image: Option<String>,
 }
 
 /// `POST /device/v1/status` body. Idempotent by `(action_id, seq)`.
@@ -494,4 +504,122 @@ mod tests {
         assert_eq!(order_kind(ActionKind::Rollback, RolloutKind::Deploy), ActionKind::Rollback);
         assert_eq!(order_kind(ActionKind::Install, RolloutKind::Rollback), ActionKind::Rollback);
     }
+}
+
+/// Most devices one delegate request may carry (inventory, check-in, status).
+pub const DELEGATE_MAX_BATCH: usize = 10_000;
+
+/// One device as its delegate finds it (`PUT /delegate/v1/inventory`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct InventoryEntry {
+    /// Stable id the delegate derives (a cluster agent: from cluster, kind,
+    /// namespace and name; a board: its Akri Instance's uid).
+    pub device_id: Uuid,
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Recorded when the device is first seen; afterwards check-ins say.
+    #[serde(default)]
+    pub current_version: Option<String>,
+}
+
+/// `PUT /delegate/v1/inventory`: everything the delegate speaks for, complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    pub devices: Vec<InventoryEntry>,
+}
+
+/// What an inventory changed in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InventoryAck {
+    pub registered: u64,
+    pub updated: u64,
+    pub returned: u64,
+    pub unchanged: u64,
+    /// The delegate's devices it did not list: marked gone.
+    pub gone: Vec<Uuid>,
+}
+
+/// One device's check-in inside a delegate's batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DelegateCheckinEntry {
+    pub device_id: Uuid,
+    /// The version actually running: the registry takes this as the truth.
+    #[serde(default)]
+    pub current_version: Option<String>,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub health: Option<DeviceHealth>,
+}
+
+/// `POST /delegate/v1/checkin`: many devices' check-ins in one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DelegateCheckin {
+    pub devices: Vec<DelegateCheckinEntry>,
+}
+
+/// A device's action in a delegate's check-in answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DelegateAction {
+    pub device_id: Uuid,
+    pub action: ActionOrder,
+}
+
+/// `POST /delegate/v1/checkin` answer: the actions of the devices that have one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DelegateCheckinResponse {
+    pub actions: Vec<DelegateAction>,
+    pub poll_after_secs: u64,
+}
+
+/// One device's status report inside a delegate's batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DelegateReport {
+    pub device_id: Uuid,
+    pub report: StatusReport,
+}
+
+/// `POST /delegate/v1/status`: many reports in one request, applied in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DelegateStatus {
+    pub reports: Vec<DelegateReport>,
+}
+
+/// What the server did with one report of a delegate's batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DelegateReportAck {
+    pub device_id: Uuid,
+    pub action_id: i64,
+    /// `applied`, `duplicate`, `ignored` (as for a device's own report) or
+    /// `refused` (see `error`; nothing was applied for it).
+    pub outcome: String,
+    /// The action's state after the report (absent when refused).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub state: Option<ActionState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /delegate/v1/status` answer: one ack per report, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DelegateStatusAck {
+    pub acks: Vec<DelegateReportAck>,
 }

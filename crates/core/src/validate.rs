@@ -30,6 +30,63 @@ pub fn version(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest container image reference accepted.
+pub const MAX_IMAGE: usize = 512;
+
+/// A container image reference as Kubernetes takes it:
+/// `[registry[:port]/]path[:tag][@sha256:<64 hex>]`, lowercase path
+/// components of letters, digits and `._-`, a tag of at most 128 letters,
+/// digits and `._-` (not starting with `.` or `-`).
+pub fn image(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("'{}' is not a container image reference: {why}", s.escape_debug()));
+    if s.is_empty() || s.len() > MAX_IMAGE {
+        return bad(&format!("1 to {MAX_IMAGE} characters"));
+    }
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        match d.strip_prefix("sha256:") {
+            Some(hex) if is_sha256(hex) && hex == hex.to_ascii_lowercase() => {}
+            _ => return bad("a digest is sha256: and 64 lowercase hex characters"),
+        }
+    }
+    // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (path, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return bad("a tag is 1 to 128 letters, digits, '.', '_' or '-', not starting with '.' or '-'");
+        }
+    }
+    let mut parts = path.split('/').peekable();
+    let mut first = true;
+    while let Some(part) = parts.next() {
+        // The first of several components may be a registry host with a port.
+        let registry = first && parts.peek().is_some() && (part.contains(['.', ':']) || part == "localhost");
+        first = false;
+        let ok = !part.is_empty()
+            && if registry {
+                part.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b))
+            } else {
+                part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                    && !part.starts_with(['.', '_', '-'])
+            };
+        if !ok {
+            return bad("path components are lowercase letters, digits, '.', '_' or '-'");
+        }
+    }
+    Ok(())
+}
+
 /// A device's (or token's) display name: 1 to 128 characters, no control,
 /// bidi or zero-width characters.
 pub fn name(n: &str) -> Result<(), String> {
@@ -205,6 +262,22 @@ pub fn artifact_size(n: i64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn image_references() {
+        for ok in [
+            "nginx",
+            "nginx:1.27",
+            "registry.example.com:5000/robots/arm:2.0.0",
+            "localhost/robot@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "ghcr.io/a/b:v1_rc-2@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert!(super::image(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Nginx", "a b", "robot:", "robot:-x", "robot@sha256:xyz", "a//b", "robot@md5:00", "/robot"] {
+            assert!(super::image(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

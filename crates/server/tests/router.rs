@@ -346,3 +346,139 @@ async fn release_input_is_refused_naming_the_field() {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 }
+
+async fn delegate(app: &App, name: &str) -> (String, String) {
+    let (s, v) =
+        call(app, "POST", "/api/v1/delegates", Some(&app.token), Some(json!({"name": name, "kind": "cluster"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    (v["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
+}
+
+fn entry(id: &str, name: &str, version: &str) -> Value {
+    json!({"device_id": id, "name": name, "labels": {"cluster": "a", "kind": "deployment"}, "current_version": version})
+}
+
+/// A delegate's token: its own devices only, in batches; nothing else.
+#[tokio::test]
+async fn a_delegate_speaks_for_its_own_devices_only() {
+    let app = app().await;
+    let (a_id, a) = delegate(&app, "cluster-a").await;
+    let (_, b) = delegate(&app, "cluster-b").await;
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/delegates",
+        Some(&app.token),
+        Some(json!({"name": "cluster-a", "kind": "cluster"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) =
+        call(&app, "POST", "/api/v1/delegates", Some(&app.token), Some(json!({"name": "x", "kind": "robot"}))).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("kind")), "{v}");
+
+    let ids = ["00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"];
+    let inv = json!({"devices": [entry(ids[0], "robot-0", "1.0.0"), entry(ids[1], "robot-1", "1.0.0")]});
+    let (s, v) = call(&app, "PUT", "/delegate/v1/inventory", Some(&a), Some(inv.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!((v["registered"].as_u64(), v["unchanged"].as_u64()), (Some(2), Some(0)), "{v}");
+    let (s, v) = call(&app, "PUT", "/delegate/v1/inventory", Some(&a), Some(inv)).await;
+    assert_eq!((s, v["unchanged"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+    let (s, d) = call(&app, "GET", &format!("/api/v1/devices/{}", ids[0]), Some(&app.token), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((d["delegate_id"].as_str(), d["current_version"].as_str()), (Some(a_id.as_str()), Some("1.0.0")));
+
+    // Not the management API (403), not the device API (401), not another delegate's devices.
+    let (s, v) = call(&app, "GET", "/api/v1/devices", Some(&a), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("/delegate/v1"), "{v}");
+    let (s, _) = call(&app, "POST", "/device/v1/checkin", Some(&a), Some(json!({}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let checkin = json!({"devices": [{"device_id": ids[1], "current_version": "1.0.0"}]});
+    let (s, v) = call(&app, "POST", "/delegate/v1/checkin", Some(&b), Some(checkin.clone())).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["error"]["field"], "devices[0].device_id");
+    let (s, v) =
+        call(&app, "PUT", "/delegate/v1/inventory", Some(&b), Some(json!({"devices": [entry(ids[0], "x", "1")]})))
+            .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let report =
+        json!({"reports": [{"device_id": ids[0], "report": {"action_id": 1, "seq": 1, "state": "installing"}}]});
+    let (s, v) = call(&app, "POST", "/delegate/v1/status", Some(&b), Some(report.clone())).await;
+    assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::NOT_FOUND, Some("reports[0].device_id")), "{v}");
+    // Its own device, but no such action: that report is refused, by name.
+    let (s, v) = call(&app, "POST", "/delegate/v1/status", Some(&a), Some(report)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["acks"][0]["outcome"], "refused", "{v}");
+    let (s, v) = call(&app, "POST", "/delegate/v1/checkin", Some(&a), Some(checkin)).await;
+    assert_eq!((s, v["actions"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{v}");
+    let bad = json!({"devices": [{"device_id": ids[0], "current_version": "bad version"}]});
+    let (s, v) = call(&app, "POST", "/delegate/v1/checkin", Some(&a), Some(bad)).await;
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("devices[0].current_version"))
+    );
+
+    // A device the delegate no longer lists is gone, not deleted, and no target.
+    let (s, v) = call(
+        &app,
+        "PUT",
+        "/delegate/v1/inventory",
+        Some(&a),
+        Some(json!({"devices": [entry(ids[0], "robot-0", "1.0.0")]})),
+    )
+    .await;
+    assert_eq!(v["gone"], json!([ids[1]]), "{s} {v}");
+    let (_, d) = call(&app, "GET", &format!("/api/v1/devices/{}", ids[1]), Some(&app.token), None).await;
+    assert!(d["gone_at"].is_string(), "{d}");
+    let release = json!({"version": "2.0.0", "kind": "container", "image": "robot:2.0.0"});
+    let (s, v) = call(&app, "POST", "/api/v1/releases", Some(&app.token), Some(release)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, r) = call(
+        &app,
+        "POST",
+        "/api/v1/rollouts",
+        Some(&app.token),
+        Some(json!({"version": "2.0.0", "selector": "cluster=a", "strategy": {"preset": "green"}})),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {r}");
+    assert_eq!(r["progress"][0]["total"], 1, "only the device still there: {r}");
+
+    // Revoked: refused at once.
+    let (s, v) = call(&app, "POST", &format!("/api/v1/delegates/{a_id}/revoke"), Some(&app.token), None).await;
+    assert_eq!((s, v["state"].as_str(), v["devices"].as_u64()), (StatusCode::OK, Some("revoked"), Some(2)), "{v}");
+    let (s, _) = call(&app, "POST", "/delegate/v1/checkin", Some(&a), Some(json!({"devices": []}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn container_and_firmware_releases_name_what_a_delegate_applies() {
+    let app = app().await;
+    let digest = format!("registry.local:5000/robot@sha256:{}", "a".repeat(64));
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/releases",
+        Some(&app.token),
+        Some(json!({"version": "2.0.0", "kind": "container", "image": digest})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["image"], digest.as_str());
+    let fw =
+        json!({"version": "3.0.0", "kind": "firmware", "firmware": "fw/esp32:3.0.0", "flash_pod_image": "flasher:1"});
+    let (s, v) = call(&app, "POST", "/api/v1/releases", Some(&app.token), Some(fw)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!((v["firmware"].as_str(), v["flash_pod_image"].as_str()), (Some("fw/esp32:3.0.0"), Some("flasher:1")));
+    for (body, field) in [
+        (json!({"version": "4", "kind": "container", "image": "Robot:latest"}), "image"),
+        (json!({"version": "4", "kind": "container", "image": "robot", "firmware": "fw"}), "firmware"),
+        (json!({"version": "4", "kind": "firmware", "firmware": "fw"}), "flash_pod_image"),
+        (json!({"version": "4", "kind": "firmware", "image": "robot"}), "image"),
+        (json!({"version": "4", "kind": "file", "image": "robot"}), "image"),
+    ] {
+        let (s, v) = call(&app, "POST", "/api/v1/releases", Some(&app.token), Some(body.clone())).await;
+        assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)), "{body}: {v}");
+    }
+}

@@ -23,6 +23,10 @@ pub struct Device {
     pub desired_version: Option<String>,
     pub health: DeviceHealth,
     pub last_seen: Option<i64>,
+    /// The delegate that registered the device and speaks for it, if any.
+    pub delegate_id: Option<Uuid>,
+    /// When its delegate last found it missing (it is no rollout's target then).
+    pub gone_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -144,7 +148,7 @@ pub struct VersionMoves {
 }
 
 pub(crate) const DEVICE_COLS: &str =
-    "d.id, d.name, d.labels, d.current_version, d.previous_version, d.desired_version, d.health, d.last_seen, d.created_at, d.updated_at";
+    "d.id, d.name, d.labels, d.current_version, d.previous_version, d.desired_version, d.health, d.last_seen, d.delegate_id, d.gone_at, d.created_at, d.updated_at";
 
 pub(crate) fn from_row(r: &AnyRow) -> Result<Device> {
     Ok(Device {
@@ -156,6 +160,12 @@ pub(crate) fn from_row(r: &AnyRow) -> Result<Device> {
         desired_version: r.opt_string("desired_version")?,
         health: r.parsed("health")?,
         last_seen: r.opt_i64("last_seen")?,
+        delegate_id: r
+            .opt_string("delegate_id")?
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("device delegate_id".into()))?,
+        gone_at: r.opt_i64("gone_at")?,
         created_at: r.i64("created_at")?,
         updated_at: r.i64("updated_at")?,
     })
@@ -243,7 +253,7 @@ fn label_conditions(sql: &mut Sql, selector: &Selector, driver: Option<usize>, i
     }
 }
 
-async fn write_labels(conn: &mut sqlx::AnyConnection, id: &str, labels: &Labels) -> Result<()> {
+pub(crate) async fn write_labels(conn: &mut sqlx::AnyConnection, id: &str, labels: &Labels) -> Result<()> {
     sqlx::query("DELETE FROM device_labels WHERE device_id = $1").bind(id).execute(&mut *conn).await?;
     for (k, v) in labels {
         sqlx::query("INSERT INTO device_labels (device_id, key, value) VALUES ($1, $2, $3)")
@@ -252,6 +262,54 @@ async fn write_labels(conn: &mut sqlx::AnyConnection, id: &str, labels: &Labels)
             .bind(v.as_str())
             .execute(&mut *conn)
             .await?;
+    }
+    Ok(())
+}
+
+/// Inserts one chunk of new devices (and their labels) as two set-based
+/// statements; `delegate` is the delegate that speaks for them, if any.
+pub(crate) async fn insert_rows(
+    conn: &mut sqlx::AnyConnection,
+    b: crate::Backend,
+    chunk: &[NewDevice],
+    delegate: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let mut rows = Vec::with_capacity(chunk.len());
+    let mut labels = Vec::new();
+    for d in chunk {
+        let id = d.id.to_string();
+        let json = serde_json::to_string(&d.labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        rows.push(serde_json::json!([id, d.name, json, d.current_version, d.token.as_deref().map(hash_token)]));
+        labels.extend(d.labels.iter().map(|(k, v)| serde_json::json!([id, k, v])));
+    }
+    let sql = format!(
+        "INSERT INTO devices (id, name, labels, current_version, health, token_hash, delegate_id, created_at, updated_at) \
+         SELECT {}, {}, {}, {}, $2, {}, $4, $3, $3 FROM {}",
+        json_col(b, 0, None),
+        json_col(b, 1, None),
+        json_col(b, 2, None),
+        json_col(b, 3, None),
+        json_col(b, 4, None),
+        json_rows(b, 1),
+    );
+    sqlx::query(&sql)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .bind(DeviceHealth::Unknown.as_str())
+        .bind(now)
+        .bind(delegate)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| conflict_or(e, || "a device in this request already exists".to_string()))?;
+    if !labels.is_empty() {
+        let sql = format!(
+            "INSERT INTO device_labels (device_id, key, value) SELECT {}, {}, {} FROM {}",
+            json_col(b, 0, None),
+            json_col(b, 1, None),
+            json_col(b, 2, None),
+            json_rows(b, 1),
+        );
+        sqlx::query(&sql).bind(serde_json::Value::Array(labels).to_string()).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -281,40 +339,7 @@ impl Store {
             if let Some(row) = taken {
                 return Err(StoreError::Conflict(format!("device {} already exists", row.string("id")?)));
             }
-            let mut rows = Vec::with_capacity(chunk.len());
-            let mut labels = Vec::new();
-            for (d, id) in chunk.iter().zip(&ids) {
-                let json = serde_json::to_string(&d.labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
-                rows.push(serde_json::json!([id, d.name, json, d.current_version, d.token.as_deref().map(hash_token)]));
-                labels.extend(d.labels.iter().map(|(k, v)| serde_json::json!([id, k, v])));
-            }
-            let sql = format!(
-                "INSERT INTO devices (id, name, labels, current_version, health, token_hash, created_at, updated_at) \
-                 SELECT {}, {}, {}, {}, $2, {}, $3, $3 FROM {}",
-                json_col(b, 0, None),
-                json_col(b, 1, None),
-                json_col(b, 2, None),
-                json_col(b, 3, None),
-                json_col(b, 4, None),
-                json_rows(b, 1),
-            );
-            sqlx::query(&sql)
-                .bind(serde_json::Value::Array(rows).to_string())
-                .bind(DeviceHealth::Unknown.as_str())
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| conflict_or(e, || "a device in this request already exists".to_string()))?;
-            if !labels.is_empty() {
-                let sql = format!(
-                    "INSERT INTO device_labels (device_id, key, value) SELECT {}, {}, {} FROM {}",
-                    json_col(b, 0, None),
-                    json_col(b, 1, None),
-                    json_col(b, 2, None),
-                    json_rows(b, 1),
-                );
-                sqlx::query(&sql).bind(serde_json::Value::Array(labels).to_string()).execute(&mut *tx).await?;
-            }
+            insert_rows(&mut tx, b, chunk, None, now).await?;
         }
         for d in devices {
             out.push(Device {
@@ -326,6 +351,8 @@ impl Store {
                 desired_version: None,
                 health: DeviceHealth::Unknown,
                 last_seen: None,
+                delegate_id: None,
+                gone_at: None,
                 created_at: now,
                 updated_at: now,
             });
@@ -506,6 +533,8 @@ impl Store {
             let mut sql = Sql::new(agg);
             sql.push(" FROM (").push(target_cols(self.backend));
             let id_col = selector_from(&mut sql, selector);
+            // A device its delegate no longer finds is no target.
+            sql.push(" AND d.gone_at IS NULL");
             if let Some(after) = &after {
                 sql.push(&format!(" AND {id_col} > ")).bind_str(after);
             }
@@ -543,7 +572,7 @@ impl Store {
         for chunk in ids.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
             let mut sql = Sql::new(target_cols(self.backend));
-            sql.push(" FROM devices d WHERE d.id IN ").bind_list(&ids);
+            sql.push(" FROM devices d WHERE d.gone_at IS NULL AND d.id IN ").bind_list(&ids);
             for row in sql.query().fetch_all(&self.pool).await? {
                 out.push(target_from_row(&row)?);
             }

@@ -12,6 +12,7 @@
 
 mod alerts;
 mod artifacts;
+mod delegates;
 mod devices;
 mod enroll;
 mod events;
@@ -25,6 +26,7 @@ mod tokens;
 mod webhooks;
 
 pub use alerts::{AlertChange, AlertRecord, AlertRuleRecord, NewAlertRule};
+pub use delegates::{Delegate, InventoryDevice, InventoryOutcome};
 pub use devices::{Device, DeviceQuery, DeviceSort, FleetCounts, NewDevice, TargetDevice, VersionMoves};
 pub use enroll::{EnrollRefusal, EnrollmentToken, NewEnrollmentToken};
 pub use events::{Event, EventQuery, NewEvent};
@@ -128,7 +130,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 17] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 18] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -151,6 +153,7 @@ fn migrator(backend: Backend) -> Migrator {
                 include_str!("../migrations/sqlite/0018_actions_without_rollout_fk.sql"),
             ),
             (19, "rollout_covers_target", include_str!("../migrations/sqlite/0019_rollout_covers_target.sql")),
+            (20, "delegates", include_str!("../migrations/sqlite/0020_delegates.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -174,6 +177,7 @@ fn migrator(backend: Backend) -> Migrator {
                 include_str!("../migrations/postgres/0018_actions_without_rollout_fk.sql"),
             ),
             (19, "rollout_covers_target", include_str!("../migrations/postgres/0019_rollout_covers_target.sql")),
+            (20, "delegates", include_str!("../migrations/postgres/0020_delegates.sql")),
         ],
     };
     Migrator {

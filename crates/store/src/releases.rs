@@ -27,6 +27,12 @@ pub struct Release {
     pub compatible: Vec<String>,
     pub signature: Option<String>,
     pub artifacts: Vec<Artifact>,
+    /// What a delegate applies for this release (migration 0020): the
+    /// container image of a `container` release; the firmware image and the
+    /// pod image that flashes it of a `firmware` release for FlashJob boards.
+    pub image: Option<String>,
+    pub firmware: Option<String>,
+    pub flash_pod_image: Option<String>,
     pub created_at: i64,
 }
 
@@ -38,9 +44,12 @@ pub struct NewRelease {
     pub compatible: Vec<String>,
     pub signature: Option<String>,
     pub artifacts: Vec<NewArtifact>,
+    pub image: Option<String>,
+    pub firmware: Option<String>,
+    pub flash_pod_image: Option<String>,
 }
 
-const COLS: &str = "id, name, version, kind, compatible, signature, created_at";
+const COLS: &str = "id, name, version, kind, compatible, signature, image, firmware, flash_pod_image, created_at";
 
 fn from_row(r: &AnyRow) -> Result<Release> {
     Ok(Release {
@@ -51,6 +60,9 @@ fn from_row(r: &AnyRow) -> Result<Release> {
         compatible: r.json("compatible")?,
         signature: r.opt_string("signature")?,
         artifacts: Vec::new(),
+        image: r.opt_string("image")?,
+        firmware: r.opt_string("firmware")?,
+        flash_pod_image: r.opt_string("flash_pod_image")?,
         created_at: r.i64("created_at")?,
     })
 }
@@ -82,13 +94,17 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let compatible = serde_json::to_string(&new.compatible).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let row = sqlx::query(
-            "INSERT INTO releases (name, version, kind, compatible, signature, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO releases (name, version, kind, compatible, signature, image, firmware, flash_pod_image, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(new.name.as_str())
         .bind(new.version.as_str())
         .bind(new.kind.as_str())
         .bind(compatible)
         .bind(new.signature.clone())
+        .bind(new.image.clone())
+        .bind(new.firmware.clone())
+        .bind(new.flash_pod_image.clone())
         .bind(now)
         .fetch_one(&mut *tx)
         .await
@@ -119,6 +135,9 @@ impl Store {
             compatible: new.compatible.clone(),
             signature: new.signature.clone(),
             artifacts: new.artifacts.clone(),
+            image: new.image.clone(),
+            firmware: new.firmware.clone(),
+            flash_pod_image: new.flash_pod_image.clone(),
             created_at: now,
         })
     }

@@ -64,7 +64,13 @@ impl FromRequestParts<AppState> for Caller {
         };
         match state.caches.token(&state.store, secret).await? {
             Some(t) => Ok(Caller { token: Some(t) }),
-            None => Err(ApiError::unauthorized("unknown, revoked or expired token")),
+            // A delegate's token is known, but only on `/delegate/v1`.
+            None => match state.store.find_delegate(secret).await? {
+                Some(d) if d.revoked_at.is_none() => {
+                    Err(ApiError::forbidden(format!("the token of delegate '{}' may only call /delegate/v1", d.name)))
+                }
+                _ => Err(ApiError::unauthorized("unknown, revoked or expired token")),
+            },
         }
     }
 }

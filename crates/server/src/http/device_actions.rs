@@ -27,6 +27,8 @@ pub async fn action_order(state: &AppState, a: Action) -> ApiResult<(ActionOrder
     let release = state.caches.release(&state.store, &a.to_version).await?;
     let rollout = state.caches.rollout_kind(&state.store, a.rollout_id).await?;
     let kind = rollout.map_or(a.kind, |r| order_kind(a.kind, r));
+    let target = release.as_ref().map(|r| (r.image.clone(), r.firmware.clone(), r.flash_pod_image.clone()));
+    let (image, firmware, flash_pod_image) = target.unwrap_or_default();
     let (artifacts, manifest, signature) = match release {
         Some(r) => {
             let (manifest, signature) = order_extras(state, &r).await;
@@ -53,6 +55,9 @@ pub async fn action_order(state: &AppState, a: Action) -> ApiResult<(ActionOrder
         last_seq: a.last_seq,
         artifacts,
         signature,
+        image,
+        firmware,
+        flash_pod_image,
     };
     Ok((order, manifest))
 }

@@ -62,22 +62,37 @@ pub async fn status(
     DeviceCaller(device): DeviceCaller,
     ApiJson(report): ApiJson<StatusReport>,
 ) -> ApiResult<Json<StatusAck>> {
+    check_report("", &report)?;
+    let (outcome, action) = delivery::report(&state, device, report).await?;
+    let name = outcome_name(outcome);
+    state.metrics.status_reports.get_or_create(&vec![("outcome".into(), name.into())]).inc();
+    Ok(Json(StatusAck { action_id: action.id, outcome: name.to_string(), state: action.state }))
+}
+
+/// The rules a status report's fields follow; `prefix` names where the
+/// report is in the body (`reports[3].report.` in a delegate's batch).
+pub fn check_report(prefix: &str, report: &StatusReport) -> ApiResult<()> {
     if report.seq < 1 {
-        return Err(ApiError::invalid("seq", "sequence numbers start at 1"));
+        return Err(ApiError::invalid(&format!("{prefix}seq"), "sequence numbers start at 1"));
     }
     if let Some(m) = &report.message {
         if m.len() > 4096 {
-            return Err(ApiError::invalid("message", "at most 4096 bytes"));
+            return Err(ApiError::invalid(&format!("{prefix}message"), "at most 4096 bytes"));
         }
     }
-    let (outcome, action) = delivery::report(&state, device, report).await?;
-    let name = match outcome {
+    if let Some(v) = &report.current_version {
+        super::validate::version(&format!("{prefix}current_version"), v)?;
+    }
+    Ok(())
+}
+
+/// How an outcome is named on the wire and in metrics.
+pub fn outcome_name(outcome: ReportOutcome) -> &'static str {
+    match outcome {
         ReportOutcome::Applied => "applied",
         ReportOutcome::Duplicate => "duplicate",
         ReportOutcome::Ignored => "ignored",
-    };
-    state.metrics.status_reports.get_or_create(&vec![("outcome".into(), name.into())]).inc();
-    Ok(Json(StatusAck { action_id: action.id, outcome: name.to_string(), state: action.state }))
+    }
 }
 
 /// Report measurements: a batch of samples, taken whole or refused whole

@@ -28,6 +28,8 @@ pub fn device_view(d: Device) -> api::Device {
         desired_version: d.desired_version,
         health: d.health,
         last_seen: rfc3339_opt(d.last_seen),
+        delegate_id: d.delegate_id,
+        gone_at: rfc3339_opt(d.gone_at),
         created_at: rfc3339(d.created_at),
         updated_at: rfc3339(d.updated_at),
     }

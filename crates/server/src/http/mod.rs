@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod artifacts;
 pub mod auth;
 pub mod compat;
+pub mod delegates;
 pub mod device_actions;
 pub mod device_api;
 pub mod devices;
@@ -42,7 +43,7 @@ pub use otafleet_api::Page;
     info(title = "otafleet", description = "OTA rollouts to fleets of robots and IoT devices. \
         The management API (`/api/v1`) and the tracker API (`/ota/*`) take API tokens (roles viewer < operator < admin; \
         `serve --open-compat` serves `/ota/*` without one), the device API (`/device/v1`) a device's own token \
-        (or, to enroll, an enrollment token). Every error is an `ErrorBody`."),
+        (or, to enroll, an enrollment token), the delegate API (`/delegate/v1`) a delegate's token, scoped to its devices. Every error is an `ErrorBody`."),
     paths(
         devices::register, devices::bulk_register, devices::list, devices::get_one, devices::update, devices::delete,
         releases::create, releases::list, releases::get_one,
@@ -56,6 +57,8 @@ pub use otafleet_api::Page;
         webhooks::create, webhooks::list, webhooks::get_one, webhooks::delete, webhooks::deliveries,
         webhooks::redeliver,
         alerts::create_rule, alerts::list_rules, alerts::get_rule, alerts::delete_rule, alerts::list,
+        delegates::create, delegates::list, delegates::get_one, delegates::revoke,
+        delegates::inventory, delegates::checkin, delegates::status,
         openapi_json, metrics, health::healthz, health::readyz,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, otafleet_core::protocol::Order)),
@@ -198,6 +201,9 @@ fn routes() -> Routes {
         .route("/api/v1/enrollment-tokens", post(enroll::create_token).get(enroll::list_tokens))
         .route("/api/v1/enrollment-tokens/{id}", get(enroll::get_token))
         .route("/api/v1/enrollment-tokens/{id}/revoke", post(enroll::revoke_token))
+        .route("/api/v1/delegates", post(delegates::create).get(delegates::list))
+        .route("/api/v1/delegates/{id}", get(delegates::get_one))
+        .route("/api/v1/delegates/{id}/revoke", post(delegates::revoke))
         .route("/api/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/api/v1/webhooks/{id}", get(webhooks::get_one).delete(webhooks::delete))
         .route("/api/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
@@ -212,6 +218,9 @@ fn routes() -> Routes {
         .route("/device/v1/enroll", post(enroll::enroll))
         .route("/device/v1/actions/{id}", get(device_actions::get_one))
         .route("/device/v1/artifacts/{sha256}", get(artifacts::download))
+        .route("/delegate/v1/inventory", put(delegates::inventory))
+        .route("/delegate/v1/checkin", post(delegates::checkin))
+        .route("/delegate/v1/status", post(delegates::status))
 }
 
 /// Every path template the router serves, as the OpenAPI document spells them.

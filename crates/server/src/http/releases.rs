@@ -29,6 +29,9 @@ pub fn release_view(r: Release) -> api::Release {
             .into_iter()
             .map(|a| api::Artifact { name: a.name, uri: a.uri, size: a.size, sha256: a.sha256, signature: a.signature })
             .collect(),
+        image: r.image,
+        firmware: r.firmware,
+        flash_pod_image: r.flash_pod_image,
         created_at: rfc3339(r.created_at),
     }
 }
@@ -88,6 +91,43 @@ pub async fn create(
         otafleet_core::selector::validate_label_value(c)
             .map_err(|m| ApiError::invalid(&format!("compatible[{i}]"), m))?;
     }
+    for (field, image) in
+        [("image", &body.image), ("firmware", &body.firmware), ("flash_pod_image", &body.flash_pod_image)]
+    {
+        if let Some(image) = image {
+            rules::image(image).map_err(|m| ApiError::invalid(field, m))?;
+        }
+    }
+    // What a delegate applies must fit the kind: a container release sets an
+    // image; a firmware release for boards names the firmware and its flasher.
+    match kind {
+        ReleaseKind::Container => {
+            if body.firmware.is_some() || body.flash_pod_image.is_some() {
+                let field = if body.firmware.is_some() { "firmware" } else { "flash_pod_image" };
+                return Err(ApiError::invalid(field, "only a firmware release names a firmware and flasher image"));
+            }
+        }
+        ReleaseKind::Firmware => {
+            if body.image.is_some() {
+                return Err(ApiError::invalid("image", "only a container release names an image"));
+            }
+            if body.firmware.is_some() != body.flash_pod_image.is_some() {
+                let missing = if body.firmware.is_none() { "firmware" } else { "flash_pod_image" };
+                return Err(ApiError::invalid(missing, "firmware and flash_pod_image go together"));
+            }
+        }
+        _ => {
+            for (field, given) in [
+                ("image", body.image.is_some()),
+                ("firmware", body.firmware.is_some()),
+                ("flash_pod_image", body.flash_pod_image.is_some()),
+            ] {
+                if given {
+                    return Err(ApiError::invalid(field, format!("a {kind} release carries artifacts, not images")));
+                }
+            }
+        }
+    }
     let new = NewRelease {
         name,
         version: body.version,
@@ -95,6 +135,9 @@ pub async fn create(
         compatible: body.compatible,
         signature: body.signature,
         artifacts,
+        image: body.image,
+        firmware: body.firmware,
+        flash_pod_image: body.flash_pod_image,
     };
     let r = state.store.insert_release(&new, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(release_view(r))))
