@@ -163,6 +163,15 @@ pub enum ReleasesCmd {
         /// Artifact as name=…,uri=…,size=…,sha256=… (repeatable).
         #[arg(long = "artifact")]
         artifacts: Vec<String>,
+        /// A container release's image (what cluster agents set), e.g. registry/robot@sha256:….
+        #[arg(long)]
+        image: Option<String>,
+        /// A firmware release's firmware image, flashed onto FlashJob boards (with --flash-pod-image).
+        #[arg(long)]
+        firmware: Option<String>,
+        /// The image of the pod that flashes it.
+        #[arg(long)]
+        flash_pod_image: Option<String>,
     },
     /// Upload a file as an artifact of a release (streamed; stored by SHA-256 on the server).
     Upload {
@@ -474,6 +483,37 @@ pub enum TokenCmd {
     /// Revoke an API token: refused from the next request on.
     Revoke { id: i64 },
 }
+
+#[derive(Subcommand)]
+pub enum DelegatesCmd {
+    /// Create a delegate (admin): a cluster agent or gateway that speaks for its own devices;
+    /// prints its token once (for `otafleet operator run --server … --token …`).
+    Create {
+        /// Unique name (letters, digits, '.', '_', '-').
+        name: String,
+        #[arg(long, value_parser = ["cluster", "gateway"], default_value = "cluster")]
+        kind: String,
+    },
+    /// List delegates (admin): kind, state, devices, last inventory; never the secrets.
+    List,
+    /// Show one delegate.
+    Show { id: String },
+    /// Revoke a delegate's token: refused from the next request on; its devices stay.
+    Revoke { id: String },
+}
+
+const DELEGATE_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("KIND", "kind"),
+    ("STATE", "state"),
+    ("DEVICES", "devices"),
+    ("LAST SEEN", "last_seen"),
+    ("CREATED", "created_at"),
+];
+
+const DELEGATE_FIELDS: &[&str] =
+    &["id", "name", "kind", "state", "devices", "last_seen", "created_by", "created_at", "revoked_at"];
 
 #[derive(Subcommand)]
 pub enum WebhooksCmd {
@@ -846,6 +886,7 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
             let t: Answer<api::TokenInfo> = api.empty(Method::POST, &format!("/api/v1/tokens/{id}/revoke")).await?;
             show(fmt, &t.json, &t.body, |t| println!("revoked token '{}' (id {})", t.name, t.id));
         }
+        Cmd::Delegates(c) => delegates(c, api, fmt).await?,
         Cmd::Webhooks(c) => webhooks(c, api, fmt).await?,
         Cmd::Alerts(c) => alerts(c, api, fmt).await?,
         Cmd::Telemetry(TelemetryCmd::Query { metric, selector, from, to, step, agg, by }) => {
@@ -1099,9 +1140,19 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
                 }
             });
         }
-        ReleasesCmd::Create { version, name, kind, compatible, artifacts } => {
+        ReleasesCmd::Create { version, name, kind, compatible, artifacts, image, firmware, flash_pod_image } => {
             let artifacts = artifacts.iter().map(|a| parse_artifact(a)).collect::<Result<Vec<_>>>()?;
-            let body = api::CreateRelease { version, name, kind: Some(kind), compatible, artifacts, signature: None };
+            let body = api::CreateRelease {
+                version,
+                name,
+                kind: Some(kind),
+                compatible,
+                artifacts,
+                signature: None,
+                image,
+                firmware,
+                flash_pod_image,
+            };
             let r: Answer<api::Release> = api.send(Method::POST, "/api/v1/releases", &body).await?;
             show(fmt, &r.json, &r.body, |r| println!("created release {} (id {})", r.version, r.id));
         }
@@ -1123,6 +1174,36 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
             show(fmt, &r.json, &r.body, |r| {
                 println!("uploaded {} to release {}: {} bytes, sha256 {}", name, r.version, a.size, a.sha256)
             });
+        }
+    }
+    Ok(())
+}
+
+async fn delegates(c: DelegatesCmd, api: &Api, fmt: Format) -> Result<()> {
+    match c {
+        DelegatesCmd::Create { name, kind } => {
+            let body = api::CreateDelegate { name, kind };
+            let d: Answer<api::CreatedDelegate> = api.send(Method::POST, "/api/v1/delegates", &body).await?;
+            show(fmt, &d.json, &d.body, |d| {
+                println!(
+                    "created {} delegate '{}' (id {}). Its token is shown only once:",
+                    d.delegate.kind, d.delegate.name, d.delegate.id
+                );
+                println!("{}", d.token);
+            });
+        }
+        DelegatesCmd::List => {
+            let p: Answer<Page<api::Delegate>> = api.fetch("/api/v1/delegates").await?;
+            show(fmt, &p.json, &p.body, |p| output::table(&output::rows(&p.items), DELEGATE_COLS));
+        }
+        DelegatesCmd::Show { id } => {
+            let d: Answer<api::Delegate> = api.fetch(&format!("/api/v1/delegates/{}", path_segment(&id))).await?;
+            show(fmt, &d.json, &d.body, |d| output::record(&output::value(d), DELEGATE_FIELDS));
+        }
+        DelegatesCmd::Revoke { id } => {
+            let path = format!("/api/v1/delegates/{}/revoke", path_segment(&id));
+            let d: Answer<api::Delegate> = api.empty(Method::POST, &path).await?;
+            show(fmt, &d.json, &d.body, |d| println!("revoked delegate '{}' (id {})", d.name, d.id));
         }
     }
     Ok(())

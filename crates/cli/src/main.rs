@@ -77,6 +77,9 @@ pub enum Cmd {
     /// API tokens.
     #[command(subcommand)]
     Token(commands::TokenCmd),
+    /// Delegates: cluster agents and gateways that speak for their own devices.
+    #[command(subcommand)]
+    Delegates(commands::DelegatesCmd),
     /// Webhooks: events POSTed to a URL, signed, retried; their delivery log.
     #[command(subcommand)]
     Webhooks(commands::WebhooksCmd),
@@ -108,7 +111,9 @@ pub enum Cmd {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum OperatorCmd {
-    /// Run the FlashJob controller (leader-elected), with /metrics, /healthz, /readyz.
+    /// Run the FlashJob controller (leader-elected), with /metrics, /healthz, /readyz; with
+    /// --server and --token also the cluster agent, which makes this cluster's workloads and
+    /// boards targets of the control plane's rollouts.
     Run(otafleet_k8s::operator::OperatorArgs),
     /// Print the FlashJob CustomResourceDefinition (YAML).
     Crd,
@@ -156,7 +161,13 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<()> {
             println!("public key (agents' public_key_file): {}", public.display());
             Ok(())
         }
-        Cmd::Operator(OperatorCmd::Run(args)) => otafleet_k8s::operator::run_operator(args).await,
+        Cmd::Operator(OperatorCmd::Run(mut args)) => {
+            // The cluster agent talks to the server the CLI names, with its token.
+            args.cluster.server = Some(cli.server.clone());
+            args.cluster.token = cli.token.clone();
+            args.cluster.server_ca_file = cli.ca_file.clone();
+            otafleet_k8s::operator::run_operator(args).await
+        }
         Cmd::Operator(OperatorCmd::Crd) => otafleet_k8s::operator::print_crd(),
         Cmd::Flash(args) => otafleet_k8s::flash::flash(args).await,
         Cmd::Update(args) => commands::update(args, &cli.server, cli.token.clone(), cli.ca_file.as_deref()).await,

@@ -80,6 +80,23 @@ struct Fault {
 struct Behaviour {
     pod_phase_on_create: Option<String>,
     simulate_rollouts: bool,
+    /// Images (by substring) that never become ready, with the kubelet's reason.
+    failing_images: Vec<(String, String)>,
+}
+
+impl Behaviour {
+    /// The reason a container of `obj` (at `containers`) never becomes ready, if any.
+    fn failing(&self, obj: &Value, containers: &str) -> Option<(String, String)> {
+        let list = obj.pointer(containers)?.as_array()?;
+        list.iter().find_map(|c| {
+            let image = c.get("image")?.as_str()?;
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            self.failing_images
+                .iter()
+                .find(|(i, _)| image.contains(i.as_str()))
+                .map(|(_, r)| (name.to_string(), r.clone()))
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -329,25 +346,63 @@ fn has_finalizers(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
 }
 
-/// Stands in for the Deployment/StatefulSet/DaemonSet controllers: the rollout is done.
-fn finish_rollout(plural: &str, obj: &mut Value) {
+/// Stands in for the Deployment/StatefulSet/DaemonSet controllers: the rollout
+/// is done, or (an image of [`FakeApiServer::set_failing_image`]) its pods
+/// never become ready and a Deployment reports `ProgressDeadlineExceeded`.
+fn finish_rollout(plural: &str, obj: &mut Value, b: &Behaviour) {
     let generation = obj.pointer("/metadata/generation").cloned().unwrap_or(json!(1));
     let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    let failing = b.failing(obj, "/spec/template/spec/containers");
+    let ready = if failing.is_some() { 0 } else { replicas };
     obj["status"] = match plural {
-        "deployments" => json!({
-            "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
-            "readyReplicas": replicas, "availableReplicas": replicas,
-        }),
+        "deployments" => {
+            let mut status = json!({
+                "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+                "readyReplicas": ready, "availableReplicas": ready,
+            });
+            if let Some((container, reason)) = failing {
+                status["unavailableReplicas"] = json!(replicas);
+                status["conditions"] = json!([{"type": "Progressing", "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": format!("ReplicaSet has timed out progressing: container {container}: {reason}")}]);
+            }
+            status
+        }
         "statefulsets" => json!({
             "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
-            "readyReplicas": replicas, "availableReplicas": replicas, "currentReplicas": replicas,
+            "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": replicas,
             "currentRevision": format!("rev-{generation}"), "updateRevision": format!("rev-{generation}"),
         }),
         _ => json!({
             "observedGeneration": generation, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
-            "updatedNumberScheduled": 3, "numberReady": 3, "numberAvailable": 3, "numberMisscheduled": 0,
+            "updatedNumberScheduled": 3, "numberReady": if ready > 0 { 3 } else { 0 },
+            "numberAvailable": if ready > 0 { 3 } else { 0 }, "numberMisscheduled": 0,
         }),
     };
+}
+
+/// Stands in for the kubelet when a pod's containers change: it runs them,
+/// ready, or one of them waits with the reason of a failing image.
+fn run_pod(obj: &mut Value, b: &Behaviour) {
+    let containers = obj.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let failing = b.failing(obj, "/spec/containers");
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            let name = c.get("name").cloned().unwrap_or(json!(""));
+            let image = c.get("image").cloned().unwrap_or(json!(""));
+            match &failing {
+                Some((n, reason)) if Some(n.as_str()) == name.as_str() => json!({"name": name, "image": image,
+                    "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": format!("{reason} for image {image}")}}}),
+                _ => json!({"name": name, "image": image, "ready": true, "restartCount": 0,
+                    "state": {"running": {"startedAt": now_rfc3339()}}}),
+            }
+        })
+        .collect();
+    let ready = if failing.is_some() { "False" } else { "True" };
+    obj["status"] = json!({"phase": "Running", "containerStatuses": statuses,
+        "conditions": [{"type": "Ready", "status": ready}]});
 }
 
 fn is_workload(key: &str) -> Option<&str> {
@@ -441,7 +496,7 @@ impl Store {
         }
         if let Some(plural) = is_workload(&t.key) {
             if b.simulate_rollouts {
-                finish_rollout(plural, &mut obj);
+                finish_rollout(plural, &mut obj, b);
             }
         }
         let rv = self.next_rv();
@@ -522,8 +577,12 @@ impl Store {
             set_meta(&mut obj, "generation", json!(generation + 1));
             if let Some(plural) = is_workload(&t.key) {
                 if b.simulate_rollouts {
-                    finish_rollout(plural, &mut obj);
+                    finish_rollout(plural, &mut obj, b);
                 }
+            }
+            let containers = |o: &Value| o.pointer("/spec/containers").cloned();
+            if t.key == "v1/pods" && b.simulate_rollouts && containers(&obj) != containers(old) {
+                run_pod(&mut obj, b);
             }
         }
         let ns = t.ns.clone().unwrap_or_default();
@@ -850,7 +909,11 @@ impl FakeApiServer {
             events,
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(Vec::new()),
-            behaviour: Mutex::new(Behaviour { pod_phase_on_create: None, simulate_rollouts: true }),
+            behaviour: Mutex::new(Behaviour {
+                pod_phase_on_create: None,
+                simulate_rollouts: true,
+                failing_images: Vec::new(),
+            }),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -891,6 +954,13 @@ impl FakeApiServer {
     /// Whether workload spec changes complete their rollout at once (default on).
     pub fn set_simulate_rollouts(&self, on: bool) {
         lock(&self.shared.behaviour).simulate_rollouts = on;
+    }
+
+    /// Workloads and pods set to an image containing `image` never become
+    /// ready: their containers wait with `reason` (`ImagePullBackOff`,
+    /// `CrashLoopBackOff`), a Deployment reports `ProgressDeadlineExceeded`.
+    pub fn set_failing_image(&self, image: &str, reason: &str) {
+        lock(&self.shared.behaviour).failing_images.push((image.to_string(), reason.to_string()));
     }
 
     /// The next `times` non-watch requests whose path contains `path_contains` (and

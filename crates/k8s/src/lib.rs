@@ -30,6 +30,7 @@
 pub mod akri;
 #[cfg(feature = "fake")]
 pub mod bench;
+pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod error;

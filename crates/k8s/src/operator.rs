@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::cluster::{ClusterAgent, ClusterArgs};
 use crate::controller::{run_controller, Context, Settings};
 use crate::crd::FlashJob;
 use crate::health::Health;
@@ -67,6 +68,10 @@ pub struct OperatorArgs {
     /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The cluster agent: with `--server`, this cluster's workloads and
+    /// boards are targets of the control plane's rollouts.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 impl OperatorArgs {
@@ -86,6 +91,11 @@ impl OperatorArgs {
             requeue: Duration::from_secs(60),
             error_backoff: Duration::from_secs(5),
             kubeconfig,
+            cluster: ClusterArgs {
+                poll_interval: Duration::from_secs(10),
+                rollout_timeout: Duration::from_secs(300),
+                ..ClusterArgs::default()
+            },
         }
     }
 
@@ -187,14 +197,23 @@ pub async fn start_operator(args: OperatorArgs) -> anyhow::Result<OperatorHandle
             lease_duration: args.lease_duration,
         },
     );
+    // Checked now, so bad flags fail the start, not the first leadership.
+    if args.cluster.enabled() {
+        ClusterAgent::new(client.clone(), args.cluster.clone(), args.akri_namespace.clone())?;
+    }
+    let agent = args.cluster.enabled().then(|| (client.clone(), args.cluster.clone(), args.akri_namespace.clone()));
     let ctx = Arc::new(Context::new(client, metrics, args.settings(), Some(identity)));
-    let task = tokio::spawn(lead_loop(elector, ctx, health.clone(), shutdown_rx));
+    let task = tokio::spawn(lead_loop(elector, ctx, agent, health.clone(), shutdown_rx));
     Ok(OperatorHandle { metrics_addr, health, shutdown, task })
 }
+
+/// What the cluster agent is built from at each leadership.
+type AgentParts = (kube::Client, ClusterArgs, Option<String>);
 
 async fn lead_loop(
     elector: LeaderElector,
     ctx: Arc<Context>,
+    agent: Option<AgentParts>,
     health: Arc<Health>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -205,7 +224,18 @@ async fn lead_loop(
         }
         health.set_leader(true);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let controller = tokio::spawn(run_controller(ctx.clone(), wait_for(stop_rx)));
+        let controller = tokio::spawn(run_controller(ctx.clone(), wait_for(stop_rx.clone())));
+        // The cluster agent speaks for the cluster only while this replica leads.
+        let cluster_agent = match &agent {
+            Some((client, args, akri_ns)) => match ClusterAgent::new(client.clone(), args.clone(), akri_ns.clone()) {
+                Ok(a) => Some(tokio::spawn(a.run(wait_for(stop_rx)))),
+                Err(e) => {
+                    warn!(error = %e, "cluster agent not started");
+                    None
+                }
+            },
+            None => None,
+        };
         let shutting_down = tokio::select! {
             _ = wait_for(shutdown.clone()) => true,
             _ = elector.hold() => false,
@@ -217,6 +247,13 @@ async fn lead_loop(
         if tokio::time::timeout(Duration::from_secs(10), controller).await.is_err() {
             warn!("controller did not stop within 10 s; aborting it");
             abort.abort();
+        }
+        if let Some(a) = cluster_agent {
+            let abort = a.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), a).await.is_err() {
+                warn!("cluster agent did not stop within 10 s; aborting it");
+                abort.abort();
+            }
         }
         health.set_leader(false);
         if shutting_down {

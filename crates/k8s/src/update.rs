@@ -78,7 +78,7 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
-    fn resource(self) -> ApiResource {
+    pub(crate) fn resource(self) -> ApiResource {
         match self {
             WorkloadKind::Pod => ApiResource::erase::<Pod>(&()),
             WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
@@ -87,7 +87,7 @@ impl WorkloadKind {
         }
     }
 
-    fn containers_path(self) -> &'static str {
+    pub(crate) fn containers_path(self) -> &'static str {
         match self {
             WorkloadKind::Pod => "/spec/containers",
             _ => "/spec/template/spec/containers",
@@ -148,6 +148,22 @@ pub struct UpdateArgs {
     /// Wait this long after a passed wave before reporting success.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub bake_time: Duration,
+}
+
+/// How Kubernetes API calls are retried: `max_retries` attempts in all on
+/// conflicts and retryable errors, from `retry_base`, doubling.
+#[derive(Clone, Copy, Debug)]
+pub struct Retries {
+    /// Attempts in all.
+    pub max_retries: u32,
+    /// First delay.
+    pub retry_base: Duration,
+}
+
+impl UpdateArgs {
+    fn retries(&self) -> Retries {
+        Retries { max_retries: self.max_retries, retry_base: self.retry_base }
+    }
 }
 
 /// One object touched by an update.
@@ -218,11 +234,11 @@ pub async fn update(args: UpdateArgs) -> anyhow::Result<UpdateReport> {
 }
 
 /// Labels and images before the update, to roll back to.
-struct Previous {
-    target: ObjectRef,
-    version: Option<String>,
-    status: Option<String>,
-    containers: Value,
+pub(crate) struct Previous {
+    pub(crate) target: ObjectRef,
+    pub(crate) version: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) containers: Value,
 }
 
 /// [`update`] with a typed error.
@@ -263,7 +279,7 @@ pub async fn update_with(args: &UpdateArgs) -> std::result::Result<UpdateReport,
     }
 }
 
-fn api(client: &kube::Client, kind: WorkloadKind, ns: Option<&str>) -> Api<DynamicObject> {
+pub(crate) fn api(client: &kube::Client, kind: WorkloadKind, ns: Option<&str>) -> Api<DynamicObject> {
     let ar = kind.resource();
     match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -322,7 +338,7 @@ async fn run_wave(args: &UpdateArgs, report: &mut UpdateReport, done: &mut Vec<P
     let client = crate::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
     let lp = ListParams::default().labels(&args.selector);
     let all = api(&client, args.kind, args.namespace.as_deref());
-    let listed = call(args, || all.list(&lp)).await?;
+    let listed = call(&args.retries(), || all.list(&lp)).await?;
     let mut objects: Vec<ObjectRef> = listed
         .items
         .into_iter()
@@ -401,7 +417,7 @@ async fn update_one(
     done: &mut Vec<Previous>,
 ) -> Result<()> {
     let namespaced = api(client, args.kind, Some(&target.namespace));
-    let prev = patch_guarded(args, &namespaced, target, |current| {
+    let prev = patch_guarded(&args.retries(), &namespaced, target, |current| {
         let mut patch = json!({"metadata": {"labels": {
             VERSION_LABEL: args.version, STATUS_LABEL: "updated"
         }}});
@@ -419,11 +435,11 @@ async fn update_one(
     Ok(())
 }
 
-fn label(obj: &Value, key: &str) -> Option<String> {
+pub(crate) fn label(obj: &Value, key: &str) -> Option<String> {
     obj.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str).map(str::to_string)
 }
 
-fn with_image(obj: &Value, kind: WorkloadKind, image: &str, container: Option<&str>) -> Value {
+pub(crate) fn with_image(obj: &Value, kind: WorkloadKind, image: &str, container: Option<&str>) -> Value {
     let mut containers = obj.pointer(kind.containers_path()).cloned().unwrap_or(json!([]));
     if let Some(list) = containers.as_array_mut() {
         for c in list {
@@ -435,7 +451,7 @@ fn with_image(obj: &Value, kind: WorkloadKind, image: &str, container: Option<&s
     containers
 }
 
-fn set_path(doc: &mut Value, path: &str, value: Value) {
+pub(crate) fn set_path(doc: &mut Value, path: &str, value: Value) {
     let mut cur = doc;
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     for (i, p) in parts.iter().enumerate() {
@@ -452,8 +468,8 @@ fn set_path(doc: &mut Value, path: &str, value: Value) {
 
 /// Reads the object, builds a patch from it and applies it with the read
 /// resourceVersion; on 409 reads again. Returns the state before the patch.
-async fn patch_guarded(
-    args: &UpdateArgs,
+pub(crate) async fn patch_guarded(
+    retries: &Retries,
     api: &Api<DynamicObject>,
     target: &ObjectRef,
     build: impl Fn(&Value) -> Value,
@@ -461,7 +477,7 @@ async fn patch_guarded(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let current = serde_json::to_value(call(args, || api.get(&target.name)).await?)?;
+        let current = serde_json::to_value(call(retries, || api.get(&target.name)).await?)?;
         let mut patch = build(&current);
         set_path(
             &mut patch,
@@ -469,7 +485,7 @@ async fn patch_guarded(
             current.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null),
         );
         let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
-        let res = call(args, || api.patch(&target.name, &pp, &merge)).await;
+        let res = call(retries, || api.patch(&target.name, &pp, &merge)).await;
         match res {
             Ok(_) => {
                 return Ok(Previous {
@@ -479,7 +495,7 @@ async fn patch_guarded(
                     containers: current.pointer(target.kind.containers_path()).cloned().unwrap_or(Value::Null),
                 })
             }
-            Err(Error::Kube(e)) if is_conflict(&e) && attempt < args.max_retries.max(1) => {
+            Err(Error::Kube(e)) if is_conflict(&e) && attempt < retries.max_retries.max(1) => {
                 info!(target = %target, "conflict, re-reading");
             }
             Err(e) => return Err(e),
@@ -489,7 +505,7 @@ async fn patch_guarded(
 
 async fn rollback(client: &kube::Client, args: &UpdateArgs, prev: &Previous) -> Result<()> {
     let api = api(client, prev.target.kind, Some(&prev.target.namespace));
-    patch_guarded(args, &api, &prev.target, |_| {
+    patch_guarded(&args.retries(), &api, &prev.target, |_| {
         let mut patch = json!({"metadata": {"labels": {
             VERSION_LABEL: prev.version, STATUS_LABEL: prev.status
         }}});
@@ -505,7 +521,7 @@ async fn rollback(client: &kube::Client, args: &UpdateArgs, prev: &Previous) -> 
     Ok(())
 }
 
-fn rollout_ready(kind: WorkloadKind, obj: &Value) -> bool {
+pub(crate) fn rollout_ready(kind: WorkloadKind, obj: &Value) -> bool {
     let int = |p: &str| obj.pointer(p).and_then(Value::as_i64);
     let generation = int("/metadata/generation").unwrap_or(0);
     if int("/status/observedGeneration").unwrap_or(-1) < generation {
@@ -527,8 +543,9 @@ fn rollout_ready(kind: WorkloadKind, obj: &Value) -> bool {
 
 async fn wait_rollout(args: &UpdateArgs, api: &Api<DynamicObject>, target: &ObjectRef) -> Result<()> {
     let deadline = Instant::now() + args.rollout_timeout;
+    let retries = args.retries();
     loop {
-        let obj = serde_json::to_value(call(args, || api.get(&target.name)).await?)?;
+        let obj = serde_json::to_value(call(&retries, || api.get(&target.name)).await?)?;
         if rollout_ready(target.kind, &obj) {
             return Ok(());
         }
@@ -542,12 +559,13 @@ async fn wait_rollout(args: &UpdateArgs, api: &Api<DynamicObject>, target: &Obje
 /// Runs one API call, retrying 5xx/429/transport errors ([`Error::is_retryable`])
 /// up to `--max-retries` attempts in all, waiting `--retry-base`, doubling each
 /// time up to 10 s.
-async fn call<T, F, Fut>(args: &UpdateArgs, mut f: F) -> Result<T>
+pub(crate) async fn call<T, F, Fut>(retries: &Retries, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, kube::Error>>,
 {
-    let policy = otafleet_rt::Retry::new(args.retry_base, Duration::from_secs(10)).attempts(args.max_retries.max(1));
+    let policy =
+        otafleet_rt::Retry::new(retries.retry_base, Duration::from_secs(10)).attempts(retries.max_retries.max(1));
     otafleet_rt::retry(&policy, Error::is_retryable, || {
         let attempt = f();
         async move { attempt.await.map_err(Error::from) }
