@@ -27,10 +27,10 @@ pub struct Release {
     pub compatible: Vec<String>,
     pub signature: Option<String>,
     pub artifacts: Vec<Artifact>,
-    /// A `container` release's image, which a cluster agent sets on its workloads.
+    /// The image a cluster agent sets on its workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// A `firmware` release's firmware image, which FlashJob boards are flashed with…
+    /// The firmware image FlashJob boards are flashed with…
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
     /// …by pods of this image.
@@ -57,10 +57,11 @@ pub struct CreateRelease {
     pub signature: Option<String>,
     #[serde(default)]
     pub artifacts: Vec<Artifact>,
-    /// `container` releases for cluster agents: the image reference to set.
+    /// For cluster agents: the image reference they set on workloads (any
+    /// kind of release may carry one, so a rollout can span pods and boards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// `firmware` releases for FlashJob boards: the firmware image…
+    /// For FlashJob boards: the firmware image…
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
     /// …and the flasher pod's image (both or neither).

@@ -473,10 +473,12 @@ async fn container_and_firmware_releases_name_what_a_delegate_applies() {
     assert_eq!((v["firmware"].as_str(), v["flash_pod_image"].as_str()), (Some("fw/esp32:3.0.0"), Some("flasher:1")));
     for (body, field) in [
         (json!({"version": "4", "kind": "container", "image": "Robot:latest"}), "image"),
-        (json!({"version": "4", "kind": "container", "image": "robot", "firmware": "fw"}), "firmware"),
+        (json!({"version": "4", "kind": "container", "image": "robot", "flash_pod_image": "f"}), "firmware"),
         (json!({"version": "4", "kind": "firmware", "firmware": "fw"}), "flash_pod_image"),
-        (json!({"version": "4", "kind": "firmware", "image": "robot"}), "image"),
-        (json!({"version": "4", "kind": "file", "image": "robot"}), "image"),
+        (
+            json!({"version": "4", "kind": "firmware", "firmware": "fw", "flash_pod_image": "Bad Image"}),
+            "flash_pod_image",
+        ),
     ] {
         let (s, v) = call(&app, "POST", "/api/v1/releases", Some(&app.token), Some(body.clone())).await;
         assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)), "{body}: {v}");

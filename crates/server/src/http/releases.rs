@@ -98,35 +98,12 @@ pub async fn create(
             rules::image(image).map_err(|m| ApiError::invalid(field, m))?;
         }
     }
-    // What a delegate applies must fit the kind: a container release sets an
-    // image; a firmware release for boards names the firmware and its flasher.
-    match kind {
-        ReleaseKind::Container => {
-            if body.firmware.is_some() || body.flash_pod_image.is_some() {
-                let field = if body.firmware.is_some() { "firmware" } else { "flash_pod_image" };
-                return Err(ApiError::invalid(field, "only a firmware release names a firmware and flasher image"));
-            }
-        }
-        ReleaseKind::Firmware => {
-            if body.image.is_some() {
-                return Err(ApiError::invalid("image", "only a container release names an image"));
-            }
-            if body.firmware.is_some() != body.flash_pod_image.is_some() {
-                let missing = if body.firmware.is_none() { "firmware" } else { "flash_pod_image" };
-                return Err(ApiError::invalid(missing, "firmware and flash_pod_image go together"));
-            }
-        }
-        _ => {
-            for (field, given) in [
-                ("image", body.image.is_some()),
-                ("firmware", body.firmware.is_some()),
-                ("flash_pod_image", body.flash_pod_image.is_some()),
-            ] {
-                if given {
-                    return Err(ApiError::invalid(field, format!("a {kind} release carries artifacts, not images")));
-                }
-            }
-        }
+    // What a delegate applies: an image to workloads, a firmware (flashed by
+    // pods of the flasher image) to boards. One release may carry both, so a
+    // rollout can span pods and boards.
+    if body.firmware.is_some() != body.flash_pod_image.is_some() {
+        let missing = if body.firmware.is_none() { "firmware" } else { "flash_pod_image" };
+        return Err(ApiError::invalid(missing, "firmware and flash_pod_image go together"));
     }
     let new = NewRelease {
         name,
