@@ -140,6 +140,23 @@ pub enum BenchCmd {
         #[arg(long)]
         listen: std::net::SocketAddr,
     },
+    /// One rollout over pods in two clusters and Akri boards in one, through
+    /// two cluster agents, against in-process fake Kubernetes API servers
+    /// (only in a binary built with `--features fake-k8s`).
+    Cluster {
+        /// Pods, split between the two clusters.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+        /// Akri boards, in the first cluster.
+        #[arg(long, default_value_t = 1000)]
+        boards: usize,
+        /// The cluster agents' poll interval, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
+        /// Flash pods per FlashJob at once.
+        #[arg(long, default_value_t = 20)]
+        max_flash_pods: usize,
+    },
     /// The FlashJob operator against the in-process fake Kubernetes API server
     /// (only in a binary built with `--features fake-k8s`).
     Flashjob {
@@ -1238,6 +1255,9 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
             Ok(())
         }
         BenchCmd::Flashjob { uuids, max_flash_pods } => bench_flashjob(uuids, max_flash_pods).await,
+        BenchCmd::Cluster { pods, boards, poll_ms, max_flash_pods } => {
+            bench_cluster(pods, boards, poll_ms, max_flash_pods).await
+        }
     }
 }
 
@@ -1349,6 +1369,145 @@ async fn bench_flashjob(uuids: usize, max_flash_pods: usize) -> Result<()> {
     let r = otafleet_k8s::bench::bench_flashjob(uuids, max_flash_pods).await?;
     println!("{r}");
     Ok(())
+}
+
+#[cfg(feature = "fake-k8s")]
+async fn bench_cluster(pods: usize, boards: usize, poll_ms: u64, max_flash_pods: usize) -> Result<()> {
+    use otafleet_k8s::cluster::{ClusterAgent, ClusterArgs};
+    use otafleet_k8s::fake::{fixtures, FakeApiServer};
+    use std::sync::atomic::Ordering;
+
+    let dir = tempfile::tempdir()?;
+    let server = bench_server(&dir, None, 10_000).await?;
+    let http = reqwest::Client::new();
+    let admin = server.admin.clone();
+    let post = |path: &str, body: serde_json::Value| {
+        let (http, url, admin) = (http.clone(), format!("{}{path}", server.base), admin.clone());
+        async move {
+            let r = http.post(url).bearer_auth(admin).json(&body).send().await?;
+            let status = r.status();
+            let v: serde_json::Value = r.json().await?;
+            anyhow::ensure!(status.is_success(), "{status}: {v}");
+            anyhow::Ok(v)
+        }
+    };
+    let clusters = [FakeApiServer::start().await?, FakeApiServer::start().await?];
+    clusters[0].set_pod_phase_on_create(Some("Succeeded"));
+    for i in 0..pods {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("robot-{i}"), "namespace": "robots",
+                "labels": {"app": "robot", "sw_version": "1.0.0"}},
+            "spec": {"containers": [{"name": "robot", "image": "robot:1.0.0"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "robot", "image": "robot:1.0.0", "imageID": "", "ready": true,
+                    "restartCount": 0, "state": {"running": {}}}]},
+        }))?;
+        clusters[i % 2].insert(&pod)?;
+    }
+    for n in 0..boards {
+        let mut b =
+            fixtures::akri_instance("robots", &format!("esp32-{n}"), &fixtures::device_uuid(n), "esp32", "thermo");
+        b.metadata.labels = Some([("sw_version".to_string(), "1.0.0".to_string())].into());
+        clusters[0].insert(&b)?;
+    }
+    let mut agents = Vec::new();
+    let mut sent = Vec::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controller = otafleet_k8s::fake::fixtures::RunningOperator::start(
+        clusters[0].client().await?,
+        otafleet_k8s::controller::Settings { max_flash_pods, ..fixtures::fast_settings() },
+    );
+    for (name, fake) in ["a", "b"].iter().zip(&clusters) {
+        let d = post("/api/v1/delegates", serde_json::json!({"name": name, "kind": "cluster"})).await?;
+        let args = ClusterArgs {
+            server: Some(server.base.clone()),
+            token: d["token"].as_str().map(str::to_string),
+            cluster: Some(name.to_string()),
+            workloads: vec![otafleet_k8s::cluster::parse_watch("pod:app=robot").map_err(|e| anyhow::anyhow!(e))?],
+            boards: *name == "a",
+            poll_interval: Duration::from_millis(poll_ms),
+            rollout_timeout: Duration::from_secs(60),
+            ..ClusterArgs::default()
+        };
+        let agent = ClusterAgent::new(fake.client().await?, args, None)?;
+        sent.push(agent.requests_sent());
+        let mut stop = stop_rx.clone();
+        agents.push(tokio::spawn(agent.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })));
+    }
+    let targets = pods + boards;
+    let registered = Instant::now();
+    loop {
+        let url = format!("{}/api/v1/delegates", server.base);
+        let page: serde_json::Value = http.get(url).bearer_auth(&admin).send().await?.json().await?;
+        let total: u64 = page["items"].as_array().into_iter().flatten().filter_map(|d| d["devices"].as_u64()).sum();
+        if total as usize >= targets {
+            break;
+        }
+        anyhow::ensure!(
+            registered.elapsed() < Duration::from_secs(120),
+            "the agents did not register {targets} devices"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("{targets} targets registered by two cluster agents in {:.2?}", registered.elapsed());
+    let k8s_before: usize = clusters.iter().map(|c| c.requests().iter().filter(|r| !r.watch).count()).sum();
+    let plane_before: u64 = sent.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+    post(
+        "/api/v1/releases",
+        serde_json::json!({"version": "2.0.0", "image": "robot:2.0.0",
+        "firmware": "fw/esp32:2.0.0", "flash_pod_image": "flasher:1"}),
+    )
+    .await?;
+    let started = Instant::now();
+    let r = post(
+        "/api/v1/rollouts",
+        serde_json::json!({"version": "2.0.0", "selector": "cluster in (a,b)",
+        "strategy": {"steps": [1, "10%", "100%"]}}),
+    )
+    .await?;
+    let id = r["id"].as_i64().context("rollout id")?;
+    let state = loop {
+        let url = format!("{}/api/v1/rollouts/{id}", server.base);
+        let r: serde_json::Value = http.get(url).bearer_auth(&admin).send().await?.json().await?;
+        let state = r["state"].as_str().unwrap_or_default().to_string();
+        if ["succeeded", "failed", "rolled_back", "aborted"].contains(&state.as_str()) {
+            break state;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "rollout {id} still {state} after 10 min");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let wall = started.elapsed();
+    let k8s: usize =
+        clusters.iter().map(|c| c.requests().iter().filter(|r| !r.watch).count()).sum::<usize>() - k8s_before;
+    let plane = sent.iter().map(|s| s.load(Ordering::Relaxed)).sum::<u64>() - plane_before;
+    println!(
+        "rollout over {pods} pods in two clusters and {boards} boards ({targets} targets, poll {poll_ms} ms): {state} in {wall:.2?}"
+    );
+    println!(
+        "  Kubernetes API requests: {k8s} ({:.2} per target; the FlashJob controller's included)",
+        k8s as f64 / targets as f64
+    );
+    println!(
+        "  control-plane requests:  {plane} ({:.4} per target: batched inventory, check-ins and reports)",
+        plane as f64 / targets as f64
+    );
+    let _ = stop_tx.send(true);
+    for a in agents {
+        let _ = a.await;
+    }
+    controller.stop().await;
+    Ok(())
+}
+
+/// The fake Kubernetes API server is not part of the shipped binary.
+#[cfg(not(feature = "fake-k8s"))]
+async fn bench_cluster(_pods: usize, _boards: usize, _poll_ms: u64, _max_flash_pods: usize) -> Result<()> {
+    anyhow::bail!(
+        "`bench cluster` runs on in-process fake Kubernetes API servers, which this binary was built without; \
+         build it with: cargo run --release --features fake-k8s -- bench cluster"
+    )
 }
 
 /// The fake Kubernetes API server is not part of the shipped binary.

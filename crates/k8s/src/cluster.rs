@@ -91,7 +91,8 @@ pub struct Watch {
     pub selector: String,
 }
 
-fn parse_watch(s: &str) -> std::result::Result<Watch, String> {
+/// Parses `KIND:SELECTOR`.
+pub fn parse_watch(s: &str) -> std::result::Result<Watch, String> {
     let (kind, selector) = s.split_once(':').ok_or("expected KIND:SELECTOR, e.g. deployment:app=robot")?;
     let kind = match kind {
         "pod" | "pods" => WorkloadKind::Pod,
@@ -155,6 +156,8 @@ struct Plane {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// Requests sent so far.
+    sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Plane {
@@ -164,6 +167,7 @@ impl Plane {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let res = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -487,7 +491,7 @@ impl ClusterAgent {
                 http = http.add_root_certificate(cert);
             }
         }
-        let plane = Plane { http: http.build()?, base, token };
+        let plane = Plane { http: http.build()?, base, token, sent: Arc::default() };
         let retries = Retries { max_retries: 5, retry_base: Duration::from_millis(200) };
         Ok(ClusterAgent {
             client,
@@ -500,6 +504,11 @@ impl ClusterAgent {
             running: Arc::default(),
             last_inventory: None,
         })
+    }
+
+    /// Counts the requests this agent sends to the control plane.
+    pub fn requests_sent(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.plane.sent.clone()
     }
 
     /// Runs until `stop` resolves: a poll every `--poll-interval`, reports
@@ -720,8 +729,7 @@ impl ClusterAgent {
     /// The boards' actions of this poll: those done reported, those being
     /// flashed followed, the rest flashed by one FlashJob per batch.
     async fn boards(&self, actions: Vec<(Target, ActionOrder)>, flashes: &Flashes) -> anyhow::Result<()> {
-        // (namespace, version, firmware, flasher) -> the boards to flash together.
-        let mut batches: BTreeMap<(String, String, String, String), Vec<(Target, ActionOrder)>> = BTreeMap::new();
+        let mut batches: BTreeMap<FlashKey, Vec<(Target, ActionOrder)>> = BTreeMap::new();
         let mut failed_jobs: BTreeMap<String, (String, FlashJob)> = BTreeMap::new();
         for (target, order) in actions {
             let Kind::Board { namespace, uuid } = &target.kind else { continue };
@@ -841,6 +849,9 @@ impl ClusterAgent {
         Ok(())
     }
 }
+
+/// What boards flashed by one FlashJob share: namespace, version, firmware, flasher image.
+type FlashKey = (String, String, String, String);
 
 fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

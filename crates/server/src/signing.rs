@@ -146,6 +146,9 @@ mod tests {
                 sha256: "ab".repeat(32),
                 signature: None,
             }],
+            image: None,
+            firmware: None,
+            flash_pod_image: None,
             created_at: 0,
         }
     }

@@ -319,6 +319,7 @@ async fn releases_and_tokens(s: Store) {
             sha256: "ab".repeat(32),
             signature: None,
         }],
+        ..Default::default()
     };
     let r = s.insert_release(&new, "t").await.unwrap();
     assert!(matches!(s.insert_release(&new, "t").await, Err(StoreError::Conflict(_))));
