@@ -1394,14 +1394,12 @@ async fn bench_cluster(pods: usize, boards: usize, poll_ms: u64, max_flash_pods:
     let clusters = [FakeApiServer::start().await?, FakeApiServer::start().await?];
     clusters[0].set_pod_phase_on_create(Some("Succeeded"));
     for i in 0..pods {
-        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": format!("robot-{i}"), "namespace": "robots",
-                "labels": {"app": "robot", "sw_version": "1.0.0"}},
-            "spec": {"containers": [{"name": "robot", "image": "robot:1.0.0"}]},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-                "containerStatuses": [{"name": "robot", "image": "robot:1.0.0", "imageID": "", "ready": true,
-                    "restartCount": 0, "state": {"running": {}}}]},
-        }))?;
+        let pod = fixtures::running_pod(
+            "robots",
+            &format!("robot-{i}"),
+            &[("app", "robot"), ("sw_version", "1.0.0")],
+            "robot:1.0.0",
+        );
         clusters[i % 2].insert(&pod)?;
     }
     for n in 0..boards {

@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use kube::api::ObjectMeta;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use otafleet_k8s::crd::FlashJob;
 use otafleet_k8s::fake::{fixtures, FakeApiServer};
 use serde_json::{json, Value};
@@ -19,29 +19,18 @@ use std::time::Duration;
 const NS: &str = "robots";
 
 fn robot_pod(name: &str, image: &str, version: &str) -> Pod {
-    let mut p = Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            labels: Some(BTreeMap::from([
-                ("app".to_string(), "robot".to_string()),
-                ("sw_version".to_string(), version.to_string()),
-            ])),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container { name: "robot".into(), image: Some(image.into()), ..Default::default() }],
-            node_name: Some(format!("node-{name}")),
-            ..Default::default()
-        }),
-        status: None,
-    };
-    p.status = serde_json::from_value(json!({"phase": "Running",
-        "conditions": [{"type": "Ready", "status": "True"}],
-        "containerStatuses": [{"name": "robot", "image": image, "imageID": "", "ready": true, "restartCount": 0,
-            "state": {"running": {}}}]}))
-    .unwrap();
-    p
+    fixtures::running_pod(NS, name, &[("app", "robot"), ("sw_version", version)], image)
+}
+
+/// A Deployment of the robot, rolled out (the fake plays its controller).
+fn robot_deployment(name: &str, image: &str, version: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "robot", "sw_version": version}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"run": name}},
+            "template": {"metadata": {"labels": {"run": name}},
+                "spec": {"containers": [{"name": "robot", "image": image}]}}},
+    }))
+    .unwrap()
 }
 
 /// A board discovered by Akri, running `version` (its Instance's `sw_version` label).
@@ -65,6 +54,8 @@ fn agent(fake: &FakeApiServer, server: &str, token: &str, name: &str, boards: bo
         name,
         "--workloads",
         "pod:app=robot",
+        "--workloads",
+        "deployment:app=robot",
         "--poll-interval",
         "250ms",
         "--rollout-timeout",
@@ -161,6 +152,7 @@ async fn one_rollout_reaches_pods_in_two_clusters_and_boards_through_restarts() 
         a.insert(&robot_pod(&format!("a{n}"), "robot:1.0.0", "1.0.0")).unwrap();
         b.insert(&robot_pod(&format!("b{n}"), "robot:1.0.0", "1.0.0")).unwrap();
     }
+    b.insert(&robot_deployment("arm", "robot:1.0.0", "1.0.0")).unwrap();
     let uuids: Vec<String> = (0..3).map(|n| board(&a, n, "1.0.0")).collect();
     let (fa, fb) = (a.clone(), b.clone());
     tokio::task::spawn_blocking(move || {
@@ -173,10 +165,10 @@ async fn one_rollout_reaches_pods_in_two_clusters_and_boards_through_restarts() 
         let mut agent_b = agent(&fb, &server.url, &tb, "b", false);
         let all = eventually(Duration::from_secs(30), || {
             let d = devices(&http, "cluster in (a,b)");
-            (d.len() == 9).then_some(d)
+            (d.len() == 10).then_some(d)
         });
         let by_kind = |k: &str| all.iter().filter(|d| d["labels"]["kind"] == k).count();
-        assert_eq!((by_kind("pod"), by_kind("board")), (6, 3), "{all:?}");
+        assert_eq!((by_kind("pod"), by_kind("deployment"), by_kind("board")), (6, 1, 3), "{all:?}");
         let pod = all.iter().find(|d| d["labels"]["name"] == "a0").unwrap();
         assert_eq!(pod["labels"]["node"], "node-a0");
         assert_eq!(pod["labels"]["app"], "robot", "the pod's own labels come along");
@@ -220,6 +212,9 @@ async fn one_rollout_reaches_pods_in_two_clusters_and_boards_through_restarts() 
                 assert_eq!((image.as_str(), version.as_deref()), ("robot:2.0.0", Some("2.0.0")), "{name}");
             }
         }
+        let arm = fb.get::<Deployment>(Some(NS), "arm").unwrap();
+        let arm_image = arm.spec.unwrap().template.spec.unwrap().containers[0].image.clone();
+        assert_eq!(arm_image.as_deref(), Some("robot:2.0.0"));
         let now = devices(&http, "cluster in (a,b)");
         assert!(now.iter().all(|d| d["current_version"] == "2.0.0"), "{now:?}");
         // Each board flashed once, through FlashJobs of batches, none repeated after the restart.
@@ -251,7 +246,7 @@ async fn one_rollout_reaches_pods_in_two_clusters_and_boards_through_restarts() 
         let r = http.get("/api/v1/rollouts", Some(&tb));
         assert_eq!(r.status, 403, "{}", r.body);
         let requests = fa.requests().len() + fb.requests().len();
-        eprintln!("Kubernetes API requests: {requests} for 9 targets");
+        eprintln!("Kubernetes API requests: {requests} for 10 targets");
         for c in [&mut agent_a, &mut agent_b] {
             let _ = c.kill();
             let _ = c.wait();

@@ -1110,6 +1110,19 @@ pub mod fixtures {
         i
     }
 
+    /// A pod of one container `robot` running `image`, Ready, with `labels`.
+    pub fn running_pod(ns: &str, name: &str, labels: &[(&str, &str)], image: &str) -> k8s_openapi::api::core::v1::Pod {
+        let value = serde_json::json!({
+            "metadata": {"name": name, "namespace": ns,
+                "labels": labels.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>()},
+            "spec": {"containers": [{"name": "robot", "image": image}], "nodeName": format!("node-{name}")},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "robot", "image": image, "imageID": "", "ready": true,
+                    "restartCount": 0, "state": {"running": {}}}]},
+        });
+        serde_json::from_value(value).expect("a valid pod")
+    }
+
     /// A deterministic UUID for device number `n`.
     pub fn device_uuid(n: usize) -> String {
         format!("7d7ae2b1-0000-4000-8000-{n:012}")
