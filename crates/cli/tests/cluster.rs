@@ -42,8 +42,24 @@ fn board(fake: &FakeApiServer, n: usize, version: &str) -> String {
     uuid
 }
 
+/// A child process killed when dropped (a failing test leaves no agent behind).
+struct Proc(Child);
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A cluster agent for `fake` as cluster `name`, its log on stderr.
-fn agent(fake: &FakeApiServer, server: &str, token: &str, name: &str, boards: bool) -> Child {
+fn agent(fake: &FakeApiServer, server: &str, token: &str, name: &str, boards: bool) -> Proc {
     let kubeconfig = fake.kubeconfig_path().display().to_string();
     let mut args = vec![
         "operator",
@@ -70,15 +86,17 @@ fn agent(fake: &FakeApiServer, server: &str, token: &str, name: &str, boards: bo
     if boards {
         args.push("--boards");
     }
-    Command::new(bin())
-        .args(&args)
-        .env("OTAFLEET_URL", server)
-        .env("OTAFLEET_TOKEN", token)
-        .env("OTAFLEET_LOG", "warn,otafleet_k8s=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn otafleet operator run")
+    Proc(
+        Command::new(bin())
+            .args(&args)
+            .env("OTAFLEET_URL", server)
+            .env("OTAFLEET_TOKEN", token)
+            .env("OTAFLEET_LOG", "warn,otafleet_k8s=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn otafleet operator run"),
+    )
 }
 
 fn delegate(server: &str, name: &str) -> String {
@@ -162,7 +180,7 @@ async fn one_rollout_reaches_pods_in_two_clusters_and_boards_through_restarts() 
         let http = Http::new(&server.url);
         let (ta, tb) = (delegate(&server.url, "a"), delegate(&server.url, "b"));
         let mut agent_a = agent(&fa, &server.url, &ta, "a", true);
-        let mut agent_b = agent(&fb, &server.url, &tb, "b", false);
+        let agent_b = agent(&fb, &server.url, &tb, "b", false);
         let all = eventually(Duration::from_secs(30), || {
             let d = devices(&http, "cluster in (a,b)");
             (d.len() == 10).then_some(d)
@@ -179,6 +197,9 @@ async fn one_rollout_reaches_pods_in_two_clusters_and_boards_through_restarts() 
             (Some("esp32"), Some("thermo"))
         );
 
+        // The API server errs and conflicts: retried with backoff, re-read.
+        fb.fail_next(Some("PATCH"), "/pods/", 503, 2);
+        fb.fail_next(Some("PATCH"), "/pods/", 409, 1);
         create(
             &http,
             "/api/v1/releases",
@@ -200,10 +221,9 @@ async fn one_rollout_reaches_pods_in_two_clusters_and_boards_through_restarts() 
             (r["current_wave"].as_i64() >= Some(1)).then_some(())
         });
         server.kill9();
-        let _ = agent_a.kill();
-        let _ = agent_a.wait();
+        agent_a.kill();
         let server = Server::start_at(&db, server.url.trim_start_matches("http://"), &[]);
-        let mut agent_a = agent(&fa, &server.url, &ta, "a", true);
+        let agent_a = agent(&fa, &server.url, &ta, "a", true);
 
         let done = wait_state(&http, id, &["succeeded", "failed", "rolled_back"], Duration::from_secs(60));
         assert_eq!(done["state"], "succeeded", "{done}");
@@ -245,13 +265,12 @@ async fn one_rollout_reaches_pods_in_two_clusters_and_boards_through_restarts() 
         assert_eq!(r.status, 404, "{}", r.body);
         let r = http.get("/api/v1/rollouts", Some(&tb));
         assert_eq!(r.status, 403, "{}", r.body);
+        let refused = fb.requests().iter().filter(|r| r.method == "PATCH" && [503, 409].contains(&r.status)).count();
+        let patches: Vec<String> = fb.requests().iter().filter(|r| r.method != "GET").map(|r| r.to_string()).collect();
+        assert_eq!(refused, 3, "the injected faults were met and overcome: {patches:?}");
         let requests = fa.requests().len() + fb.requests().len();
         eprintln!("Kubernetes API requests: {requests} for 10 targets");
-        for c in [&mut agent_a, &mut agent_b] {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        drop(server);
+        drop((agent_a, agent_b, server));
     })
     .await
     .unwrap();
@@ -275,7 +294,7 @@ async fn failures_in_the_cluster_roll_back_images_and_firmware() {
         let server = Server::start(&sqlite_url(&dir), &[]);
         let http = Http::new(&server.url);
         let token = delegate(&server.url, "a");
-        let mut agent_a = agent(&fa, &server.url, &token, "a", true);
+        let agent_a = agent(&fa, &server.url, &token, "a", true);
         eventually(Duration::from_secs(30), || (devices(&http, "cluster=a").len() == 6).then_some(()));
 
         // The pods: a canary that never becomes ready.
@@ -342,8 +361,7 @@ async fn failures_in_the_cluster_roll_back_images_and_firmware() {
             "{jobs:?}"
         );
         assert!(jobs.iter().all(|j| j.spec.uuid.iter().all(|u| uuids.contains(u))));
-        let _ = agent_a.kill();
-        let _ = agent_a.wait();
+        drop(agent_a);
     })
     .await
     .unwrap();

@@ -471,8 +471,11 @@ pub struct ClusterAgent {
     akri_namespace: Option<String>,
     retries: Retries,
     outbox: Outbox,
-    /// Actions with a task running (workloads).
-    running: Arc<Mutex<HashSet<i64>>>,
+    /// Workload actions this agent is working on (`None`) or finished with
+    /// its last report's sequence number, until the server has seen it: a
+    /// check-in answered before the final report arrived must not start the
+    /// action again.
+    running: Arc<Mutex<HashMap<i64, Option<i64>>>>,
     /// Hash of the last inventory sent, and how many polls ago.
     last_inventory: Option<(u64, u32)>,
 }
@@ -558,6 +561,9 @@ impl ClusterAgent {
         };
         let answer = self.plane.checkin(&checkin).await?;
         let by_id: HashMap<uuid::Uuid, &Target> = observed.targets.iter().map(|t| (t.id, t)).collect();
+        // Finished actions the server no longer hands out are done with.
+        let handed: HashSet<i64> = answer.actions.iter().map(|a| a.action.action_id).collect();
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, last| last.is_none() || handed.contains(id));
         let mut boards = Vec::new();
         for a in answer.actions {
             let Some(target) = by_id.get(&a.device_id) else { continue };
@@ -702,9 +708,13 @@ impl ClusterAgent {
         let Kind::Workload(object) = target.kind.clone() else { return };
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if !running.insert(order.action_id) {
-                return;
+            match running.get(&order.action_id) {
+                // Still at it, or its final report is not on the server yet.
+                Some(None) => return,
+                Some(Some(last)) if *last > order.last_seq => return,
+                _ => {}
             }
+            running.insert(order.action_id, None);
         }
         let job = WorkloadJob {
             client: self.client.clone(),
@@ -722,7 +732,7 @@ impl ClusterAgent {
                 warn!(target = %job.object, action = id, error = %e, "update failed");
                 reporter.report(ActionState::Failed, Some(format!("Kubernetes API: {e}")), None);
             }
-            running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Some(reporter.seq));
         });
     }
 
