@@ -927,6 +927,7 @@ pub async fn run(cmd: Cmd, api: &Api, fmt: Format) -> Result<()> {
         | Cmd::Update(_)
         | Cmd::Operator(_)
         | Cmd::Flash(_)
+        | Cmd::App(_)
         | Cmd::Agent(_)
         | Cmd::Keys(_)
         | Cmd::Completions { .. } => {

@@ -88,6 +88,9 @@ pub enum Cmd {
     /// The FlashJob operator.
     #[command(subcommand)]
     Operator(OperatorCmd),
+    /// ROS applications on Kubernetes: render, apply, status, update, delete.
+    #[command(subcommand)]
+    App(otafleet_k8s::app::AppCmd),
     /// Flash firmware to Akri-discovered devices, batch by batch, through FlashJobs.
     Flash(otafleet_k8s::flash::FlashArgs),
     /// Run N simulated devices against a server.
@@ -170,6 +173,7 @@ async fn run(cli: Cli, matches: clap::ArgMatches) -> Result<()> {
         }
         Cmd::Operator(OperatorCmd::Crd) => otafleet_k8s::operator::print_crd(),
         Cmd::Flash(args) => otafleet_k8s::flash::flash(args).await,
+        Cmd::App(cmd) => otafleet_k8s::app::run_app(cmd, matches!(cli.output, Format::Json)).await,
         Cmd::Update(args) => commands::update(args, &cli.server, cli.token.clone(), cli.ca_file.as_deref()).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "otafleet", &mut std::io::stdout());

@@ -306,7 +306,7 @@ fn workload_health(kind: WorkloadKind, obj: &Value) -> DeviceHealth {
 }
 
 /// Why a workload will not become ready by itself, if it says so.
-fn stuck_reason(kind: WorkloadKind, obj: &Value) -> Option<String> {
+pub fn stuck_reason(kind: WorkloadKind, obj: &Value) -> Option<String> {
     if kind == WorkloadKind::Pod {
         let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array)?;
         return statuses.iter().find_map(|s| {

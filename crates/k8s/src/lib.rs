@@ -9,6 +9,10 @@
 //! * [`operator`] — the `otafleet operator run|crd` entry points: leader election
 //!   ([`leader`]), health and metrics server ([`health`], [`metrics`]);
 //! * [`flash`](mod@flash) — gradual flashing, batch by batch (`otafleet flash`);
+//! * [`app`] — ROS applications: a spec rendered to a ROS master or
+//!   discovery server, storage and the app Deployment (`otafleet app`);
+//! * [`cluster`] — the cluster agent, which speaks for the cluster's
+//!   workloads and boards to the control plane as a delegate;
 //! * [`update`](mod@update) — canary/blue/green (or custom) label and image
 //!   updates of pods and workloads, each wave behind a health gate
 //!   (`otafleet update`);
@@ -28,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod akri;
+pub mod app;
 #[cfg(feature = "fake")]
 pub mod bench;
 pub mod cluster;
