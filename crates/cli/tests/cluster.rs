@@ -58,8 +58,17 @@ impl Drop for Proc {
     }
 }
 
-/// A cluster agent for `fake` as cluster `name`, its log on stderr.
+/// A cluster agent for `fake` as cluster `name` speaking for the robot pods
+/// and Deployments (and, with `boards`, the Akri boards), its log on stderr.
 fn agent(fake: &FakeApiServer, server: &str, token: &str, name: &str, boards: bool) -> Proc {
+    let mut extra = vec!["--workloads", "pod:app=robot", "--workloads", "deployment:app=robot"];
+    if boards {
+        extra.push("--boards");
+    }
+    agent_with(fake, server, token, name, &extra)
+}
+
+fn agent_with(fake: &FakeApiServer, server: &str, token: &str, name: &str, extra: &[&str]) -> Proc {
     let kubeconfig = fake.kubeconfig_path().display().to_string();
     let mut args = vec![
         "operator",
@@ -68,10 +77,6 @@ fn agent(fake: &FakeApiServer, server: &str, token: &str, name: &str, boards: bo
         &kubeconfig,
         "--cluster",
         name,
-        "--workloads",
-        "pod:app=robot",
-        "--workloads",
-        "deployment:app=robot",
         "--poll-interval",
         "250ms",
         "--rollout-timeout",
@@ -83,9 +88,7 @@ fn agent(fake: &FakeApiServer, server: &str, token: &str, name: &str, boards: bo
         "--requeue",
         "1s",
     ];
-    if boards {
-        args.push("--boards");
-    }
+    args.extend_from_slice(extra);
     Proc(
         Command::new(bin())
             .args(&args)
@@ -362,6 +365,93 @@ async fn failures_in_the_cluster_roll_back_images_and_firmware() {
         );
         assert!(jobs.iter().all(|j| j.spec.uuid.iter().all(|u| uuids.contains(u))));
         drop(agent_a);
+    })
+    .await
+    .unwrap();
+}
+
+/// A ROS application deployed with `otafleet app apply`, then its image
+/// changes released through the control plane: the cluster agent sets the
+/// `ros-app` container of the app's Deployment; a broken image is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ros_app_is_applied_then_rolled_out_through_the_cluster_agent() {
+    let a = Arc::new(FakeApiServer::start().await.unwrap());
+    a.set_failing_image("nav:3.0.0", "CrashLoopBackOff");
+    let fa = a.clone();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("nav.yaml");
+        std::fs::write(
+            &spec,
+            "name: nav\nnamespace: robots\nimage: registry.example/nav:1.0.0\ndeploy_ros_master: true\n",
+        )
+        .unwrap();
+        let (spec, kc) = (spec.display().to_string(), fa.kubeconfig_path().display().to_string());
+        let (code, out, err) = cli("http://127.0.0.1:1", None, &["-o", "json", "app", "render", &spec]);
+        assert_eq!(code, 0, "{err}");
+        let rendered: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(rendered.as_array().map(Vec::len), Some(3), "master Service, master Deployment, app: {out}");
+        let (code, _, err) = cli("http://127.0.0.1:1", None, &["app", "apply", &spec, "--kubeconfig", &kc]);
+        assert_eq!(code, 0, "{err}");
+        let (code, out, err) = cli(
+            "http://127.0.0.1:1",
+            None,
+            &["-o", "json", "app", "status", "nav", "--namespace", NS, "--kubeconfig", &kc],
+        );
+        assert_eq!(code, 0, "{err}");
+        let status: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(status["ros_master"], true, "{status}");
+        let (code, _, err) =
+            cli("http://127.0.0.1:1", None, &["app", "apply", "/nonexistent.yaml", "--kubeconfig", &kc]);
+        assert_ne!(code, 0);
+        assert!(err.contains("/nonexistent.yaml"), "{err}");
+
+        let dbdir = tempfile::tempdir().unwrap();
+        let server = Server::start(&sqlite_url(&dbdir), &[]);
+        let http = Http::new(&server.url);
+        let token = delegate(&server.url, "a");
+        let _agent = agent_with(
+            &fa,
+            &server.url,
+            &token,
+            "a",
+            &["--workloads", "deployment:app.kubernetes.io/component=application", "--container", "ros-app"],
+        );
+        let device = eventually(Duration::from_secs(30), || {
+            devices(&http, "cluster=a,kind=deployment").into_iter().find(|d| d["labels"]["name"] == "nav")
+        });
+        assert_eq!(device["current_version"], "1.0.0", "{device}");
+        assert_eq!(device["labels"]["otafleet.io/app"], "nav", "{device}");
+        let image = || {
+            let d = fa.get::<Deployment>(Some(NS), "nav").unwrap();
+            d.spec.unwrap().template.spec.unwrap().containers[0].image.clone().unwrap_or_default()
+        };
+        for (version, want) in [("2.0.0", "succeeded"), ("3.0.0", "failed")] {
+            create(
+                &http,
+                "/api/v1/releases",
+                json!({"version": version, "kind": "container",
+                "image": format!("registry.example/nav:{version}")}),
+            );
+            let r = create(
+                &http,
+                "/api/v1/rollouts",
+                json!({"version": version, "selector": "otafleet.io/app=nav",
+                "strategy": {"preset": "green"}}),
+            );
+            let done = wait_state(
+                &http,
+                r["id"].as_i64().unwrap(),
+                &["succeeded", "failed", "rolled_back"],
+                Duration::from_secs(30),
+            );
+            assert!(done["state"] == want || (want == "failed" && done["state"] == "rolled_back"), "{version}: {done}");
+        }
+        assert_eq!(image(), "registry.example/nav:2.0.0", "the broken image was rolled back");
+        let (code, _, err) =
+            cli("http://127.0.0.1:1", None, &["app", "delete", "nav", "--namespace", NS, "--kubeconfig", &kc]);
+        assert_eq!(code, 0, "{err}");
+        assert!(fa.get::<Deployment>(Some(NS), "nav").is_none());
     })
     .await
     .unwrap();
