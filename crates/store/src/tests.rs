@@ -1178,3 +1178,47 @@ fn only_old_test_databases_are_dropped() {
         assert!(!crate::stale_test_database(other, now), "{other}");
     }
 }
+
+both!(delegate_inventories);
+async fn delegate_inventories(s: Store) {
+    use otafleet_core::DelegateKind;
+    let now = 1_000;
+    let a = s.create_delegate("cluster-a", DelegateKind::Cluster, "secret-a", "t", now).await.unwrap();
+    let b = s.create_delegate("cluster-b", DelegateKind::Cluster, "secret-b", "t", now).await.unwrap();
+    assert!(matches!(
+        s.create_delegate("cluster-a", DelegateKind::Gateway, "secret-c", "t", now).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.find_delegate("secret-a").await.unwrap().map(|d| d.id), Some(a.id));
+    let entry = |i: u128, name: &str| InventoryDevice {
+        id: Uuid::from_u128(i),
+        name: name.into(),
+        labels: labels(&[("cluster", "a"), ("kind", "pod")]),
+        current_version: Some("1.0.0".into()),
+    };
+    let out = s.sync_inventory(&a, &[entry(1, "p1"), entry(2, "p2")], now).await.unwrap();
+    assert_eq!((out.registered, out.unchanged, out.gone.len()), (2, 0, 0));
+    let d = s.get_device(Uuid::from_u128(1)).await.unwrap().unwrap();
+    assert_eq!((d.delegate_id, d.current_version.as_deref()), (Some(a.id), Some("1.0.0")));
+    // Renamed one, dropped the other: updated and gone.
+    let out = s.sync_inventory(&a, &[entry(1, "p1-renamed")], now + 1).await.unwrap();
+    assert_eq!((out.updated, out.gone.clone()), (1, vec![Uuid::from_u128(2)]));
+    assert_eq!(s.get_device(Uuid::from_u128(2)).await.unwrap().unwrap().gone_at, Some(now + 1));
+    let targets = s.target_devices(&Selector::parse("cluster=a").unwrap()).await.unwrap();
+    assert_eq!(targets.iter().map(|t| t.id).collect::<Vec<_>>(), vec![Uuid::from_u128(1)], "gone is no target");
+    // Listed again: returned.
+    let out = s.sync_inventory(&a, &[entry(1, "p1-renamed"), entry(2, "p2")], now + 2).await.unwrap();
+    assert_eq!((out.returned, out.unchanged), (1, 1));
+    assert_eq!(s.get_device(Uuid::from_u128(2)).await.unwrap().unwrap().gone_at, None);
+    // Another delegate cannot take them; nothing of its request is written.
+    let taken = s.sync_inventory(&b, &[entry(3, "mine"), entry(1, "yours")], now + 3).await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    assert!(s.get_device(Uuid::from_u128(3)).await.unwrap().is_none());
+    assert_eq!(s.delegate_device_ids(a.id).await.unwrap().len(), 2);
+    assert!(s.delegate_device_ids(b.id).await.unwrap().is_empty());
+    assert_eq!(s.delegate_device_counts().await.unwrap().get(&a.id), Some(&2));
+    let revoked = s.revoke_delegate(a.id, "t", now + 4).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(now + 4));
+    assert_eq!(s.revoke_delegate(a.id, "t", now + 5).await.unwrap().unwrap().revoked_at, Some(now + 4), "idempotent");
+    assert!(s.revoke_delegate(Uuid::from_u128(99), "t", now).await.unwrap().is_none());
+}
