@@ -264,6 +264,7 @@ mod tests {
                 image: None,
                 firmware: None,
                 flash_pod_image: None,
+                app_spec: None,
             },
             manifest: Some(manifest),
             order_signature: Some(sign(&key(), &text)),

@@ -21,7 +21,7 @@ pub struct Release {
     pub id: i64,
     pub name: String,
     pub version: String,
-    /// `firmware`, `file`, `command`, `container` or `k8s`.
+    /// `firmware`, `file`, `command`, `container`, `k8s` or `app`.
     #[schema(value_type = String)]
     pub kind: otafleet_core::ReleaseKind,
     pub compatible: Vec<String>,
@@ -36,6 +36,10 @@ pub struct Release {
     /// …by pods of this image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flash_pod_image: Option<String>,
+    /// An `app` release's ROS application spec (see `otafleet app`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub app_spec: Option<serde_json::Value>,
     pub created_at: String,
 }
 
@@ -47,7 +51,7 @@ pub struct CreateRelease {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub version: String,
-    /// `firmware` (default), `file`, `command`, `container` or `k8s`.
+    /// `firmware` (default), `file`, `command`, `container`, `k8s` or `app`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// Device types (`device_type` label values) this release fits; empty = all.
@@ -67,6 +71,11 @@ pub struct CreateRelease {
     /// …and the flasher pod's image (both or neither).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flash_pod_image: Option<String>,
+    /// `app` releases (required for them, refused for others): the ROS
+    /// application spec as an object, as `otafleet app render` takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub app_spec: Option<serde_json::Value>,
 }
 
 /// `GET /api/v1/releases` query.

@@ -172,6 +172,9 @@ pub enum ReleasesCmd {
         /// The image of the pod that flashes it.
         #[arg(long)]
         flash_pod_image: Option<String>,
+        /// An app release's ROS application spec (YAML, as `otafleet app` takes it); with --kind app.
+        #[arg(long)]
+        app_spec: Option<std::path::PathBuf>,
     },
     /// Upload a file as an artifact of a release (streamed; stored by SHA-256 on the server).
     Upload {
@@ -1141,8 +1144,26 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
                 }
             });
         }
-        ReleasesCmd::Create { version, name, kind, compatible, artifacts, image, firmware, flash_pod_image } => {
+        ReleasesCmd::Create {
+            version,
+            name,
+            kind,
+            compatible,
+            artifacts,
+            image,
+            firmware,
+            flash_pod_image,
+            app_spec,
+        } => {
             let artifacts = artifacts.iter().map(|a| parse_artifact(a)).collect::<Result<Vec<_>>>()?;
+            let app_spec = match app_spec {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let spec = otafleet_k8s::app::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                    Some(serde_json::to_value(spec)?)
+                }
+                None => None,
+            };
             let body = api::CreateRelease {
                 version,
                 name,
@@ -1153,6 +1174,7 @@ async fn releases(c: ReleasesCmd, api: &Api, fmt: Format) -> Result<()> {
                 image,
                 firmware,
                 flash_pod_image,
+                app_spec,
             };
             let r: Answer<api::Release> = api.send(Method::POST, "/api/v1/releases", &body).await?;
             show(fmt, &r.json, &r.body, |r| println!("created release {} (id {})", r.version, r.id));

@@ -448,6 +448,38 @@ async fn a_ros_app_is_applied_then_rolled_out_through_the_cluster_agent() {
             assert!(done["state"] == want || (want == "failed" && done["state"] == "rolled_back"), "{version}: {done}");
         }
         assert_eq!(image(), "registry.example/nav:2.0.0", "the broken image was rolled back");
+        // Releases of the whole spec: applied by the agent, a broken one rolled back to the previous spec.
+        fa.set_failing_image("nav:5.0.0", "ImagePullBackOff");
+        let mode = || {
+            let d = fa.get::<Deployment>(Some(NS), "nav").unwrap();
+            let env = d.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap_or_default();
+            env.into_iter().find(|e| e.name == "MODE").and_then(|e| e.value)
+        };
+        for (version, want) in [("4.0.0", "succeeded"), ("5.0.0", "failed")] {
+            let spec = json!({"name": "nav", "namespace": NS, "image": format!("registry.example/nav:{version}"),
+                "deploy_ros_master": true, "replicas": 2, "env": {"MODE": format!("mode-{version}")}});
+            create(&http, "/api/v1/releases", json!({"version": version, "kind": "app", "app_spec": spec}));
+            let r = create(
+                &http,
+                "/api/v1/rollouts",
+                json!({"version": version, "selector": "otafleet.io/app=nav",
+                "strategy": {"preset": "green"}}),
+            );
+            let done = wait_state(
+                &http,
+                r["id"].as_i64().unwrap(),
+                &["succeeded", "failed", "rolled_back"],
+                Duration::from_secs(30),
+            );
+            assert!(done["state"] == want || (want == "failed" && done["state"] == "rolled_back"), "{version}: {done}");
+        }
+        assert_eq!(
+            (image().as_str(), mode().as_deref()),
+            ("registry.example/nav:4.0.0", Some("mode-4.0.0")),
+            "4.0.0's spec is back"
+        );
+        let d = devices(&http, "otafleet.io/app=nav");
+        assert_eq!(d[0]["current_version"], "4.0.0", "{d:?}");
         let (code, _, err) =
             cli("http://127.0.0.1:1", None, &["app", "delete", "nav", "--namespace", NS, "--kubeconfig", &kc]);
         assert_eq!(code, 0, "{err}");

@@ -233,6 +233,7 @@ str_enum!(
     Command => "command",
     Container => "container",
     K8s => "k8s",
+    App => "app",
 });
 
 impl Default for ReleaseKind {

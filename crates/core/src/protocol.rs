@@ -65,6 +65,10 @@ pub struct ActionOrder {
     /// and the image of the pod that flashes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flash_pod_image: Option<String>,
+    /// An `app` release's ROS application spec, which a cluster agent renders and applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub app_spec: Option<serde_json::Value>,
 }
 
 /// `POST /device/v1/status` body. Idempotent by `(action_id, seq)`.

@@ -889,6 +889,17 @@ impl WorkloadJob {
             r.report(ActionState::Succeeded, None, Some(order.version.clone()));
             return Ok(());
         }
+        // An app release: the whole spec is rendered and applied.
+        let spec = order.app_spec.clone().or_else(|| {
+            // A version with no spec in the catalogue: the one this agent replaced, if it is that version.
+            (annotation(&current, PREVIOUS_VERSION_ANNOTATION).as_deref() == Some(order.version.as_str()))
+                .then(|| annotation(&current, crate::app::PREVIOUS_SPEC_ANNOTATION))
+                .flatten()
+                .and_then(|s| serde_json::from_str(&s).ok())
+        });
+        if let (Some(spec), WorkloadKind::Deployment) = (spec, kind) {
+            return self.execute_app(order, spec, &current, version, r).await;
+        }
         let image = order.image.clone().or_else(|| {
             // A version the release catalogue has no image for: the one this
             // agent replaced, if it is that version.
@@ -937,6 +948,97 @@ impl WorkloadJob {
                 };
                 let state = if restored.is_err() { ActionState::Failed } else { state };
                 r.report(state, Some(message), if restored.is_ok() { prev.version.clone() } else { None });
+            }
+        }
+        Ok(())
+    }
+
+    /// An app release on the app's Deployment: render the spec, apply every
+    /// object (server-side), wait for readiness; when it does not come, the
+    /// previous spec is applied again (or, when the app never had one from
+    /// otafleet, the previous containers) and the action is `rolled_back`.
+    async fn execute_app(
+        &self,
+        order: &ActionOrder,
+        spec: Value,
+        current: &Value,
+        version: Option<String>,
+        r: &mut Reporter,
+    ) -> Result<()> {
+        let spec = match crate::app::from_value(spec) {
+            Ok(s) => s,
+            Err(e) => {
+                r.report(ActionState::Failed, Some(format!("the release's app spec: {e}")), None);
+                return Ok(());
+            }
+        };
+        if spec.name != self.object.name || spec.namespace != self.object.namespace {
+            let why = format!(
+                "the release's spec is for app {}/{}, this device is {}",
+                spec.namespace, spec.name, self.object
+            );
+            r.report(ActionState::Failed, Some(why), None);
+            return Ok(());
+        }
+        let render = |spec: &crate::app::AppSpec, previous: Option<(&str, &str)>| {
+            crate::app::render(spec).map(|mut objects| {
+                crate::app::annotate(&mut objects, spec, previous);
+                objects
+            })
+        };
+        let before = annotation(current, crate::app::SPEC_ANNOTATION);
+        let before_version = version.clone().unwrap_or_default();
+        let objects = match render(&spec, before.as_deref().map(|b| (b, before_version.as_str()))) {
+            Ok(o) => o,
+            Err(e) => {
+                r.report(ActionState::Failed, Some(format!("the release's app spec: {e}")), None);
+                return Ok(());
+            }
+        };
+        if order.state == ActionState::Notified {
+            r.report(ActionState::Installing, Some(format!("applying app {} ({})", spec.name, spec.image)), None);
+        }
+        let prev = update::Previous {
+            target: self.object.clone(),
+            version: update::label(current, update::VERSION_LABEL),
+            status: update::label(current, update::STATUS_LABEL),
+            containers: current.pointer(WorkloadKind::Deployment.containers_path()).cloned().unwrap_or(Value::Null),
+        };
+        let applied = crate::app::apply_objects(&self.client, &self.object.namespace, &objects).await;
+        if let Err(e) = applied {
+            r.report(ActionState::Failed, Some(format!("applying the app: {e:#}")), None);
+            return Ok(());
+        }
+        r.report(ActionState::Verifying, Some("waiting for readiness".into()), None);
+        let api = update::api(&self.client, WorkloadKind::Deployment, Some(&self.object.namespace));
+        match self.wait_ready(&api, &spec.image).await? {
+            Ok(()) => r.report(ActionState::Succeeded, None, Some(order.version.clone())),
+            Err(reason) => {
+                let previous = before.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok());
+                let restored = match previous.map(crate::app::from_value) {
+                    Some(Ok(p)) => match render(&p, None) {
+                        Ok(objects) => crate::app::apply_objects(&self.client, &self.object.namespace, &objects)
+                            .await
+                            .map(|_| "previous spec re-applied".to_string())
+                            .map_err(|e| format!("{e:#}")),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    _ => self
+                        .restore(
+                            &api,
+                            &prev,
+                            target_image(WorkloadKind::Deployment, current, self.container.as_deref()).as_deref(),
+                        )
+                        .await
+                        .map(|()| "previous containers restored".to_string())
+                        .map_err(|e| e.to_string()),
+                };
+                let state =
+                    if order.kind == ActionKind::Rollback { ActionState::Failed } else { ActionState::RolledBack };
+                match restored {
+                    Ok(what) => r.report(state, Some(format!("{reason}; {what}")), prev.version.clone()),
+                    Err(e) => r.report(ActionState::Failed, Some(format!("{reason}; restoring failed: {e}")), None),
+                }
             }
         }
         Ok(())

@@ -149,6 +149,7 @@ mod tests {
             image: None,
             firmware: None,
             flash_pod_image: None,
+            app_spec: None,
             created_at: 0,
         }
     }

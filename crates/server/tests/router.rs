@@ -483,4 +483,29 @@ async fn container_and_firmware_releases_name_what_a_delegate_applies() {
         let (s, v) = call(&app, "POST", "/api/v1/releases", Some(&app.token), Some(body.clone())).await;
         assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)), "{body}: {v}");
     }
+    // An app release carries a spec `otafleet app` would accept, with the release's version.
+    let spec = json!({"name": "nav", "image": "nav:1.0.0", "persistent_storage": {"volumes": [{"name": "logs", "size": "1Gi"}]}});
+    let (s, v) = call(
+        &app,
+        "POST",
+        "/api/v1/releases",
+        Some(&app.token),
+        Some(json!({"version": "5.0.0", "kind": "app", "app_spec": spec})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["app_spec"]["version"], "5.0.0", "{v}");
+    for (body, field) in [
+        (json!({"version": "6", "kind": "app"}), "app_spec"),
+        (json!({"version": "6", "kind": "container", "image": "a", "app_spec": {"image": "a"}}), "app_spec"),
+        (
+            json!({"version": "6", "kind": "app", "app_spec": {"image": "a", "persistent_storage": {"volumes": [{"name": "l", "size": "5Gb"}]}}}),
+            "app_spec.persistent_storage.volumes[0].size",
+        ),
+        (json!({"version": "6", "kind": "app", "app_spec": {"image": "a", "imagee": "b"}}), "app_spec.imagee"),
+        (json!({"version": "6", "kind": "app", "app_spec": {"image": "a", "version": "7"}}), "app_spec.version"),
+    ] {
+        let (s, v) = call(&app, "POST", "/api/v1/releases", Some(&app.token), Some(body.clone())).await;
+        assert_eq!((s, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(field)), "{body}: {v}");
+    }
 }

@@ -130,7 +130,7 @@ pub struct WriteHealth {
 }
 
 fn migrator(backend: Backend) -> Migrator {
-    let sqls: [(i64, &'static str, &'static str); 18] = match backend {
+    let sqls: [(i64, &'static str, &'static str); 19] = match backend {
         Backend::Sqlite => [
             (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
             (2, "agent", include_str!("../migrations/sqlite/0002_agent.sql")),
@@ -154,6 +154,7 @@ fn migrator(backend: Backend) -> Migrator {
             ),
             (19, "rollout_covers_target", include_str!("../migrations/sqlite/0019_rollout_covers_target.sql")),
             (20, "delegates", include_str!("../migrations/sqlite/0020_delegates.sql")),
+            (21, "app_spec", include_str!("../migrations/sqlite/0021_app_spec.sql")),
         ],
         Backend::Postgres => [
             (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -178,6 +179,7 @@ fn migrator(backend: Backend) -> Migrator {
             ),
             (19, "rollout_covers_target", include_str!("../migrations/postgres/0019_rollout_covers_target.sql")),
             (20, "delegates", include_str!("../migrations/postgres/0020_delegates.sql")),
+            (21, "app_spec", include_str!("../migrations/postgres/0021_app_spec.sql")),
         ],
     };
     Migrator {

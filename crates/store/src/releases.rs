@@ -33,6 +33,8 @@ pub struct Release {
     pub image: Option<String>,
     pub firmware: Option<String>,
     pub flash_pod_image: Option<String>,
+    /// An `app` release's application spec, as JSON (migration 0021).
+    pub app_spec: Option<String>,
     pub created_at: i64,
 }
 
@@ -47,9 +49,11 @@ pub struct NewRelease {
     pub image: Option<String>,
     pub firmware: Option<String>,
     pub flash_pod_image: Option<String>,
+    pub app_spec: Option<String>,
 }
 
-const COLS: &str = "id, name, version, kind, compatible, signature, image, firmware, flash_pod_image, created_at";
+const COLS: &str =
+    "id, name, version, kind, compatible, signature, image, firmware, flash_pod_image, app_spec, created_at";
 
 fn from_row(r: &AnyRow) -> Result<Release> {
     Ok(Release {
@@ -63,6 +67,7 @@ fn from_row(r: &AnyRow) -> Result<Release> {
         image: r.opt_string("image")?,
         firmware: r.opt_string("firmware")?,
         flash_pod_image: r.opt_string("flash_pod_image")?,
+        app_spec: r.opt_string("app_spec")?,
         created_at: r.i64("created_at")?,
     })
 }
@@ -94,8 +99,8 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let compatible = serde_json::to_string(&new.compatible).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let row = sqlx::query(
-            "INSERT INTO releases (name, version, kind, compatible, signature, image, firmware, flash_pod_image, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            "INSERT INTO releases (name, version, kind, compatible, signature, image, firmware, flash_pod_image, app_spec, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(new.name.as_str())
         .bind(new.version.as_str())
@@ -105,6 +110,7 @@ impl Store {
         .bind(new.image.clone())
         .bind(new.firmware.clone())
         .bind(new.flash_pod_image.clone())
+        .bind(new.app_spec.clone())
         .bind(now)
         .fetch_one(&mut *tx)
         .await
@@ -138,6 +144,7 @@ impl Store {
             image: new.image.clone(),
             firmware: new.firmware.clone(),
             flash_pod_image: new.flash_pod_image.clone(),
+            app_spec: new.app_spec.clone(),
             created_at: now,
         })
     }

@@ -40,6 +40,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub(crate) use ops::apply_objects;
 pub use ops::{run_app, AppCmd};
 
 /// The owner label: which app an object belongs to.
@@ -282,12 +283,42 @@ pub fn parse(text: &str) -> Result<AppSpec, SpecError> {
     if let (Some(d), Some(m)) = (distro, spec.as_object_mut()) {
         m.entry("distro").or_insert(d);
     }
+    from_value(spec)
+}
+
+/// A spec given as a JSON value (an `app` release's `app_spec`), validated.
+pub fn from_value(spec: Value) -> Result<AppSpec, SpecError> {
     let spec: AppSpec = serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
         bad(if path == "." { "(spec)" } else { &path }, e.into_inner().to_string())
     })?;
     validate(&spec)?;
     Ok(spec)
+}
+
+/// Annotation of an app Deployment: the spec (JSON) last applied to it.
+pub const SPEC_ANNOTATION: &str = "otafleet.io/spec";
+/// Annotation of an app Deployment: the spec before the last one a cluster agent applied.
+pub const PREVIOUS_SPEC_ANNOTATION: &str = "otafleet.io/previous-spec";
+
+/// Records on the app Deployment among `objects` the spec they were rendered
+/// from (and the image, so its `sw_version` label is trusted: see
+/// `cluster::workload_version`), and `previous`, the spec and version it replaces.
+pub fn annotate(objects: &mut [Value], spec: &AppSpec, previous: Option<(&str, &str)>) {
+    let Some(app) = objects.iter_mut().find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == json!(spec.name))
+    else {
+        return;
+    };
+    let annotations = &mut app["metadata"]["annotations"];
+    if !annotations.is_object() {
+        *annotations = json!({});
+    }
+    annotations[SPEC_ANNOTATION] = json!(serde_json::to_string(spec).unwrap_or_default());
+    annotations[crate::cluster::IMAGE_ANNOTATION] = json!(spec.image);
+    if let Some((spec, version)) = previous {
+        annotations[PREVIOUS_SPEC_ANNOTATION] = json!(spec);
+        annotations[crate::cluster::PREVIOUS_VERSION_ANNOTATION] = json!(version);
+    }
 }
 
 /// A Kubernetes quantity (`1Gi`, `500Mi`, `2`, `0.5`), not negative.

@@ -114,16 +114,11 @@ pub async fn run_app(cmd: AppCmd, json: bool) -> anyhow::Result<()> {
         }
         AppCmd::Apply { file, timeout, kubeconfig } => {
             let spec = read_spec(&file)?;
-            let objects = render(&spec)?;
+            let mut objects = render(&spec)?;
+            super::annotate(&mut objects, &spec, None);
             let client = crate::client_from_kubeconfig(kubeconfig.as_deref()).await?;
-            let pp = PatchParams::apply("otafleet").force();
-            for o in &objects {
-                let ar = resource_of(o)?;
-                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &spec.namespace, &ar);
-                let name = o["metadata"]["name"].as_str().context("metadata.name")?.to_string();
-                let patch = Patch::Apply(o);
-                call(&RETRIES, || api.patch(&name, &pp, &patch)).await?;
-                eprintln!("applied {} {name}", o["kind"].as_str().unwrap_or_default());
+            for line in apply_objects(&client, &spec.namespace, &objects).await? {
+                eprintln!("{line}");
             }
             let timeout = timeout
                 .or_else(|| spec.readiness.as_ref().and_then(|r| r.timeout_seconds).map(Duration::from_secs))
@@ -211,6 +206,25 @@ pub async fn run_app(cmd: AppCmd, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Server-side applies `objects` (field manager `otafleet`) in order.
+pub(crate) async fn apply_objects(
+    client: &kube::Client,
+    namespace: &str,
+    objects: &[Value],
+) -> anyhow::Result<Vec<String>> {
+    let pp = PatchParams::apply("otafleet").force();
+    let mut done = Vec::new();
+    for o in objects {
+        let ar = resource_of(o)?;
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+        let name = o["metadata"]["name"].as_str().context("metadata.name")?.to_string();
+        let patch = Patch::Apply(o);
+        call(&RETRIES, || api.patch(&name, &pp, &patch)).await?;
+        done.push(format!("applied {} {name}", o["kind"].as_str().unwrap_or_default()));
+    }
+    Ok(done)
 }
 
 /// Waits until every named Deployment is rolled out and ready; fails with

@@ -29,6 +29,7 @@ pub async fn action_order(state: &AppState, a: Action) -> ApiResult<(ActionOrder
     let kind = rollout.map_or(a.kind, |r| order_kind(a.kind, r));
     let target = release.as_ref().map(|r| (r.image.clone(), r.firmware.clone(), r.flash_pod_image.clone()));
     let (image, firmware, flash_pod_image) = target.unwrap_or_default();
+    let app_spec = release.as_ref().and_then(|r| r.app_spec.as_deref()).and_then(|s| serde_json::from_str(s).ok());
     let (artifacts, manifest, signature) = match release {
         Some(r) => {
             let (manifest, signature) = order_extras(state, &r).await;
@@ -58,6 +59,7 @@ pub async fn action_order(state: &AppState, a: Action) -> ApiResult<(ActionOrder
         image,
         firmware,
         flash_pod_image,
+        app_spec,
     };
     Ok((order, manifest))
 }

@@ -32,8 +32,40 @@ pub fn release_view(r: Release) -> api::Release {
         image: r.image,
         firmware: r.firmware,
         flash_pod_image: r.flash_pod_image,
+        app_spec: r.app_spec.as_deref().and_then(|s| serde_json::from_str(s).ok()),
         created_at: rfc3339(r.created_at),
     }
+}
+
+/// An `app` release's spec, checked as `otafleet app` checks it (every
+/// rendered object against the Kubernetes schema), stored as JSON with the
+/// release's version: the version its pods are labelled with, which the
+/// cluster agent reads back.
+fn app_spec(kind: ReleaseKind, version: &str, spec: Option<serde_json::Value>) -> ApiResult<Option<String>> {
+    let spec = match (kind, spec) {
+        (ReleaseKind::App, Some(s)) => s,
+        (ReleaseKind::App, None) => {
+            return Err(ApiError::invalid("app_spec", "an app release carries its application spec"))
+        }
+        (_, Some(_)) => return Err(ApiError::invalid("app_spec", "only an app release carries an application spec")),
+        (_, None) => return Ok(None),
+    };
+    let field = |e: otafleet_k8s::app::SpecError| {
+        let at = if e.field.starts_with('(') { "app_spec".to_string() } else { format!("app_spec.{}", e.field) };
+        ApiError::invalid(&at, e.message)
+    };
+    let mut spec = otafleet_k8s::app::from_value(spec).map_err(field)?;
+    match &spec.version {
+        Some(v) if v != version => {
+            return Err(ApiError::invalid(
+                "app_spec.version",
+                format!("'{v}' differs from the release's version '{version}'"),
+            ))
+        }
+        _ => spec.version = Some(version.to_string()),
+    }
+    otafleet_k8s::app::render(&spec).map_err(field)?;
+    serde_json::to_string(&spec).map(Some).map_err(|e| ApiError::internal(&e.to_string()))
 }
 
 /// Create a release.
@@ -105,6 +137,7 @@ pub async fn create(
         let missing = if body.firmware.is_none() { "firmware" } else { "flash_pod_image" };
         return Err(ApiError::invalid(missing, "firmware and flash_pod_image go together"));
     }
+    let app_spec = app_spec(kind, &body.version, body.app_spec)?;
     let new = NewRelease {
         name,
         version: body.version,
@@ -115,6 +148,7 @@ pub async fn create(
         image: body.image,
         firmware: body.firmware,
         flash_pod_image: body.flash_pod_image,
+        app_spec,
     };
     let r = state.store.insert_release(&new, &caller.actor()).await?;
     Ok((StatusCode::CREATED, Json(release_view(r))))
