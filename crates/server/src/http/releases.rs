@@ -65,7 +65,7 @@ fn app_spec(kind: ReleaseKind, version: &str, spec: Option<serde_json::Value>) -
         _ => spec.version = Some(version.to_string()),
     }
     otafleet_k8s::app::render(&spec).map_err(field)?;
-    serde_json::to_string(&spec).map(Some).map_err(|e| ApiError::internal(&e.to_string()))
+    serde_json::to_string(&spec).map(Some).map_err(ApiError::internal)
 }
 
 /// Create a release.
