@@ -293,8 +293,22 @@ fn pod_ready(obj: &Value) -> bool {
         .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
+/// Container restarts at which a Ready pod counts as degraded, and an
+/// update whose pod restarts that often fails.
+pub const MAX_RESTARTS: i64 = 3;
+
+/// A pod's container restarts, all containers together.
+pub fn restarts(pod: &Value) -> i64 {
+    pod.pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map(|s| s.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum())
+        .unwrap_or(0)
+}
+
+/// The health a device reports for a workload: readiness, and for a pod its restarts.
 fn workload_health(kind: WorkloadKind, obj: &Value) -> DeviceHealth {
     match kind {
+        WorkloadKind::Pod if pod_ready(obj) && restarts(obj) >= MAX_RESTARTS => DeviceHealth::Degraded,
         WorkloadKind::Pod if pod_ready(obj) => DeviceHealth::Healthy,
         WorkloadKind::Pod if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Running") => {
             DeviceHealth::Degraded
@@ -1051,8 +1065,17 @@ impl WorkloadJob {
         // A pod's stuck reason may pass (a slow registry): it fails after this long.
         let grace = (self.timeout / 2).min(Duration::from_secs(30));
         let mut stuck_since: Option<Instant> = None;
+        // Restarts counted from the first sight of the new image (an image change restarts the container once).
+        let mut baseline: Option<i64> = None;
         loop {
             let obj = serde_json::to_value(call(&self.retries, || api.get(&self.object.name)).await?)?;
+            if kind == WorkloadKind::Pod && pod_runs_image(&obj, image) {
+                let n = restarts(&obj);
+                let base = *baseline.get_or_insert(n);
+                if n - base >= MAX_RESTARTS {
+                    return Ok(Err(format!("container restarted {} times since the update", n - base)));
+                }
+            }
             let on_image = target_image(kind, &obj, self.container.as_deref()).as_deref() == Some(image);
             let ready = match kind {
                 WorkloadKind::Pod => pod_ready(&obj) && pod_runs(&obj, image),
@@ -1096,6 +1119,14 @@ fn first_name(kind: WorkloadKind, obj: &Value) -> Option<String> {
     containers_of(kind, obj).first().and_then(|c| c.get("name")).and_then(Value::as_str).map(str::to_string)
 }
 
+/// Whether a pod's status shows a container on `image`, ready or not.
+fn pod_runs_image(obj: &Value, image: &str) -> bool {
+    let Some(statuses) = obj.pointer("/status/containerStatuses").and_then(Value::as_array) else { return false };
+    statuses.iter().any(|s| {
+        s.get("image").and_then(Value::as_str).is_some_and(|i| i == image || i.ends_with(&format!("/{image}")))
+    })
+}
+
 /// Whether a pod's status shows the container running `image` (a registry
 /// may spell it out: `docker.io/library/…`).
 fn pod_runs(obj: &Value, image: &str) -> bool {
@@ -1129,6 +1160,17 @@ mod tests {
         assert_eq!(v(&obj(None, None, "reg:5000/robot")).as_deref(), Some("latest"));
         let digest = format!("sha256:{}", "b".repeat(64));
         assert_eq!(v(&obj(None, None, &format!("robot:1@{digest}"))), Some(digest));
+    }
+
+    #[test]
+    fn restarts_degrade_a_ready_pod() {
+        let pod = |n: i64| {
+            json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "a", "restartCount": n}, {"name": "b", "restartCount": 0}]}})
+        };
+        assert_eq!(restarts(&pod(2)), 2);
+        assert_eq!(workload_health(WorkloadKind::Pod, &pod(0)), DeviceHealth::Healthy);
+        assert_eq!(workload_health(WorkloadKind::Pod, &pod(MAX_RESTARTS)), DeviceHealth::Degraded);
     }
 
     #[test]
