@@ -166,6 +166,16 @@ async fn apply_status_update_and_delete_on_the_fake_api_server() {
     assert!(e.contains("CrashLoopBackOff") && e.contains("not ready"), "{e}");
     let e = run_app(update("robot:1.2.0").clone(), false).await;
     assert!(e.is_ok(), "{e:?}");
+    // An apply whose readiness never comes fails with the reason, too.
+    let broken = write_spec(&dir, "name: cam\nimage: robot:9.9.9\ndeploy_ros_master: false\nros_version: 1\n");
+    let e = run_app(
+        AppCmd::Apply { file: broken, timeout: Some(std::time::Duration::from_secs(3)), kubeconfig: kc.clone() },
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("CrashLoopBackOff") && e.contains("cam"), "{e}");
     let missing = AppCmd::Status { name: "nope".into(), namespace: "default".into(), kubeconfig: kc.clone() };
     assert!(run_app(missing, false).await.is_err());
 
