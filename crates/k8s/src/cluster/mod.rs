@@ -47,23 +47,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kube::api::{DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use otafleet_core::duration::parse_arg as parse_duration;
 use otafleet_core::protocol::{
     ActionOrder, DelegateCheckin, DelegateCheckinEntry, DelegateCheckinResponse, DelegateReport, DelegateStatus,
     DelegateStatusAck, Inventory, InventoryAck, InventoryEntry, StatusReport,
 };
-use otafleet_core::{ActionKind, ActionState, DeviceHealth, Selector};
-use serde_json::{json, Value};
+use otafleet_core::{ActionState, DeviceHealth, Selector};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::akri::{self, Instance};
-use crate::crd::{FlashJob, FlashJobSpec, Phase};
-use crate::error::{Error, Result};
-use crate::update::{self, call, patch_guarded, rollout_ready, ObjectRef, Retries, WorkloadKind};
+use crate::crd::FlashJob;
+use crate::update::{self, call, rollout_ready, ObjectRef, Retries, WorkloadKind};
+
+mod boards;
+mod workload;
+
+use boards::Flashes;
+use workload::WorkloadJob;
 
 /// Annotation: the image otafleet last set (the `sw_version` label is trusted while it runs).
 pub const IMAGE_ANNOTATION: &str = "otafleet.io/image";
@@ -374,50 +379,6 @@ fn workload_labels(cluster: &str, target: &ObjectRef, obj: &Value) -> BTreeMap<S
     }
     labels.retain(|_, v| otafleet_core::selector::validate_label_value(v).is_ok());
     labels
-}
-
-/// What the cluster holds of FlashJobs, for boards.
-#[derive(Default)]
-struct Flashes {
-    /// Every FlashJob (of the boards' namespaces).
-    jobs: Vec<FlashJob>,
-}
-
-fn created_ms(job: &FlashJob) -> i64 {
-    job.annotations()
-        .get(CREATED_ANNOTATION)
-        .and_then(|v| v.parse().ok())
-        .or_else(|| job.metadata.creation_timestamp.as_ref().map(|t| t.0.timestamp_millis()))
-        .unwrap_or(0)
-}
-
-impl Flashes {
-    /// The newest completed flash of a board: (version, firmware, flasher image).
-    fn last_flash(&self, uuid: &str) -> Option<&FlashJob> {
-        self.jobs
-            .iter()
-            .filter(|j| j.status.as_ref().is_some_and(|s| s.completed_uuids.iter().any(|u| u == uuid)))
-            .max_by_key(|j| created_ms(j))
-    }
-
-    /// The newest completed flash of `version` on any board: how to flash it again.
-    fn flash_of(&self, version: &str) -> Option<&FlashJob> {
-        self.jobs
-            .iter()
-            .filter(|j| j.spec.version == version && j.status.as_ref().is_some_and(|s| !s.completed_uuids.is_empty()))
-            .max_by_key(|j| created_ms(j))
-    }
-
-    /// The unreported FlashJob of ours that flashes `uuid` to `version`, if any.
-    fn active(&self, uuid: &str, version: &str) -> Option<&FlashJob> {
-        self.jobs
-            .iter()
-            .filter(|j| j.spec.version == version)
-            .filter(|j| j.labels().get(MANAGED_LABEL).is_some_and(|v| v == "true"))
-            .filter(|j| !j.annotations().contains_key(REPORTED_ANNOTATION))
-            .filter(|j| j.spec.uuid.iter().any(|u| u == uuid))
-            .max_by_key(|j| created_ms(j))
-    }
 }
 
 /// Everything observed in one poll.
@@ -749,397 +710,12 @@ impl ClusterAgent {
             running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Some(reporter.seq));
         });
     }
-
-    /// The boards' actions of this poll: those done reported, those being
-    /// flashed followed, the rest flashed by one FlashJob per batch.
-    async fn boards(&self, actions: Vec<(Target, ActionOrder)>, flashes: &Flashes) -> anyhow::Result<()> {
-        let mut batches: BTreeMap<FlashKey, Vec<(Target, ActionOrder)>> = BTreeMap::new();
-        let mut failed_jobs: BTreeMap<String, (String, FlashJob)> = BTreeMap::new();
-        for (target, order) in actions {
-            let Kind::Board { namespace, uuid } = &target.kind else { continue };
-            let mut r = Reporter::new(&self.outbox, target.id, &order);
-            if target.version.as_deref() == Some(order.version.as_str()) {
-                r.report(ActionState::Succeeded, None, Some(order.version.clone()));
-                continue;
-            }
-            if let Some(job) = flashes.active(uuid, &order.version) {
-                let status = job.status.clone().unwrap_or_default();
-                match status.phase {
-                    Some(Phase::Failed) if !status.completed_uuids.contains(uuid) => {
-                        let why = status.message.clone().unwrap_or_else(|| "the flash failed".into());
-                        r.report(ActionState::Failed, Some(format!("FlashJob {}: {why}", job.name_any())), None);
-                        failed_jobs.insert(job.name_any(), (namespace.clone(), job.clone()));
-                        continue;
-                    }
-                    // Done, yet the board runs another version now: flash again.
-                    Some(Phase::Completed) | Some(Phase::Failed) => {}
-                    _ => {
-                        if order.state == ActionState::Notified {
-                            r.report(ActionState::Installing, Some(format!("FlashJob {}", job.name_any())), None);
-                        }
-                        continue;
-                    }
-                }
-            }
-            let (firmware, flasher) = match (&order.firmware, &order.flash_pod_image) {
-                (Some(f), Some(p)) => (f.clone(), p.clone()),
-                _ => match flashes.flash_of(&order.version) {
-                    Some(j) if j.spec.flashjob_pod_image.is_some() => {
-                        (j.spec.firmware.clone(), j.spec.flashjob_pod_image.clone().unwrap_or_default())
-                    }
-                    _ => {
-                        let why = format!(
-                            "release {} names no firmware and flash_pod_image, and no FlashJob flashed it before",
-                            order.version
-                        );
-                        r.report(ActionState::Failed, Some(why), None);
-                        continue;
-                    }
-                },
-            };
-            batches
-                .entry((namespace.clone(), order.version.clone(), firmware, flasher))
-                .or_default()
-                .push((target, order));
-        }
-        // Marked first: a retried action must not meet this failure again.
-        for (name, (namespace, _)) in failed_jobs {
-            let api: Api<FlashJob> = Api::namespaced(self.client.clone(), &namespace);
-            let patch = json!({"metadata": {"annotations": {REPORTED_ANNOTATION: "true"}}});
-            let (pp, merge) = (PatchParams::default(), Patch::Merge(&patch));
-            call(&self.retries, || api.patch(&name, &pp, &merge)).await?;
-        }
-        for ((namespace, version, firmware, flasher), group) in batches {
-            // Named by the actions and their attempt (`last_seq` moves on with
-            // each report): a retry after a failure gets a FlashJob of its own.
-            let mut ids: Vec<(i64, i64)> = group.iter().map(|(_, o)| (o.action_id, o.last_seq)).collect();
-            ids.sort_unstable();
-            let digest = Sha256::digest(format!("{ids:?}").as_bytes());
-            let rollout = group[0].1.rollout_id;
-            let name = format!("otafleet-{rollout}-{}", &hex_lower(&digest)[..10]);
-            let uuids: Vec<String> = group
-                .iter()
-                .filter_map(|(t, _)| match &t.kind {
-                    Kind::Board { uuid, .. } => Some(uuid.clone()),
-                    Kind::Workload(_) => None,
-                })
-                .collect();
-            let job = FlashJob {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(namespace.clone()),
-                    labels: Some(BTreeMap::from([
-                        (MANAGED_LABEL.to_string(), "true".to_string()),
-                        ("otafleet.io/rollout".to_string(), rollout.to_string()),
-                    ])),
-                    annotations: Some(BTreeMap::from([(
-                        CREATED_ANNOTATION.to_string(),
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis())
-                            .to_string(),
-                    )])),
-                    ..Default::default()
-                },
-                spec: FlashJobSpec {
-                    uuid: uuids,
-                    firmware,
-                    version: version.clone(),
-                    host_endpoint: None,
-                    device: None,
-                    application_type: None,
-                    external_ip: None,
-                    flashjob_pod_image: Some(flasher),
-                },
-                status: None,
-            };
-            let api: Api<FlashJob> = Api::namespaced(self.client.clone(), &namespace);
-            let pp = PostParams::default();
-            match call(&self.retries, || api.create(&pp, &job)).await {
-                Ok(_) => info!(job = %name, boards = group.len(), %version, "flashing"),
-                Err(Error::Kube(e)) if crate::error::is_already_exists(&e) => {}
-                Err(e) => return Err(e.into()),
-            }
-            for (target, order) in &group {
-                if order.state == ActionState::Notified {
-                    Reporter::new(&self.outbox, target.id, order).report(
-                        ActionState::Installing,
-                        Some(format!("FlashJob {name}")),
-                        None,
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What boards flashed by one FlashJob share: namespace, version, firmware, flasher image.
-type FlashKey = (String, String, String, String);
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// One workload's action, run in a task of its own.
-struct WorkloadJob {
-    client: kube::Client,
-    retries: Retries,
-    timeout: Duration,
-    container: Option<String>,
-    object: ObjectRef,
-    device: uuid::Uuid,
-}
-
-impl WorkloadJob {
-    async fn execute(&self, order: &ActionOrder, r: &mut Reporter) -> Result<()> {
-        let kind = self.object.kind;
-        let api = update::api(&self.client, kind, Some(&self.object.namespace));
-        let current = serde_json::to_value(call(&self.retries, || api.get(&self.object.name)).await?)?;
-        let version = workload_version(kind, &current, self.container.as_deref());
-        if version.as_deref() == Some(order.version.as_str())
-            && workload_health(kind, &current) == DeviceHealth::Healthy
-        {
-            r.report(ActionState::Succeeded, None, Some(order.version.clone()));
-            return Ok(());
-        }
-        // An app release: the whole spec is rendered and applied.
-        let spec = order.app_spec.clone().or_else(|| {
-            // A version with no spec in the catalogue: the one this agent replaced, if it is that version.
-            (annotation(&current, PREVIOUS_VERSION_ANNOTATION).as_deref() == Some(order.version.as_str()))
-                .then(|| annotation(&current, crate::app::PREVIOUS_SPEC_ANNOTATION))
-                .flatten()
-                .and_then(|s| serde_json::from_str(&s).ok())
-        });
-        if let (Some(spec), WorkloadKind::Deployment) = (spec, kind) {
-            return self.execute_app(order, spec, &current, version, r).await;
-        }
-        let image = order.image.clone().or_else(|| {
-            // A version the release catalogue has no image for: the one this
-            // agent replaced, if it is that version.
-            (annotation(&current, PREVIOUS_VERSION_ANNOTATION).as_deref() == Some(order.version.as_str()))
-                .then(|| annotation(&current, PREVIOUS_IMAGE_ANNOTATION))
-                .flatten()
-        });
-        let Some(image) = image else {
-            let why =
-                format!("release {} names no image, and {} never ran it under otafleet", order.version, self.object);
-            r.report(ActionState::Failed, Some(why), None);
-            return Ok(());
-        };
-        if order.state == ActionState::Notified {
-            r.report(ActionState::Installing, Some(format!("setting image {image}")), None);
-        }
-        let before_image = target_image(kind, &current, self.container.as_deref());
-        let container = self.container.clone();
-        let prev = patch_guarded(&self.retries, &api, &self.object, |now| {
-            let mut patch = json!({"metadata": {"labels": {
-                update::VERSION_LABEL: order.version, update::STATUS_LABEL: "updated"
-            }, "annotations": {IMAGE_ANNOTATION: image}}});
-            let now_image = target_image(kind, now, container.as_deref());
-            if now_image.as_deref() != Some(image.as_str()) {
-                patch["metadata"]["annotations"][PREVIOUS_IMAGE_ANNOTATION] = json!(now_image);
-                patch["metadata"]["annotations"][PREVIOUS_VERSION_ANNOTATION] =
-                    json!(workload_version(kind, now, container.as_deref()));
-            }
-            let name = container.clone().or_else(|| first_name(kind, now));
-            let containers = update::with_image(now, kind, &image, name.as_deref());
-            update::set_path(&mut patch, kind.containers_path(), containers);
-            patch
-        })
-        .await?;
-        r.report(ActionState::Verifying, Some("waiting for readiness".into()), None);
-        match self.wait_ready(&api, &image).await? {
-            Ok(()) => r.report(ActionState::Succeeded, None, Some(order.version.clone())),
-            Err(reason) => {
-                // Never left broken: the previous image goes back, then the report.
-                let restored = self.restore(&api, &prev, before_image.as_deref()).await;
-                let state =
-                    if order.kind == ActionKind::Rollback { ActionState::Failed } else { ActionState::RolledBack };
-                let message = match &restored {
-                    Ok(()) => format!("{reason}; previous image {} restored", before_image.as_deref().unwrap_or("?")),
-                    Err(e) => format!("{reason}; restoring the previous image failed: {e}"),
-                };
-                let state = if restored.is_err() { ActionState::Failed } else { state };
-                r.report(state, Some(message), if restored.is_ok() { prev.version.clone() } else { None });
-            }
-        }
-        Ok(())
-    }
-
-    /// An app release on the app's Deployment: render the spec, apply every
-    /// object (server-side), wait for readiness; when it does not come, the
-    /// previous spec is applied again (or, when the app never had one from
-    /// otafleet, the previous containers) and the action is `rolled_back`.
-    async fn execute_app(
-        &self,
-        order: &ActionOrder,
-        spec: Value,
-        current: &Value,
-        version: Option<String>,
-        r: &mut Reporter,
-    ) -> Result<()> {
-        let spec = match crate::app::from_value(spec) {
-            Ok(s) => s,
-            Err(e) => {
-                r.report(ActionState::Failed, Some(format!("the release's app spec: {e}")), None);
-                return Ok(());
-            }
-        };
-        if spec.name != self.object.name || spec.namespace != self.object.namespace {
-            let why = format!(
-                "the release's spec is for app {}/{}, this device is {}",
-                spec.namespace, spec.name, self.object
-            );
-            r.report(ActionState::Failed, Some(why), None);
-            return Ok(());
-        }
-        let render = |spec: &crate::app::AppSpec, previous: Option<(&str, &str)>| {
-            crate::app::render(spec).map(|mut objects| {
-                crate::app::annotate(&mut objects, spec, previous);
-                objects
-            })
-        };
-        let before = annotation(current, crate::app::SPEC_ANNOTATION);
-        let before_version = version.clone().unwrap_or_default();
-        let objects = match render(&spec, before.as_deref().map(|b| (b, before_version.as_str()))) {
-            Ok(o) => o,
-            Err(e) => {
-                r.report(ActionState::Failed, Some(format!("the release's app spec: {e}")), None);
-                return Ok(());
-            }
-        };
-        if order.state == ActionState::Notified {
-            r.report(ActionState::Installing, Some(format!("applying app {} ({})", spec.name, spec.image)), None);
-        }
-        let prev = update::Previous {
-            target: self.object.clone(),
-            version: update::label(current, update::VERSION_LABEL),
-            status: update::label(current, update::STATUS_LABEL),
-            containers: current.pointer(WorkloadKind::Deployment.containers_path()).cloned().unwrap_or(Value::Null),
-        };
-        let applied = crate::app::apply_objects(&self.client, &self.object.namespace, &objects).await;
-        if let Err(e) = applied {
-            r.report(ActionState::Failed, Some(format!("applying the app: {e:#}")), None);
-            return Ok(());
-        }
-        r.report(ActionState::Verifying, Some("waiting for readiness".into()), None);
-        let api = update::api(&self.client, WorkloadKind::Deployment, Some(&self.object.namespace));
-        match self.wait_ready(&api, &spec.image).await? {
-            Ok(()) => r.report(ActionState::Succeeded, None, Some(order.version.clone())),
-            Err(reason) => {
-                let previous = before.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok());
-                let restored = match previous.map(crate::app::from_value) {
-                    Some(Ok(p)) => match render(&p, None) {
-                        Ok(objects) => crate::app::apply_objects(&self.client, &self.object.namespace, &objects)
-                            .await
-                            .map(|_| "previous spec re-applied".to_string())
-                            .map_err(|e| format!("{e:#}")),
-                        Err(e) => Err(e.to_string()),
-                    },
-                    _ => self
-                        .restore(
-                            &api,
-                            &prev,
-                            target_image(WorkloadKind::Deployment, current, self.container.as_deref()).as_deref(),
-                        )
-                        .await
-                        .map(|()| "previous containers restored".to_string())
-                        .map_err(|e| e.to_string()),
-                };
-                let state =
-                    if order.kind == ActionKind::Rollback { ActionState::Failed } else { ActionState::RolledBack };
-                match restored {
-                    Ok(what) => r.report(state, Some(format!("{reason}; {what}")), prev.version.clone()),
-                    Err(e) => r.report(ActionState::Failed, Some(format!("{reason}; restoring failed: {e}")), None),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Ok(Ok) once ready on `image`; Ok(Err(reason)) when it will not be.
-    async fn wait_ready(&self, api: &Api<DynamicObject>, image: &str) -> Result<std::result::Result<(), String>> {
-        let kind = self.object.kind;
-        let deadline = Instant::now() + self.timeout;
-        // A pod's stuck reason may pass (a slow registry): it fails after this long.
-        let grace = (self.timeout / 2).min(Duration::from_secs(30));
-        let mut stuck_since: Option<Instant> = None;
-        // Restarts counted from the first sight of the new image (an image change restarts the container once).
-        let mut baseline: Option<i64> = None;
-        loop {
-            let obj = serde_json::to_value(call(&self.retries, || api.get(&self.object.name)).await?)?;
-            if kind == WorkloadKind::Pod && pod_runs_image(&obj, image) {
-                let n = restarts(&obj);
-                let base = *baseline.get_or_insert(n);
-                if n - base >= MAX_RESTARTS {
-                    return Ok(Err(format!("container restarted {} times since the update", n - base)));
-                }
-            }
-            let on_image = target_image(kind, &obj, self.container.as_deref()).as_deref() == Some(image);
-            let ready = match kind {
-                WorkloadKind::Pod => pod_ready(&obj) && pod_runs(&obj, image),
-                _ => rollout_ready(kind, &obj),
-            };
-            if on_image && ready {
-                return Ok(Ok(()));
-            }
-            if let Some(reason) = stuck_reason(kind, &obj) {
-                let since = *stuck_since.get_or_insert_with(Instant::now);
-                if kind != WorkloadKind::Pod || since.elapsed() >= grace {
-                    return Ok(Err(reason));
-                }
-            } else {
-                stuck_since = None;
-            }
-            if Instant::now() >= deadline {
-                return Ok(Err(format!("not ready within {}s (readiness timeout)", self.timeout.as_secs())));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn restore(&self, api: &Api<DynamicObject>, prev: &update::Previous, image: Option<&str>) -> Result<()> {
-        let kind = self.object.kind;
-        patch_guarded(&self.retries, api, &self.object, |_| {
-            let mut patch = json!({"metadata": {"labels": {
-                update::VERSION_LABEL: prev.version, update::STATUS_LABEL: prev.status
-            }, "annotations": {IMAGE_ANNOTATION: image}}});
-            if !prev.containers.is_null() {
-                update::set_path(&mut patch, kind.containers_path(), prev.containers.clone());
-            }
-            patch
-        })
-        .await?;
-        Ok(())
-    }
-}
-
-fn first_name(kind: WorkloadKind, obj: &Value) -> Option<String> {
-    containers_of(kind, obj).first().and_then(|c| c.get("name")).and_then(Value::as_str).map(str::to_string)
-}
-
-/// Whether a pod's status shows a container on `image`, ready or not.
-fn pod_runs_image(obj: &Value, image: &str) -> bool {
-    let Some(statuses) = obj.pointer("/status/containerStatuses").and_then(Value::as_array) else { return false };
-    statuses.iter().any(|s| {
-        s.get("image").and_then(Value::as_str).is_some_and(|i| i == image || i.ends_with(&format!("/{image}")))
-    })
-}
-
-/// Whether a pod's status shows the container running `image` (a registry
-/// may spell it out: `docker.io/library/…`).
-fn pod_runs(obj: &Value, image: &str) -> bool {
-    let Some(statuses) = obj.pointer("/status/containerStatuses").and_then(Value::as_array) else { return false };
-    statuses.iter().any(|s| {
-        s.get("image").and_then(Value::as_str).is_some_and(|i| i == image || i.ends_with(&format!("/{image}")))
-            && s.get("ready").and_then(Value::as_bool) == Some(true)
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn versions_come_from_the_label_while_the_image_is_ours_else_from_the_image() {
