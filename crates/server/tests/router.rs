@@ -444,6 +444,17 @@ async fn a_delegate_speaks_for_its_own_devices_only() {
     .await;
     assert!(s.is_success(), "{s} {r}");
     assert_eq!(r["progress"][0]["total"], 1, "only the device still there: {r}");
+    // The delegate relays its device's order, signed for that device; another's is 404.
+    let (_, acts) = call(&app, "GET", &format!("/api/v1/rollouts/{}/actions", r["id"]), Some(&app.token), None).await;
+    let action = acts["items"][0]["id"].as_i64().unwrap();
+    let path = format!("/delegate/v1/devices/{}/actions/{action}", ids[0]);
+    let (s, v) = call(&app, "GET", &path, Some(&a), None).await;
+    assert_eq!((s, v["action_id"].as_i64()), (StatusCode::OK, Some(action)), "{v}");
+    assert_eq!(v["version"], "2.0.0");
+    let (s, _) = call(&app, "GET", &path, Some(&b), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another delegate's device");
+    let (s, _) = call(&app, "GET", &format!("/delegate/v1/devices/{}/actions/{action}", ids[1]), Some(&a), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "its device, but not that device's action");
 
     // Revoked: refused at once.
     let (s, v) = call(&app, "POST", &format!("/api/v1/delegates/{a_id}/revoke"), Some(&app.token), None).await;

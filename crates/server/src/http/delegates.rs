@@ -303,3 +303,27 @@ pub async fn status(
     }
     Ok(Json(DelegateStatusAck { acks }))
 }
+
+/// One of the delegate's devices' actions, with the release's signed
+/// manifest and the order signed for that device, as the device itself
+/// would get it from `GET /device/v1/actions/{id}`: what a gateway relays to
+/// the device unchanged, so the device verifies the server's signature end to
+/// end. A device that is not the delegate's, or an action that is not the
+/// device's, answers 404.
+#[utoipa::path(get, operation_id = "delegateDeviceAction", path = "/delegate/v1/devices/{device_id}/actions/{id}",
+    params(("device_id" = Uuid, Path), ("id" = i64, Path, description = "action id")),
+    responses((status = 200, body = otafleet_core::protocol::ActionDetail),
+        (status = 404, body = super::error::ErrorBody), super::error::doc::DeviceAuthErrors),
+    security(("bearer" = [])), tag = "delegate")]
+pub async fn device_action(
+    State(state): State<AppState>,
+    DelegateCaller(delegate): DelegateCaller,
+    Path((device, id)): Path<(String, String)>,
+) -> ApiResult<Json<otafleet_core::protocol::ActionDetail>> {
+    let not_found = || ApiError::not_found(format!("action {id} not found for device {device}"));
+    let device: Uuid = device.parse().map_err(|_| not_found())?;
+    in_scope(&state, &delegate, "device", std::iter::once(&device)).await.map_err(|_| not_found())?;
+    let id = super::parse_id(&id, "action")?;
+    let a = state.store.get_action(id).await?.filter(|a| a.device_id == device).ok_or_else(not_found)?;
+    Ok(Json(super::device_actions::action_detail(&state, a, otafleet_store::now_ms()).await?))
+}

@@ -58,7 +58,7 @@ pub use otafleet_api::Page;
         webhooks::redeliver,
         alerts::create_rule, alerts::list_rules, alerts::get_rule, alerts::delete_rule, alerts::list,
         delegates::create, delegates::list, delegates::get_one, delegates::revoke,
-        delegates::inventory, delegates::checkin, delegates::status,
+        delegates::inventory, delegates::checkin, delegates::status, delegates::device_action,
         openapi_json, metrics, health::healthz, health::readyz,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, otafleet_core::protocol::Order)),
@@ -221,6 +221,7 @@ fn routes() -> Routes {
         .route("/delegate/v1/inventory", put(delegates::inventory))
         .route("/delegate/v1/checkin", post(delegates::checkin))
         .route("/delegate/v1/status", post(delegates::status))
+        .route("/delegate/v1/devices/{device_id}/actions/{id}", get(delegates::device_action))
 }
 
 /// Every path template the router serves, as the OpenAPI document spells them.
