@@ -370,6 +370,19 @@ async fn failures_in_the_cluster_roll_back_images_and_firmware() {
     .unwrap();
 }
 
+/// A green rollout of `version` over the app `nav`, ended as `want`
+/// (`failed` also accepts `rolled_back`).
+fn roll_out_to_nav(http: &Http, version: &str, want: &str) {
+    let r = create(
+        http,
+        "/api/v1/rollouts",
+        json!({"version": version, "selector": "otafleet.io/app=nav", "strategy": {"preset": "green"}}),
+    );
+    let done =
+        wait_state(http, r["id"].as_i64().unwrap(), &["succeeded", "failed", "rolled_back"], Duration::from_secs(30));
+    assert!(done["state"] == want || (want == "failed" && done["state"] == "rolled_back"), "{version}: {done}");
+}
+
 /// A ROS application deployed with `otafleet app apply`, then its image
 /// changes released through the control plane: the cluster agent sets the
 /// `ros-app` container of the app's Deployment; a broken image is rolled back.
@@ -433,19 +446,7 @@ async fn a_ros_app_is_applied_then_rolled_out_through_the_cluster_agent() {
                 json!({"version": version, "kind": "container",
                 "image": format!("registry.example/nav:{version}")}),
             );
-            let r = create(
-                &http,
-                "/api/v1/rollouts",
-                json!({"version": version, "selector": "otafleet.io/app=nav",
-                "strategy": {"preset": "green"}}),
-            );
-            let done = wait_state(
-                &http,
-                r["id"].as_i64().unwrap(),
-                &["succeeded", "failed", "rolled_back"],
-                Duration::from_secs(30),
-            );
-            assert!(done["state"] == want || (want == "failed" && done["state"] == "rolled_back"), "{version}: {done}");
+            roll_out_to_nav(&http, version, want);
         }
         assert_eq!(image(), "registry.example/nav:2.0.0", "the broken image was rolled back");
         // Releases of the whole spec: applied by the agent, a broken one rolled back to the previous spec.
@@ -459,19 +460,7 @@ async fn a_ros_app_is_applied_then_rolled_out_through_the_cluster_agent() {
             let spec = json!({"name": "nav", "namespace": NS, "image": format!("registry.example/nav:{version}"),
                 "deploy_ros_master": true, "replicas": 2, "env": {"MODE": format!("mode-{version}")}});
             create(&http, "/api/v1/releases", json!({"version": version, "kind": "app", "app_spec": spec}));
-            let r = create(
-                &http,
-                "/api/v1/rollouts",
-                json!({"version": version, "selector": "otafleet.io/app=nav",
-                "strategy": {"preset": "green"}}),
-            );
-            let done = wait_state(
-                &http,
-                r["id"].as_i64().unwrap(),
-                &["succeeded", "failed", "rolled_back"],
-                Duration::from_secs(30),
-            );
-            assert!(done["state"] == want || (want == "failed" && done["state"] == "rolled_back"), "{version}: {done}");
+            roll_out_to_nav(&http, version, want);
         }
         assert_eq!(
             (image().as_str(), mode().as_deref()),

@@ -255,20 +255,21 @@ fn first_name(kind: WorkloadKind, obj: &Value) -> Option<String> {
     containers_of(kind, obj).first().and_then(|c| c.get("name")).and_then(Value::as_str).map(str::to_string)
 }
 
-/// Whether a pod's status shows a container on `image`, ready or not.
-fn pod_runs_image(obj: &Value, image: &str) -> bool {
-    let Some(statuses) = obj.pointer("/status/containerStatuses").and_then(Value::as_array) else { return false };
-    statuses.iter().any(|s| {
+/// The status of a pod's container on `image` (a registry may spell it
+/// out: `docker.io/library/…`), if there is one.
+fn status_on<'a>(obj: &'a Value, image: &str) -> Option<&'a Value> {
+    let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array)?;
+    statuses.iter().find(|s| {
         s.get("image").and_then(Value::as_str).is_some_and(|i| i == image || i.ends_with(&format!("/{image}")))
     })
 }
 
-/// Whether a pod's status shows the container running `image` (a registry
-/// may spell it out: `docker.io/library/…`).
+/// Whether a pod's status shows a container on `image`, ready or not.
+fn pod_runs_image(obj: &Value, image: &str) -> bool {
+    status_on(obj, image).is_some()
+}
+
+/// Whether a pod's status shows the container on `image` ready.
 fn pod_runs(obj: &Value, image: &str) -> bool {
-    let Some(statuses) = obj.pointer("/status/containerStatuses").and_then(Value::as_array) else { return false };
-    statuses.iter().any(|s| {
-        s.get("image").and_then(Value::as_str).is_some_and(|i| i == image || i.ends_with(&format!("/{image}")))
-            && s.get("ready").and_then(Value::as_bool) == Some(true)
-    })
+    status_on(obj, image).is_some_and(|s| s.get("ready").and_then(Value::as_bool) == Some(true))
 }
